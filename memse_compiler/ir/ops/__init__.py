@@ -1,0 +1,10 @@
+"""The op registry: one rule per ONNX op kind, consulted by the frontend, the moment passes and the executor.
+
+Adding an op is one place: write an `OpRule` subclass in one of these modules and decorate it with
+`@register`. A rule knows how to parse the ONNX node, compute it exactly in float, propagate Gaussian
+moments through it, back-propagate sensitivities through its linearisation, and write its expressions.
+"""
+from memse_compiler.ir.ops.base import OpRule, REGISTRY, register, rule_for  # noqa: F401
+from memse_compiler.ir.ops import elementwise, linear, pooling, weighted  # noqa: F401  (registration)
+
+SUPPORTED_OPS = tuple(sorted(REGISTRY))

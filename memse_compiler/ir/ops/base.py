@@ -1,0 +1,118 @@
+"""Base class of op rules and the registry."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import onnx
+import sympy
+
+from memse_compiler.ir.errors import MemseInputError
+
+REGISTRY: dict[str, "OpRule"] = {}
+
+
+def register(cls: type["OpRule"]) -> type["OpRule"]:
+    inst = cls()
+    for t in cls.op_types:
+        REGISTRY[t] = inst
+    return cls
+
+
+def rule_for(op_type: str) -> "OpRule | None":
+    return REGISTRY.get(op_type)
+
+
+@dataclass
+class ParseContext:
+    """What a rule may ask the frontend while parsing one node."""
+    node: onnx.NodeProto
+    node_name: str
+    consts: dict[str, np.ndarray]
+    shapes: dict[str, tuple]              # static shapes, None for the symbolic batch dimension
+
+    def const(self, i: int) -> np.ndarray | None:
+        if i >= len(self.node.input) or not self.node.input[i]:
+            return None
+        return self.consts.get(self.node.input[i])
+
+    def is_const(self, i: int) -> bool:
+        return self.const(i) is not None
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        for a in self.node.attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    def shape(self, i: int = 0) -> tuple:
+        return self.shapes[self.node.input[i]]
+
+    def out_shape(self, i: int = 0) -> tuple:
+        return self.shapes[self.node.output[i]]
+
+    def fail(self, why: str) -> MemseInputError:
+        return MemseInputError(f"node '{self.node_name}' ({self.node.op_type}): {why}")
+
+
+@dataclass
+class Linearization:
+    """What the forward moment pass leaves for the backward sensitivity pass.
+
+    `gains[i]` multiplies an output sensitivity into input i (elementwise ops) or is rule-specific data;
+    `residual[k]` is the variance of output k not explained by the linear response to the inputs: it is
+    injected there as an independent noise source (statistical linearisation)."""
+    gains: list[Any] = field(default_factory=list)
+    residual: list[np.ndarray | None] = field(default_factory=list)
+
+
+class OpRule:
+    op_types: ClassVar[tuple[str, ...]] = ()
+    weighted: ClassVar[bool] = False
+
+    # ---- frontend --------------------------------------------------------------------------------
+    def parse(self, ctx: ParseContext) -> dict[str, Any]:
+        """Validated attributes of the node (a dict stored as the node's ``attrs``)."""
+        return {}
+
+    def operands(self, ctx: ParseContext) -> list[int]:
+        """Input positions read at run time (activations, or constants entering with variance 0);
+        the other inputs are parameters that `parse` folded into the attributes."""
+        return [i for i, name in enumerate(ctx.node.input) if name]
+
+    # ---- exact float semantics -------------------------------------------------------------------
+    def forward(self, attrs: dict, xs: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    # ---- moments ---------------------------------------------------------------------------------
+    def moments(self, attrs: dict, means: list[np.ndarray], variances: list[np.ndarray]
+                ) -> tuple[list[np.ndarray], list[np.ndarray], Linearization]:
+        """Output means and variances of the node for independent Gaussian inputs (constants: var 0)."""
+        raise NotImplementedError
+
+    def vjp(self, attrs: dict, lin: Linearization, gouts: list[np.ndarray | None],
+            in_shapes: list[tuple]) -> list[np.ndarray | None]:
+        """Transpose of the node's linearisation: output sensitivities -> input sensitivities."""
+        raise NotImplementedError
+
+    # ---- expressions -----------------------------------------------------------------------------
+    def expressions(self, attrs: dict, mus: list[sympy.Expr], vs: list[sympy.Expr], node: str
+                    ) -> tuple[list[sympy.Expr], list[sympy.Expr]]:
+        """Mean and variance expressions of each output in the inputs' moment symbols."""
+        op = type(self).__name__.removesuffix("Rule")
+        f_mean, f_var = sympy.Function(f"{op}_mean"), sympy.Function(f"{op}_var")
+        return [f_mean(*mus, *vs)], [f_var(*mus, *vs)]
+
+
+def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum a broadcast result's sensitivity back to an operand's shape."""
+    while g.ndim > len(shape):
+        g = g.sum(axis=0)
+    for ax, n in enumerate(shape):
+        if n == 1 and g.shape[ax] != 1:
+            g = g.sum(axis=ax, keepdims=True)
+    return g
+
+
+Elementwise = Callable[[np.ndarray], np.ndarray]

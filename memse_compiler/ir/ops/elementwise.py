@@ -1,0 +1,187 @@
+"""Element-wise nonlinear ops: exact moments of a Gaussian through each function (memse_compiler.ir.stats)."""
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from memse_compiler.ir import stats
+from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, register
+
+
+class ElementwiseRule(OpRule):
+    """y = f(x). Subclasses give `f` and `stat(mu, var, attrs) -> stats.Moments`."""
+
+    def operands(self, ctx: ParseContext) -> list[int]:
+        return [0]
+
+    def f(self, attrs: dict, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def stat(self, attrs: dict, mu: np.ndarray, var: np.ndarray):
+        raise NotImplementedError
+
+    def forward(self, attrs, xs):
+        return [self.f(attrs, xs[0])]
+
+    def moments(self, attrs, means, variances):
+        m = self.stat(attrs, means[0], variances[0])
+        resid = np.maximum(m.var - m.gain ** 2 * variances[0], 0.0)
+        return [m.mean], [m.var], Linearization(gains=[m.gain], residual=[resid])
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        return [None if gouts[0] is None else gouts[0] * lin.gains[0]]
+
+    def expressions(self, attrs, mus, vs, node):
+        name = self.op_types[0]
+        return ([sympy.Function(f"E_{name}")(mus[0], vs[0])], [sympy.Function(f"Var_{name}")(mus[0], vs[0])])
+
+
+@register
+class ReluRule(ElementwiseRule):
+    op_types = ("Relu",)
+
+    def f(self, attrs, x):
+        return np.maximum(x, 0.0)
+
+    def stat(self, attrs, mu, var):
+        return stats.relu_moments(mu, var)
+
+    def expressions(self, attrs, mus, vs, node):
+        # closed form for X ~ N(mu, v): E = mu*Phi(mu/s) + s*phi(mu/s)
+        mu, v = mus[0], vs[0]
+        s = sympy.sqrt(v)
+        phi = sympy.exp(-mu ** 2 / (2 * v)) / sympy.sqrt(2 * sympy.pi)
+        cdf = (1 + sympy.erf(mu / (s * sympy.sqrt(2)))) / 2
+        mean = mu * cdf + s * phi
+        return [mean], [(mu ** 2 + v) * cdf + mu * s * phi - mean ** 2]
+
+
+@register
+class LeakyReluRule(ElementwiseRule):
+    op_types = ("LeakyRelu",)
+
+    def parse(self, ctx):
+        return {"alpha": float(ctx.attr("alpha", 0.01))}
+
+    def f(self, attrs, x):
+        return np.where(x >= 0, x, attrs["alpha"] * x)
+
+    def stat(self, attrs, mu, var):
+        return stats.leaky_relu_moments(mu, var, attrs["alpha"])
+
+
+@register
+class ClipRule(ElementwiseRule):
+    op_types = ("Clip",)
+
+    def parse(self, ctx):
+        lo, hi = ctx.attr("min"), ctx.attr("max")          # opset < 11
+        for i, key in ((1, "lo"), (2, "hi")):
+            if i < len(ctx.node.input) and ctx.node.input[i]:
+                c = ctx.const(i)
+                if c is None:
+                    raise ctx.fail(f"clip bound input {i} must be a constant")
+                if key == "lo":
+                    lo = float(c)
+                else:
+                    hi = float(c)
+        return {"lo": -np.inf if lo is None else float(lo), "hi": np.inf if hi is None else float(hi)}
+
+    def f(self, attrs, x):
+        return np.clip(x, attrs["lo"], attrs["hi"])
+
+    def stat(self, attrs, mu, var):
+        return stats.clip_moments(mu, var, attrs["lo"], attrs["hi"])
+
+
+@register
+class SigmoidRule(ElementwiseRule):
+    op_types = ("Sigmoid",)
+
+    def f(self, attrs, x):
+        return stats.sigmoid(x)
+
+    def stat(self, attrs, mu, var):
+        return stats.sigmoid_moments(mu, var)
+
+
+@register
+class TanhRule(ElementwiseRule):
+    op_types = ("Tanh",)
+
+    def f(self, attrs, x):
+        return np.tanh(x)
+
+    def stat(self, attrs, mu, var):
+        return stats.tanh_moments(mu, var)
+
+
+@register
+class SoftplusRule(ElementwiseRule):
+    op_types = ("Softplus",)
+
+    def f(self, attrs, x):
+        return stats.softplus(x)
+
+    def stat(self, attrs, mu, var):
+        return stats.softplus_moments(mu, var)
+
+
+@register
+class ErfRule(ElementwiseRule):
+    op_types = ("Erf",)
+
+    def f(self, attrs, x):
+        return stats.erf(x)
+
+    def stat(self, attrs, mu, var):
+        return stats.erf_moments(mu, var)
+
+
+@register
+class GeluRule(ElementwiseRule):
+    """ONNX Gelu (opset 20), and the Div/Erf/Add/Mul pattern that the frontend fuses into it."""
+    op_types = ("Gelu",)
+
+    def parse(self, ctx):
+        approx = ctx.attr("approximate", "none")
+        approx = approx.decode() if isinstance(approx, bytes) else approx
+        if approx not in ("none", "tanh"):
+            raise ctx.fail(f"unknown approximate='{approx}'")
+        return {"approximate": approx}
+
+    def f(self, attrs, x):
+        return stats.gelu_tanh(x) if attrs["approximate"] == "tanh" else stats.gelu_erf(x)
+
+    def stat(self, attrs, mu, var):
+        return stats.gelu_moments(mu, var, approximate=attrs["approximate"])
+
+
+@register
+class SoftmaxRule(OpRule):
+    op_types = ("Softmax",)
+
+    def operands(self, ctx):
+        return [0]
+
+    def parse(self, ctx):
+        return {"axis": int(ctx.attr("axis", -1))}
+
+    def forward(self, attrs, xs):
+        x = xs[0] - xs[0].max(axis=attrs["axis"], keepdims=True)
+        e = np.exp(x)
+        return [e / e.sum(axis=attrs["axis"], keepdims=True)]
+
+    def moments(self, attrs, means, variances):
+        ax = attrs["axis"]
+        mean, var = stats.softmax_moments(means[0], variances[0], axis=ax)
+        p = self.forward(attrs, [means[0]])[0]
+        # variance of the linearisation J diag(v) J^T at the mean, J = diag(p) - p p^T
+        lin_var = p ** 2 * ((1 - 2 * p) * variances[0] + (p ** 2 * variances[0]).sum(axis=ax, keepdims=True))
+        return [mean], [var], Linearization(gains=[p], residual=[np.maximum(var - lin_var, 0.0)])
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g, p = gouts[0], lin.gains[0]
+        if g is None:
+            return [None]
+        return [p * (g - (p * g).sum(axis=attrs["axis"], keepdims=True))]

@@ -1,0 +1,216 @@
+"""Linear and affine digital ops: exact in float; moments propagate exactly for independent inputs."""
+from __future__ import annotations
+
+import numpy as np
+import sympy
+
+from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, register, unbroadcast
+
+
+class ShapeRule(OpRule):
+    """Ops that only move elements: the same map applies to means, variances and (inverted) sensitivities."""
+
+    def operands(self, ctx):
+        return [0]
+
+    def move(self, attrs, x):
+        raise NotImplementedError
+
+    def forward(self, attrs, xs):
+        return [self.move(attrs, xs[0])]
+
+    def moments(self, attrs, means, variances):
+        return [self.move(attrs, means[0])], [self.move(attrs, variances[0])], Linearization()
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        return [None if gouts[0] is None else gouts[0].reshape(in_shapes[0])]
+
+    def expressions(self, attrs, mus, vs, node):
+        return [mus[0]], [vs[0]]
+
+
+@register
+class IdentityRule(ShapeRule):
+    op_types = ("Identity", "Dropout")
+
+    def parse(self, ctx):
+        if ctx.node.op_type == "Dropout" and len(ctx.node.output) > 1 and ctx.node.output[1]:
+            raise ctx.fail("the Dropout mask output is not supported (inference graphs only)")
+        return {}
+
+    def move(self, attrs, x):
+        return x
+
+
+@register
+class FlattenRule(ShapeRule):
+    op_types = ("Flatten",)
+
+    def parse(self, ctx):
+        return {"axis": int(ctx.attr("axis", 1))}
+
+    def move(self, attrs, x):
+        ax = attrs["axis"] % x.ndim if x.ndim else 0
+        return x.reshape(int(np.prod(x.shape[:ax])), -1)
+
+
+@register
+class ReshapeRule(ShapeRule):
+    op_types = ("Reshape",)
+
+    def parse(self, ctx):
+        shape = ctx.const(1)
+        if shape is None:
+            raise ctx.fail("the target shape must be a constant")
+        return {"shape": [int(d) for d in shape], "allowzero": int(ctx.attr("allowzero", 0))}
+
+    def move(self, attrs, x):
+        target = [x.shape[i] if d == 0 and not attrs["allowzero"] else d for i, d in enumerate(attrs["shape"])]
+        return x.reshape(target)
+
+
+@register
+class SqueezeRule(ShapeRule):
+    op_types = ("Squeeze", "Unsqueeze")
+
+    def parse(self, ctx):
+        axes = ctx.const(1) if len(ctx.node.input) > 1 and ctx.node.input[1] else ctx.attr("axes")
+        return {"op": ctx.node.op_type, "axes": None if axes is None else [int(a) for a in np.ravel(axes)]}
+
+    def move(self, attrs, x):
+        if attrs["op"] == "Squeeze":
+            return np.squeeze(x, axis=None if attrs["axes"] is None else tuple(attrs["axes"]))
+        out_nd = x.ndim + len(attrs["axes"])
+        return np.expand_dims(x, tuple(a % out_nd for a in attrs["axes"]))
+
+
+@register
+class TransposeRule(ShapeRule):
+    op_types = ("Transpose",)
+
+    def parse(self, ctx):
+        perm = ctx.attr("perm")
+        return {"perm": None if perm is None else [int(p) for p in perm]}
+
+    def move(self, attrs, x):
+        return np.transpose(x, attrs["perm"])
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g = gouts[0]
+        if g is None:
+            return [None]
+        perm = attrs["perm"] or list(range(g.ndim))[::-1]
+        return [np.transpose(g, np.argsort(perm))]
+
+
+@register
+class ConcatRule(OpRule):
+    op_types = ("Concat",)
+
+    def parse(self, ctx):
+        return {"axis": int(ctx.attr("axis"))}
+
+    def forward(self, attrs, xs):
+        return [np.concatenate(xs, axis=attrs["axis"])]
+
+    def moments(self, attrs, means, variances):
+        return self.forward(attrs, means), self.forward(attrs, variances), Linearization()
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g = gouts[0]
+        ax = attrs["axis"] % g.ndim
+        cuts = np.cumsum([s[ax] for s in in_shapes])[:-1]
+        return list(np.split(g, cuts, axis=ax))
+
+    def expressions(self, attrs, mus, vs, node):
+        f = sympy.Function("Concat")
+        return [f(*mus)], [f(*vs)]
+
+
+@register
+class BinaryRule(OpRule):
+    """Add, Sub, Mul, Div with numpy broadcasting. Inputs are treated as independent; a constant operand
+    enters with variance 0 (so Mul by a constant scales the variance by its square)."""
+    op_types = ("Add", "Sub", "Mul", "Div")
+
+    def parse(self, ctx):
+        if ctx.node.op_type == "Div" and not ctx.is_const(1):
+            raise ctx.fail("division by a signal is not supported (only by a constant)")
+        return {"op": ctx.node.op_type}
+
+    def forward(self, attrs, xs):
+        a, b = xs
+        return [{"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[attrs["op"]](a, b)]
+
+    def moments(self, attrs, means, variances):
+        (ma, mb), (va, vb) = means, variances
+        op = attrs["op"]
+        if op in ("Add", "Sub"):
+            return self.forward(attrs, means), [va + vb], Linearization()
+        if op == "Div":
+            return [ma / mb], [va / mb ** 2], Linearization(gains=[1.0 / mb, None])
+        var = ma ** 2 * vb + mb ** 2 * va + va * vb
+        lin_var = ma ** 2 * vb + mb ** 2 * va
+        return [ma * mb], [var], Linearization(gains=[mb, ma], residual=[np.maximum(var - lin_var, 0.0)])
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g, op = gouts[0], attrs["op"]
+        if g is None:
+            return [None, None]
+        if op == "Add":
+            parts = [g, g]
+        elif op == "Sub":
+            parts = [g, -g]
+        elif op == "Div":
+            parts = [g * lin.gains[0], None]
+        else:
+            parts = [g * lin.gains[0], g * lin.gains[1]]
+        return [None if p is None else unbroadcast(p, s) for p, s in zip(parts, in_shapes)]
+
+    def expressions(self, attrs, mus, vs, node):
+        (ma, mb), (va, vb), op = mus, vs, attrs["op"]
+        if op == "Add":
+            return [ma + mb], [va + vb]
+        if op == "Sub":
+            return [ma - mb], [va + vb]
+        if op == "Div":
+            return [ma / mb], [va / mb ** 2]
+        return [ma * mb], [ma ** 2 * vb + mb ** 2 * va + va * vb]
+
+
+@register
+class BatchNormRule(OpRule):
+    """Inference BatchNormalization left as a digital affine node (when it could not be folded)."""
+    op_types = ("BatchNormalization",)
+
+    def operands(self, ctx):
+        return [0]
+
+    def parse(self, ctx):
+        if len([o for o in ctx.node.output if o]) > 1 or ctx.attr("training_mode", 0):
+            raise ctx.fail("only inference-mode BatchNormalization is supported")
+        params = [ctx.const(i) for i in range(1, 5)]
+        if any(p is None for p in params):
+            raise ctx.fail("scale, bias, mean and var must be constants")
+        scale, bias, mean, var = (np.asarray(p, np.float64) for p in params)
+        a = scale / np.sqrt(var + float(ctx.attr("epsilon", 1e-5)))
+        return {"a": a, "b": bias - a * mean}
+
+    @staticmethod
+    def _bc(v, x):
+        return v.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+    def forward(self, attrs, xs):
+        x = xs[0]
+        return [x * self._bc(attrs["a"], x) + self._bc(attrs["b"], x)]
+
+    def moments(self, attrs, means, variances):
+        return self.forward(attrs, means), [variances[0] * self._bc(attrs["a"], variances[0]) ** 2], Linearization()
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g = gouts[0]
+        return [None if g is None else g * self._bc(attrs["a"], g)]
+
+    def expressions(self, attrs, mus, vs, node):
+        a, b = sympy.Symbol(f"a_{node}"), sympy.Symbol(f"b_{node}")
+        return [a * mus[0] + b], [a ** 2 * vs[0]]

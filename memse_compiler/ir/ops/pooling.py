@@ -1,0 +1,132 @@
+"""Pooling ops: average pools are linear (exact), MaxPool uses Clark's moments of a max of Gaussians."""
+from __future__ import annotations
+
+import numpy as np
+
+from memse_compiler.ir import stats
+from memse_compiler.ir.geometry import Windows, conv_pads
+from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, register
+
+PAD_MEAN = -1e100     # stands for -inf in max-pool padding; finite so that Clark's formulas stay exact
+
+
+def pool_windows(ctx: ParseContext) -> Windows:
+    shape = ctx.shape(0)
+    if len(shape) not in (3, 4):
+        raise ctx.fail(f"only 1-D and 2-D pooling is supported (input rank {len(shape)})")
+    if ctx.attr("ceil_mode", 0):
+        raise ctx.fail("ceil_mode=1 is not supported")
+    one_d = len(shape) == 3
+    spatial = (1,) + tuple(shape[2:]) if one_d else tuple(shape[2:])
+    k = [int(v) for v in ctx.attr("kernel_shape")]
+    nd = len(k)
+    s = [int(v) for v in ctx.attr("strides", [1] * nd)]
+    d = [int(v) for v in ctx.attr("dilations", [1] * nd)]
+    auto = ctx.attr("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    pads, out = conv_pads(shape[2:], k, s, d, ctx.attr("pads"), auto)
+    if one_d:
+        k, s, d, pads, out = [1] + k, [1] + s, [1] + d, [0, pads[0], 0, pads[1]], [1] + out
+    return Windows(tuple(k), tuple(s), tuple(d), tuple(pads), spatial, tuple(out))
+
+
+def _4d(x, one_d):
+    return x[:, :, None, :] if one_d else x
+
+
+def _back(x, one_d):
+    return x[:, :, 0, :] if one_d else x
+
+
+@register
+class AveragePoolRule(OpRule):
+    op_types = ("AveragePool",)
+
+    def operands(self, ctx):
+        return [0]
+
+    def parse(self, ctx):
+        w = pool_windows(ctx)
+        ones = np.ones((1, 1) + w.in_hw)
+        if ctx.attr("count_include_pad", 0):
+            count = np.full(w.out_hw, float(np.prod(w.kernel)))
+        else:
+            count = w.extract(ones).sum(axis=(-1, -2))[0, 0]
+        return {"windows": w, "count": count, "one_d": len(ctx.shape(0)) == 3}
+
+    def _pool(self, attrs, x, power=1):
+        s = attrs["windows"].extract(_4d(x, attrs["one_d"])).sum(axis=(-1, -2))
+        return _back(s / attrs["count"] ** power, attrs["one_d"])
+
+    def forward(self, attrs, xs):
+        return [self._pool(attrs, xs[0])]
+
+    def moments(self, attrs, means, variances):
+        return [self._pool(attrs, means[0])], [self._pool(attrs, variances[0], 2)], Linearization()
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g = _4d(gouts[0], attrs["one_d"]) / attrs["count"]
+        cols = np.broadcast_to(g[..., None, None], g.shape + attrs["windows"].kernel)
+        return [_back(attrs["windows"].scatter(cols), attrs["one_d"])]
+
+
+@register
+class GlobalAveragePoolRule(OpRule):
+    op_types = ("GlobalAveragePool",)
+
+    def forward(self, attrs, xs):
+        x = xs[0]
+        return [x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)]
+
+    def moments(self, attrs, means, variances):
+        v = variances[0]
+        n = int(np.prod(v.shape[2:]))
+        return self.forward(attrs, means), [v.mean(axis=tuple(range(2, v.ndim)), keepdims=True) / n], Linearization()
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        n = int(np.prod(in_shapes[0][2:]))
+        return [np.broadcast_to(gouts[0] / n, in_shapes[0]).copy()]
+
+
+@register
+class MaxPoolRule(OpRule):
+    op_types = ("MaxPool",)
+
+    def operands(self, ctx):
+        return [0]
+
+    def parse(self, ctx):
+        if len([o for o in ctx.node.output if o]) > 1:
+            raise ctx.fail("the Indices output of MaxPool is not supported")
+        return {"windows": pool_windows(ctx), "one_d": len(ctx.shape(0)) == 3}
+
+    def forward(self, attrs, xs):
+        cols = attrs["windows"].extract(_4d(xs[0], attrs["one_d"]), fill=-np.inf)
+        return [_back(cols.max(axis=(-1, -2)), attrs["one_d"])]
+
+    def moments(self, attrs, means, variances):
+        """Clark's pairwise reduction over the window (inputs independent); the gains are each element's
+        probability of being the max, which is also dE[max]/dmu of that element."""
+        w, one_d = attrs["windows"], attrs["one_d"]
+        m = w.extract(_4d(means[0], one_d), fill=PAD_MEAN)
+        v = w.extract(_4d(variances[0], one_d), fill=0.0)
+        k = m.shape[-2] * m.shape[-1]
+        m = m.reshape(m.shape[:-2] + (k,))
+        v = v.reshape(v.shape[:-2] + (k,))
+        mean, var = m[..., 0], v[..., 0]
+        weights = np.zeros_like(m)
+        weights[..., 0] = 1.0
+        for i in range(1, k):                  # loop over window taps; each step is vectorised
+            mean, var, p_prev = stats.max_moments(mean, var, m[..., i], v[..., i])
+            weights[..., :i] *= p_prev[..., None]
+            weights[..., i] = 1.0 - p_prev
+        lin_var = (weights ** 2 * v).sum(axis=-1)
+        resid = np.maximum(var - lin_var, 0.0)
+        return ([_back(mean, one_d)], [_back(var, one_d)],
+                Linearization(gains=[weights.reshape(weights.shape[:-1] + w.kernel)],
+                              residual=[_back(resid, one_d)]))
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g = _4d(gouts[0], attrs["one_d"])
+        cols = g[..., None, None] * lin.gains[0]
+        return [_back(attrs["windows"].scatter(cols), attrs["one_d"])]

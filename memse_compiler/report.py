@@ -1,0 +1,116 @@
+"""The report (DESIGN §8): a JSON-serialisable summary of the compiled, annotated graph, and stdout tables."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from memse_compiler.ir import MemseGraph
+
+
+def layer_hardware(layer) -> dict[str, Any]:
+    """Counts of one lowered layer: tiles, converters (one ADC per output per tile, one DAC per driven row;
+    the bias row is a fixed reference, not a DAC) and array utilisation."""
+    g, o, j = layer.weight.shape
+    tiles = layer.tiles
+    return {"name": layer.name, "op": layer.op, "matrix": [g * o, j + int(layer.bias_row)], "groups": g,
+            "tiles": tiles, "row_tiles": layer.row_tiles, "col_tiles": layer.col_tiles,
+            "adcs": g * layer.row_tiles * o, "dacs": g * layer.col_tiles * j,
+            "utilization": g * o * layer.rows / (tiles * layer.rows_per_tile * layer.outs_per_tile)}
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def build_report(g: MemseGraph) -> dict[str, Any]:
+    analysis = g.graph.get("analysis", {})
+    power = g.graph.get("power", {})
+    mc = g.graph.get("montecarlo", {})
+    layers = []
+    for layer in g.layers.values():
+        row = layer_hardware(layer)
+        row["mse"] = analysis.get("layers", {}).get(layer.name)
+        if mc:
+            row["mc_mse"] = mc.get("layers", {}).get(layer.name)
+        row["power_w"] = power.get("layers", {}).get(layer.name)
+        layers.append(row)
+    outputs = {}
+    for name in g.graph["outputs"]:
+        a = analysis.get("outputs", {}).get(name, {})
+        m = mc.get("outputs", {}).get(name, {})
+        outputs[name] = {"mse": a.get("mse"), "bias2": a.get("bias2"), "variance": a.get("variance"),
+                         "mc_mse": m.get("mse"), "mc_ci95": m.get("ci95"),
+                         **{k: v for k, v in a.items() if k not in ("mse", "bias2", "variance")}}
+    timing = g.graph.get("timing", {})
+    report = {
+        "model": g.graph.get("model_path", g.graph.get("name")),
+        "device": g.graph["device"].to_dict(),
+        "hardware": {k: sum(r[k] for r in layers) for k in ("tiles", "adcs", "dacs")},
+        "outputs": outputs,
+        "layers": layers,
+        "power": {"total_w": power.get("total_w"), **{k: v for k, v in power.items() if k not in ("layers",)}},
+        "timing": {"analysis_s": timing.get("analysis_s"), "mc_s": timing.get("mc_s"),
+                   "compile_s": timing.get("compile_s"), "passes": timing.get("passes", {})},
+    }
+    for key in ("closed_form", "optimization", "evaluation"):
+        if key in g.graph:
+            report[key] = g.graph[key]
+    return _clean(report)
+
+
+def write_report(report: dict, path: str) -> None:
+    with open(path, "w") as fh:
+        json.dump(report, fh, indent=2)
+
+
+def _fmt(v, spec=".3e") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def hardware_table(report: dict) -> str:
+    cols = ["layer", "op", "matrix", "tiles", "ADCs", "DACs", "util", "mse", "power_w"]
+    rows = [[r["name"], r["op"], f"{r['matrix'][0]}x{r['matrix'][1]}", str(r["tiles"]), str(r["adcs"]),
+             str(r["dacs"]), f"{100 * r['utilization']:.0f}%", _fmt(r.get("mse")), _fmt(r.get("power_w"))]
+            for r in report["layers"]]
+    hw = report["hardware"]
+    rows.append(["total", "", "", str(hw["tiles"]), str(hw["adcs"]), str(hw["dacs"]), "", "",
+                 _fmt(report["power"].get("total_w"))])
+    if any(r.get("mc_mse") is not None for r in report["layers"]):
+        cols.insert(8, "mc_mse")
+        for row, r in zip(rows, report["layers"] + [{}]):
+            row.insert(8, _fmt(r.get("mc_mse")))
+    return _table(cols, rows)
+
+
+def outputs_table(report: dict) -> str:
+    cols = ["output", "mse", "bias^2", "variance", "mc_mse", "mc_ci95", "rel.err"]
+    rows = []
+    for name, o in report["outputs"].items():
+        ci = o.get("mc_ci95")
+        rel = (o["mse"] / o["mc_mse"] - 1) if o.get("mse") is not None and o.get("mc_mse") else None
+        rows.append([name, _fmt(o.get("mse")), _fmt(o.get("bias2")), _fmt(o.get("variance")),
+                     _fmt(o.get("mc_mse")), "-" if not ci else f"[{ci[0]:.3e}, {ci[1]:.3e}]",
+                     "-" if rel is None else f"{100 * rel:+.1f}%"])
+    return _table(cols, rows)
+
+
+def _table(cols: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)

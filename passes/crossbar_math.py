@@ -1,0 +1,97 @@
+"""Moments of one lowered crossbar layer (DESIGN §4-5), vectorised over samples, positions and tiles.
+
+DAC -> tiles -> ADCs -> adder, with inputs x ~ (mu, v) independent of the layer's own conductance noise:
+    effective weight  w = (G+_dev - G-_dev) / c,  G_dev = max(G_target + e, 0),  e ~ N(0, s^2)
+    partial sum       E[ps] = W_bar mu;   Var[ps] = W_bar^2 v + S (mu^2 + v) + R (mu^2 + v)
+with W_bar, S the exact mean and variance of the clipped differential pair, R = 2 sigma_read^2 / c^2 the
+read noise (fresh per MVM, not clipped), and each quantizer's Gaussian moments (memse_compiler.ir.stats).
+The symbolic templates (passes/symbolic.py) state the same formulas; they are evaluated through them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from memse_compiler.ir import stats
+from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
+
+
+def device_std(g_target: np.ndarray, device) -> np.ndarray:
+    pn = device.programming_noise
+    if pn.relative == 0:
+        return np.full_like(g_target, pn.sigma)
+    return np.sqrt(pn.sigma ** 2 + (pn.relative * g_target) ** 2)
+
+
+def weight_statistics(layer: CrossbarLayer, device) -> tuple[np.ndarray, np.ndarray]:
+    """Per-weight mean W_bar and variance S (G, O, Jb) of the programmed effective weight."""
+    from passes.symbolic import weight_stat_function
+    fn = weight_stat_function(device.programming_noise.clip_at_zero)
+    return fn(layer.g_plus, layer.g_minus, device_std(layer.g_plus, device), device_std(layer.g_minus, device),
+              layer.scale_c)
+
+
+@dataclass
+class CrossbarMoments:
+    """Everything the forward pass computes for a layer, kept for the backward (sensitivity) pass."""
+    mean_in: np.ndarray           # DAC input moments (the layer's input tensor)
+    var_in: np.ndarray
+    dac_mean: np.ndarray          # DAC output (tensor shaped)
+    dac_var: np.ndarray
+    dac_gain: np.ndarray | float
+    dac_resid: np.ndarray | float
+    mu_vec: np.ndarray            # crossbar input vectors (N, P, G, Jb) after the DAC (bias row = 1)
+    v_vec: np.ndarray
+    w_bar: np.ndarray             # (G, O, Jb)
+    w_var: np.ndarray             # S
+    read_var: np.ndarray          # R, broadcastable to (G, O, Jb)
+    ps_mean: np.ndarray           # (N, P, G, R, O) before the ADC
+    ps_var: np.ndarray
+    adc_mean: np.ndarray          # after the ADC
+    adc_var: np.ndarray
+    adc_gain: np.ndarray | float
+    # variance injected per partial sum (after the ADC), by source, beyond the linear response
+    inj_programming: np.ndarray   # a_gain^2 * S v  (second order in the noise)
+    inj_read: np.ndarray          # a_gain^2 * R (mu^2 + v)
+    inj_adc: np.ndarray           # the ADC's quantization residual
+    out_mean: np.ndarray
+    out_var: np.ndarray
+
+
+def vectors_with_bias(layer: CrossbarLayer, x: np.ndarray, bias_value: float) -> np.ndarray:
+    v = layer.geometry.to_vectors(x)
+    if layer.bias_row:
+        v = np.concatenate([v, np.full(v.shape[:-1] + (1,), bias_value)], axis=-1)
+    return v
+
+
+def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.ndarray) -> CrossbarMoments:
+    from passes.symbolic import partial_sum_function, quantizer_function
+    shape = mean.shape
+    if layer.dac_bits is not None:
+        qmin, qmax = converter_levels(layer.dac_bits, layer.dac_signed)
+        m_d, v_d, g_d = quantizer_function()(mean, var, layer.dac_step(), qmin, qmax)
+        dac_resid = np.maximum(v_d - g_d ** 2 * var, 0.0)
+    else:
+        m_d, v_d, g_d, dac_resid = mean, var, 1.0, 0.0
+    mu_vec = vectors_with_bias(layer, m_d, 1.0)
+    v_vec = vectors_with_bias(layer, v_d, 0.0)
+    w_bar, w_var = weight_statistics(layer, device)
+    read_var = 2 * device.read_noise.sigma ** 2 / layer.scale_c ** 2
+    ps_mean, ps_var, lin_var = partial_sum_function()(layer.partial_sums, w_bar, w_var, read_var, mu_vec, v_vec)
+    if layer.adc_bits is not None:
+        qmin, qmax = converter_levels(layer.adc_bits, True)
+        a_mean, a_var, a_gain = quantizer_function()(ps_mean, ps_var, layer.adc_steps(), qmin, qmax)
+    else:
+        a_mean, a_var, a_gain = ps_mean, ps_var, 1.0
+    # what the backward pass does not see through the linear response: S v, read noise, ADC residual
+    read = layer.partial_sums(mu_vec ** 2 + v_vec, np.broadcast_to(read_var, w_bar.shape)) \
+        if device.read_noise.sigma else np.zeros_like(ps_var)
+    inj_read = a_gain ** 2 * read
+    inj_prog = a_gain ** 2 * np.maximum(ps_var - lin_var - read, 0.0)
+    inj_adc = np.maximum(a_var - a_gain ** 2 * ps_var, 0.0)
+    out_mean = layer.combine(a_mean, shape)
+    out_var = layer.geometry.from_vectors(a_var.sum(axis=3), shape)
+    return CrossbarMoments(mean, var, m_d, v_d, g_d, dac_resid, mu_vec, v_vec, w_bar, w_var, read_var, ps_mean, ps_var,
+                           a_mean, a_var, a_gain, inj_prog, inj_read, inj_adc, out_mean, out_var)

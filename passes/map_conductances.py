@@ -1,0 +1,53 @@
+"""Weight-to-conductance mapping (DESIGN §4.1-4.3): scale groups, differential pairs, quantized targets."""
+from __future__ import annotations
+
+import numpy as np
+
+from memse_compiler.ir import KIND_WEIGHTED, MemseGraph
+from memse_compiler.ir.crossbar import CrossbarLayer
+from memse_compiler.ir.errors import MemseInputError
+from memse_compiler.ir.pass_base import Pass, PassContext
+
+
+def weighted_layers(g: MemseGraph) -> list[CrossbarLayer]:
+    """Every crossbar layer, lowered or not, in graph order."""
+    found = [d["attrs"]["layer"] for _, d in g.nodes(data=True) if d["kind"] == KIND_WEIGHTED]
+    return found + [layer for layer in g.layers.values() if layer not in found]
+
+
+def quantize_conductance(target: np.ndarray, g_range: np.ndarray, levels: int | None, rounding: str) -> np.ndarray:
+    """Targets above g_min (0..G) snapped to `levels` evenly spaced conductances on [0, G]."""
+    if levels is None:
+        return target
+    step = g_range / (levels - 1)
+    safe = np.where(step > 0, step, 1.0)
+    k = np.round(target / safe) if rounding == "nearest" else np.floor(target / safe * (1 + 1e-12))
+    return np.where(step > 0, np.clip(k, 0, levels - 1) * step, 0.0)
+
+
+def map_layer(layer: CrossbarLayer, device) -> None:
+    cond = device.conductance
+    layer.bias_row = device.crossbar.bias == "row" and layer.bias is not None
+    layer.scale = device.mapping.scale
+    a = layer.augmented_weight()
+    axes = (0, 1, 2) if layer.scale == "layer" else (2,)
+    layer.w_max = np.abs(a).max(axis=axes, keepdims=True)
+    window = cond.g_max - cond.g_min
+    if layer.g_range is None or np.shape(layer.g_range) != layer.w_max.shape:
+        layer.g_range = np.full(layer.w_max.shape, window)
+    if np.any(layer.g_range <= 0) or np.any(layer.g_range > window * (1 + 1e-9)):
+        raise MemseInputError(f"layer '{layer.name}': conductance range must lie in (0, g_max - g_min]")
+    layer.g_min = cond.g_min
+    c = layer.scale_c
+    layer.g_plus = cond.g_min + quantize_conductance(c * np.maximum(a, 0), layer.g_range, cond.levels, cond.rounding)
+    layer.g_minus = cond.g_min + quantize_conductance(c * np.maximum(-a, 0), layer.g_range, cond.levels,
+                                                      cond.rounding)
+
+
+class MapConductances(Pass):
+    name = "map_conductances"
+
+    def apply(self, g: MemseGraph, ctx: PassContext) -> MemseGraph:
+        for layer in weighted_layers(g):
+            map_layer(layer, ctx.device)
+        return g

@@ -1,0 +1,171 @@
+"""Symbolic moments: every edge gets `mean_expr` / `var_expr` (sympy) in device symbols and opaque symbols
+for upstream moments, weights and conductances; plus the lambdified templates the numeric pass evaluates.
+
+Expressions are written one level deep (in the moments of the producer's inputs), never substituted layer
+into layer (that explodes). Each template is lambdified once per shape and memoised (sympy does not cache).
+Digital ops write their rule's expression (a closed form such as ReLU's, or an opaque E_f/Var_f); those are
+evaluated by the rule's vectorised numpy code, which computes the same quantity.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import sympy as sp
+
+from memse_compiler.ir import (KIND_ADC, KIND_BIAS, KIND_CROSSBAR, KIND_DAC, KIND_INPUT, KIND_OUTPUT, KIND_SUM,
+                               MemseGraph)
+from memse_compiler.ir import stats
+from memse_compiler.ir.ops import rule_for
+from memse_compiler.ir.pass_base import Pass, PassContext
+
+# ---- device symbols ----------------------------------------------------------------------------------
+sigma = sp.Symbol("sigma", nonnegative=True)            # programming noise std (S)
+sigma_rel = sp.Symbol("sigma_rel", nonnegative=True)    # state-dependent programming noise (relative)
+sigma_r = sp.Symbol("sigma_r", nonnegative=True)        # read noise std (S)
+g_min = sp.Symbol("g_min", nonnegative=True)
+levels = sp.Symbol("L", positive=True)
+b_dac = sp.Symbol("b_dac", positive=True)
+b_adc = sp.Symbol("b_adc", positive=True)
+DEVICE_SYMBOLS = (sigma, sigma_rel, sigma_r, g_min, levels, b_dac, b_adc)
+
+RectMean = sp.Function("RectMean")      # E[max(g + s Z, 0)]
+RectVar = sp.Function("RectVar")        # Var[max(g + s Z, 0)]
+Contract = sp.Function("Contract")      # Contract(K, A, x): the layer's per-tile matrix product A x
+Quant = sp.Function("Q_L")              # snap to L evenly spaced conductances on [0, G]
+Pos = sp.Function("Pos")                # max(., 0)
+QMean = sp.Function("E_q")              # E[q(X)] for X ~ N(mu, v), step d
+QVar = sp.Function("Var_q")
+
+
+# ---- numeric templates (the analysis evaluates these) ---------------------------------------------------
+_gp, _gm, _sp, _sm, _c = sp.symbols("Gp Gm s_p s_m c", positive=True)
+_K, _wbar, _wvar, _rvar, _mu, _v = sp.symbols("K Wbar S R mu v")
+
+
+def weight_stat_exprs(clip: bool) -> tuple[sp.Expr, sp.Expr]:
+    if clip:
+        return ((RectMean(_gp, _sp) - RectMean(_gm, _sm)) / _c, (RectVar(_gp, _sp) + RectVar(_gm, _sm)) / _c ** 2)
+    return (_gp - _gm) / _c, (_sp ** 2 + _sm ** 2) / _c ** 2
+
+
+def _rect_mean(g, s):
+    return stats.rectified_moments(g, s)[0]
+
+
+def _rect_var(g, s):
+    return stats.rectified_moments(g, s)[1]
+
+
+@lru_cache(maxsize=None)
+def weight_stat_function(clip: bool):
+    """(G+, G-, s+, s-, c) -> (W_bar, S): mean and variance of the programmed effective weight."""
+    return sp.lambdify([_gp, _gm, _sp, _sm, _c], list(weight_stat_exprs(clip)),
+                       modules=[{"RectMean": _rect_mean, "RectVar": _rect_var}, "numpy"], cse=True)
+
+
+def partial_sum_exprs() -> tuple[sp.Expr, sp.Expr, sp.Expr]:
+    mean = Contract(_K, _wbar, _mu)
+    lin = Contract(_K, _wbar ** 2, _v) + Contract(_K, _wvar, _mu ** 2)
+    var = Contract(_K, _wbar ** 2, _v) + Contract(_K, _wvar + _rvar, _mu ** 2 + _v)
+    return mean, var, lin
+
+
+@lru_cache(maxsize=None)
+def partial_sum_function():
+    """(K, W_bar, S, R, mu, v) -> (mean, var, linear part of var) of every tile's partial sums."""
+    return sp.lambdify([_K, _wbar, _wvar, _rvar, _mu, _v], list(partial_sum_exprs()),
+                       modules=[{"Contract": lambda k, a, x: k(x, a)}, "numpy"], cse=True)
+
+
+@lru_cache(maxsize=None)
+def quantizer_function():
+    return stats.quantizer_moments
+
+
+# ---- per-edge display expressions ----------------------------------------------------------------------
+def _tensor_syms(t: str) -> tuple[sp.Symbol, sp.Symbol]:
+    return sp.Symbol(f"mu[{t}]"), sp.Symbol(f"v[{t}]")
+
+
+def layer_symbols(name: str) -> dict[str, sp.Symbol]:
+    return {"G": sp.Symbol(f"G_{name}", positive=True), "Wmax": sp.Symbol(f"Wmax_{name}", positive=True),
+            "W": sp.Symbol(f"W_{name}"), "R_dac": sp.Symbol(f"R_dac_{name}", positive=True)}
+
+
+def crossbar_exprs(layer, device, x: str, tile: tuple[int, int, int]) -> tuple[sp.Expr, sp.Expr]:
+    """Partial-sum moments of one tile, in device symbols."""
+    s = layer_symbols(layer.name)
+    g_plus = g_min + Quant(s["G"] * Pos(s["W"]) / s["Wmax"], levels)
+    g_minus = g_min + Quant(s["G"] * Pos(-s["W"]) / s["Wmax"], levels)
+    std = sp.sqrt(sigma ** 2 + (sigma_rel * g_plus) ** 2) if device.programming_noise.relative else sigma
+    std_m = sp.sqrt(sigma ** 2 + (sigma_rel * g_minus) ** 2) if device.programming_noise.relative else sigma
+    w_bar, w_var = weight_stat_exprs(device.programming_noise.clip_at_zero)
+    c = s["G"] / s["Wmax"]
+    subs = {_gp: g_plus, _gm: g_minus, _sp: std, _sm: std_m, _c: c}
+    w_bar, w_var = w_bar.xreplace(subs), w_var.xreplace(subs)
+    mean, var, _ = partial_sum_exprs()
+    mu, v = _tensor_syms(x)
+    k = sp.Symbol(f"K_{layer.name}[{tile[0]},{tile[1]},{tile[2]}]")
+    subs = {_K: k, _wbar: w_bar, _wvar: w_var, _rvar: 2 * sigma_r ** 2 / c ** 2, _mu: mu, _v: v}
+    return mean.xreplace(subs), var.xreplace(subs)
+
+
+def quantizer_exprs(x: str, full_range: sp.Expr, bits: sp.Expr, signed: bool) -> tuple[sp.Expr, sp.Expr]:
+    mu, v = _tensor_syms(x)
+    step = full_range / (2 ** (bits - 1) - 1 if signed else 2 ** bits - 1)
+    return QMean(mu, v, step), QVar(mu, v, step)
+
+
+class SymbolicMoments(Pass):
+    """Annotate every edge with `mean_expr` and `var_expr`."""
+    name = "symbolic_moments"
+
+    def apply(self, g: MemseGraph, ctx: PassContext) -> MemseGraph:
+        exprs: dict[str, tuple[sp.Expr, sp.Expr]] = {}
+        consts = g.graph["constants"]
+        for node, d in g.nodes(data=True):
+            kind = d["kind"]
+            if kind == KIND_INPUT:
+                exprs[d["outputs"][0]] = _tensor_syms(d["outputs"][0])[0], sp.Integer(0)
+            elif kind == KIND_DAC:
+                layer = g.layers[d["layer"]]
+                if layer.dac_bits is None:
+                    exprs[d["outputs"][0]] = _tensor_syms(d["inputs"][0])
+                else:
+                    exprs[d["outputs"][0]] = quantizer_exprs(d["inputs"][0], layer_symbols(layer.name)["R_dac"],
+                                                             b_dac, layer.dac_signed)
+            elif kind == KIND_CROSSBAR:
+                layer = g.layers[d["layer"]]
+                exprs[d["outputs"][0]] = crossbar_exprs(layer, ctx.device, d["inputs"][0],
+                                                        (d["group"], d["row_tile"], d["col_tile"]))
+            elif kind == KIND_ADC:
+                layer = g.layers[d["layer"]]
+                if layer.adc_bits is None:
+                    exprs[d["outputs"][0]] = _tensor_syms(d["inputs"][0])
+                else:
+                    r = sp.Symbol(f"R_adc_{layer.name}[{d['group']},{d['row_tile']},{d['col_tile']}]", positive=True)
+                    exprs[d["outputs"][0]] = quantizer_exprs(d["inputs"][0], r, b_adc, True)
+            elif kind == KIND_SUM:
+                syms = [_tensor_syms(t) for t in d["inputs"]]
+                gather = sp.Function("PartialSum")
+                exprs[d["outputs"][0]] = gather(*[m for m, _ in syms]), gather(*[v for _, v in syms])
+            elif kind == KIND_BIAS:
+                mu, v = _tensor_syms(d["inputs"][0])
+                exprs[d["outputs"][0]] = mu + sp.Symbol(f"b_{d['layer']}"), v
+            elif kind != KIND_OUTPUT:
+                mus, vs = [], []
+                for t in d["inputs"]:
+                    if t in consts:
+                        mus.append(sp.Symbol(f"const[{t}]"))
+                        vs.append(sp.Integer(0))
+                    else:
+                        m, v = _tensor_syms(t)
+                        mus.append(m)
+                        vs.append(v)
+                means, variances = rule_for(d["op"]).expressions(d["attrs"], mus, vs, node)
+                for t, m, v in zip(d["outputs"], means, variances):
+                    exprs[t] = (m, v)
+        for u, v, data in g.edges(data=True):
+            data["mean_expr"], data["var_expr"] = exprs[data["tensor"]]
+        return g

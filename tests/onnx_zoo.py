@@ -1,0 +1,382 @@
+"""A zoo of tiny hand-built ONNX models for the compiler's tests.
+
+Entry points:
+
+* :func:`op_coverage_models` -- valid float32 models (opset 17), each exercising one weighted-op variant
+  (Gemm / MatMul / Conv) next to the digital op under test, with a deterministic input feed.
+* :func:`bad_models` -- writes malformed or unsupported models to a directory (kind -> path).
+
+Everything is deterministic: each model's weights and feed come from ``np.random.default_rng(seed)`` with
+the seed derived from the model name (CRC32), so adding a model never changes the others.
+
+Dense (Gemm/MatMul/activation) models live here; convolution, batch-norm and pooling models live in
+``onnx_zoo_conv.py``, which reuses the :class:`Builder` defined below.
+"""
+from __future__ import annotations
+
+import pathlib
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 9          # onnx 1.14 level; accepted by onnxruntime 1.32
+BATCH = 3               # concrete value fed for the symbolic batch dim
+N = "N"                 # the symbolic batch dim
+WEIGHTED_OPS = frozenset({"Gemm", "MatMul", "Conv"})
+
+
+@dataclass
+class ZooModel:
+    name: str                                   # unique, pytest-id friendly
+    model: onnx.ModelProto
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)  # feed for the single graph input
+
+    def __repr__(self) -> str:  # keep pytest output short
+        return f"ZooModel({self.name!r})"
+
+
+# --------------------------------------------------------------------------------------------------
+# builder
+
+
+class Builder:
+    """Accumulates nodes/initializers of one graph; weights and feed from a name-seeded generator."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.rng = np.random.default_rng(zlib.crc32(name.encode()))
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.graph_inputs: list[onnx.ValueInfoProto] = []
+        self.feed: dict[str, np.ndarray] = {}
+        self._names: set[str] = set()
+        self._count: dict[str, int] = {}
+
+    # ---- names
+    def fresh(self, base: str) -> str:
+        i = self._count.get(base, 0)
+        self._count[base] = i + 1
+        name = base if i == 0 and base not in self._names else f"{base}_{i}"
+        while name in self._names:
+            i += 1
+            name = f"{base}_{i}"
+        self._names.add(name)
+        return name
+
+    # ---- graph inputs
+    def input(self, name: str, shape, dist: str = "normal") -> str:
+        """Graph input; 'N' in `shape` is symbolic (fed with BATCH), other strings stay symbolic too."""
+        self._names.add(name)
+        self.graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
+        concrete = [BATCH if isinstance(d, str) else d for d in shape]
+        if dist == "normal":
+            x = self.rng.standard_normal(concrete)
+        elif dist == "uniform":
+            x = self.rng.uniform(0.0, 1.0, concrete)
+        else:
+            raise ValueError(dist)
+        self.feed[name] = x.astype(np.float32)
+        return name
+
+    # ---- initializers
+    def const(self, name: str, value) -> str:
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32)
+        elif arr.dtype.kind in "iu":
+            arr = arr.astype(np.int64)
+        name = self.fresh(name)
+        self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def weight(self, name: str, shape, fan_in: int | None = None) -> str:
+        """N(0, 1/fan_in) weights (fan_in defaults to prod(shape[1:])), so activations stay O(1)."""
+        fan_in = fan_in or int(np.prod(shape[1:]))
+        return self.const(name, self.rng.standard_normal(shape) / np.sqrt(fan_in))
+
+    def vector(self, name: str, shape, scale: float = 0.1) -> str:
+        return self.const(name, scale * self.rng.standard_normal(shape))
+
+    # ---- nodes
+    def op(self, op_type: str, inputs, n_out: int = 1, name: str | None = None, **attrs):
+        """Add a node named `name` (made unique) or after its op type; returns its output name(s)."""
+        return self._node(op_type, inputs, self.fresh(name or op_type.lower()), n_out, **attrs)
+
+    def _node(self, op_type: str, inputs, node_name: str, n_out: int = 1, **attrs):
+        outs = [self.fresh(f"{node_name}_out{i}" if n_out > 1 else f"{node_name}_out") for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=node_name, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    # ---- composite helpers (PyTorch-export-like naming: fc1.weight, conv1.bias, ...)
+    def gemm(self, x: str, k: int, m: int, name: str = "fc", bias: bool = True, trans_b: int = 1,
+             **attrs) -> str:
+        name = self.fresh(name)
+        w = self.weight(f"{name}.weight", (m, k) if trans_b else (k, m), fan_in=k)
+        ins = [x, w] + ([self.vector(f"{name}.bias", (m,))] if bias else [])
+        return self._node("Gemm", ins, name, transB=trans_b, **attrs)
+
+    def matmul(self, x: str, k: int, m: int, name: str = "matmul") -> str:
+        name = self.fresh(name)
+        return self._node("MatMul", [x, self.weight(f"{name}.weight", (k, m), fan_in=k)], name)
+
+    def conv(self, x: str, cin: int, cout: int, kernel=(3, 3), name: str = "conv", bias: bool = True,
+             group: int = 1, **attrs) -> str:
+        name = self.fresh(name)
+        kernel = tuple(kernel)
+        w = self.weight(f"{name}.weight", (cout, cin // group, *kernel))
+        ins = [x, w] + ([self.vector(f"{name}.bias", (cout,))] if bias else [])
+        return self._node("Conv", ins, name, kernel_shape=list(kernel), group=group, **attrs)
+
+    def bn(self, x: str, c: int, name: str = "bn", epsilon: float = 1e-3) -> str:
+        name = self.fresh(name)
+        scale = self.const(f"{name}.weight", self.rng.uniform(0.5, 1.5, c))
+        bias = self.vector(f"{name}.bias", (c,), 0.2)
+        mean = self.vector(f"{name}.running_mean", (c,), 0.3)
+        var = self.const(f"{name}.running_var", self.rng.uniform(0.5, 2.0, c))
+        return self._node("BatchNormalization", [x, scale, bias, mean, var], name, epsilon=epsilon)
+
+    # ---- finish
+    def build(self, outputs) -> ZooModel:
+        outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+        graph = helper.make_graph(self.nodes, self.name, self.graph_inputs,
+                                  [helper.make_value_info(o, onnx.TypeProto()) for o in outputs],
+                                  initializer=self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  ir_version=IR_VERSION, producer_name="memse-onnx-zoo")
+        # fill the output types/shapes (full_check requires them); drop intermediate value_info so the
+        # models look like plain exporter output
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        del model.graph.value_info[:]
+        return ZooModel(self.name, model, dict(self.feed))
+
+
+# --------------------------------------------------------------------------------------------------
+# Gemm / MatMul
+
+K, M = 12, 10   # dense in/out features
+
+
+def _gemm_act_a(name: str, *, trans_a=0, trans_b=0, alpha=1.0, beta=1.0, c_shape=(M,), post="Relu"):
+    """Gemm with the activation as A and a constant B. transA=1 puts the batch on axis 1 (static)."""
+    g = Builder(name)
+    x = g.input("x", (K, BATCH) if trans_a else (N, K))
+    w = g.weight("fc.weight", (M, K) if trans_b else (K, M), fan_in=K)
+    ins = [x, w] + ([g.vector("fc.bias", c_shape)] if c_shape is not None else [])
+    attrs = {k: v for k, v in (("alpha", alpha), ("beta", beta)) if v != 1.0}
+    y = g.op("Gemm", ins, name="fc", transA=trans_a, transB=trans_b, **attrs)
+    return g.build(g.op(post, [y]) if post else y)
+
+
+def _gemm_const_a(name: str, *, trans_a=0, trans_b=0, c_shape=None):
+    """Gemm where A is the constant and B the activation: Y (M, batch) = op(W) @ op(X)."""
+    g = Builder(name)
+    x = g.input("x", (N, K) if trans_b else (K, BATCH))
+    w = g.weight("fc.weight", (K, M) if trans_a else (M, K), fan_in=K)
+    ins = [w, x] + ([g.vector("fc.bias", c_shape)] if c_shape is not None else [])
+    y = g.op("Gemm", ins, name="fc", transA=trans_a, transB=trans_b)
+    return g.build(g.op("Relu", [y]))
+
+
+def gemm_models() -> list[ZooModel]:
+    return [
+        _gemm_act_a("gemm_transb0_cvec_relu", trans_b=0, c_shape=(M,)),
+        _gemm_act_a("gemm_transb1_crow_relu", trans_b=1, c_shape=(1, M)),
+        _gemm_act_a("gemm_alpha_beta", trans_b=1, alpha=0.5, beta=2.0, c_shape=(M,), post="Identity"),
+        _gemm_act_a("gemm_no_c", trans_b=1, alpha=1.5, c_shape=None),
+        _gemm_act_a("gemm_transa_transb0", trans_a=1, trans_b=0, c_shape=(M,)),
+        _gemm_act_a("gemm_transa_transb1_beta", trans_a=1, trans_b=1, beta=0.5, c_shape=(1, M)),
+        _gemm_const_a("gemm_const_a", c_shape=(M, 1)),
+        _gemm_const_a("gemm_const_a_transa_transb", trans_a=1, trans_b=1),
+    ]
+
+
+def matmul_models() -> list[ZooModel]:
+    out = []
+
+    g = Builder("matmul_2d")
+    out.append(g.build(g.op("Relu", [g.matmul(g.input("x", (N, K)), K, M)])))
+
+    g = Builder("matmul_3d")
+    out.append(g.build(g.op("Relu", [g.matmul(g.input("x", (N, 5, K)), K, M)])))
+
+    g = Builder("matmul_add_bias")
+    y = g.matmul(g.input("x", (N, K)), K, M, name="fc")
+    out.append(g.build(g.op("Relu", [g.op("Add", [y, g.vector("fc.bias", (M,))])])))
+
+    g = Builder("matmul_add_bias_lhs_3d")     # bias as the first Add operand, 3-D activation
+    y = g.matmul(g.input("x", (N, 5, K)), K, M, name="fc")
+    out.append(g.build(g.op("Add", [g.vector("fc.bias", (M,)), y])))
+
+    g = Builder("matmul_const_left")          # W (M,K) @ X (K, batch), static
+    y = g.op("MatMul", [g.weight("fc.weight", (M, K)), g.input("x", (K, BATCH))], name="fc")
+    out.append(g.build(g.op("Relu", [y])))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# activations (each next to a Gemm)
+
+
+def _act_model(name: str, act, before: bool = False):
+    """`act(g, x) -> y` applied after (or before) a Linear-style Gemm."""
+    g = Builder(name)
+    x = g.input("x", (N, K))
+    if before:
+        return g.build(g.gemm(act(g, x), K, M))
+    return g.build(act(g, g.gemm(x, K, M)))
+
+
+def _gelu(g: Builder, x: str) -> str:
+    """GELU exactly as torch.onnx exports it at opset < 20: x * 0.5 * (1 + erf(x / sqrt(2)))."""
+    d = g.op("Div", [x, g.const("sqrt2", np.float32(np.sqrt(2.0)))])
+    e = g.op("Erf", [d])
+    a = g.op("Add", [e, g.const("one", np.float32(1.0))])
+    m = g.op("Mul", [x, a])
+    return g.op("Mul", [m, g.const("half", np.float32(0.5))])
+
+
+def activation_models() -> list[ZooModel]:
+    simple = lambda op, **kw: (lambda g, x: g.op(op, [x], **kw))  # noqa: E731
+    lo, hi = lambda g: g.const("clip_min", np.float32(-0.5)), lambda g: g.const("clip_max", np.float32(0.8))
+    return [
+        _act_model("act_relu", simple("Relu")),
+        _act_model("act_leaky_relu", simple("LeakyRelu", alpha=0.1)),
+        _act_model("act_clip_min_max", lambda g, x: g.op("Clip", [x, lo(g), hi(g)])),
+        _act_model("act_clip_max_only", lambda g, x: g.op("Clip", [x, "", hi(g)])),
+        _act_model("act_clip_none", lambda g, x: g.op("Clip", [x])),
+        _act_model("act_softplus", simple("Softplus")),
+        _act_model("act_sigmoid", simple("Sigmoid")),
+        _act_model("act_tanh", simple("Tanh")),
+        _act_model("act_tanh_before_gemm", simple("Tanh"), before=True),
+        _act_model("act_gelu_erf_pattern", _gelu),
+        _act_model("act_erf", simple("Erf")),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# dense structural / element-wise ops
+
+
+def dense_misc_models() -> list[ZooModel]:
+    out = []
+
+    g = Builder("sub_two_branches")
+    x = g.input("x", (N, K))
+    out.append(g.build(g.op("Sub", [g.gemm(x, K, M, name="fc_a"), g.gemm(x, K, M, name="fc_b")])))
+
+    g = Builder("add_const_after_gemm")
+    y = g.gemm(g.input("x", (N, K)), K, M, bias=False)
+    out.append(g.build(g.op("Add", [y, g.vector("shift", (M,), 0.5)])))
+
+    g = Builder("identity_before_gemm")
+    out.append(g.build(g.gemm(g.op("Identity", [g.input("x", (N, K))]), K, M)))
+
+    g = Builder("dropout_between_gemms")
+    y = g.op("Relu", [g.gemm(g.input("x", (N, K)), K, M, name="fc1")])
+    y = g.op("Dropout", [y, g.const("ratio", np.float32(0.25))])
+    out.append(g.build(g.gemm(y, M, 4, name="fc2")))
+
+    g = Builder("softmax_after_gemm")
+    out.append(g.build(g.op("Softmax", [g.gemm(g.input("x", (N, K)), K, M)], axis=-1)))
+
+    g = Builder("transpose_matmul")           # (N, C, T) -> (N, T, C) @ (C, M)
+    y = g.op("Transpose", [g.input("x", (N, K, 5))], perm=[0, 2, 1])
+    out.append(g.build(g.matmul(y, K, M)))
+
+    g = Builder("reshape_after_gemm")         # shape [0, 2, -1]
+    y = g.gemm(g.input("x", (N, K)), K, M)
+    out.append(g.build(g.op("Reshape", [y, g.const("shape", np.array([0, 2, -1]))])))
+
+    g = Builder("mlp_gemm_relu")
+    y = g.op("Relu", [g.gemm(g.input("x", (N, 16)), 16, 24, name="fc1")])
+    y = g.op("Relu", [g.gemm(y, 24, 12, name="fc2")])
+    out.append(g.build(g.gemm(y, 12, 4, name="fc3")))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# entry points
+
+
+def op_coverage_models() -> list[ZooModel]:
+    """All coverage models (fresh objects on each call)."""
+    conv = _conv_module()
+    models = (gemm_models() + matmul_models() + activation_models() + dense_misc_models()
+              + conv.conv_models() + conv.bn_models() + conv.pool_models() + conv.conv_misc_models()
+              + conv.block_models())
+    names = [m.name for m in models]
+    assert len(names) == len(set(names)), "duplicate zoo model names"
+    return models
+
+
+def reference_outputs(zm: ZooModel) -> list[np.ndarray]:
+    """Plain onnxruntime outputs of a zoo model on its feed."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(zm.model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, zm.inputs)
+
+
+def _conv_module():
+    if __package__:                                   # imported as tests.onnx_zoo
+        from . import onnx_zoo_conv
+    else:                                             # imported as onnx_zoo (tests/ on sys.path)
+        import onnx_zoo_conv
+    return onnx_zoo_conv
+
+
+def _fc_with_weight(name: str, weight: np.ndarray) -> onnx.ModelProto:
+    g = Builder(name)
+    x = g.input("x", (N, weight.shape[1]))
+    w = g.const("fc.weight", weight)
+    return g.build(g.op("Gemm", [x, w, g.vector("fc.bias", (weight.shape[0],))], name="fc", transB=1)).model
+
+
+def bad_models(tmpdir: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Write malformed / unsupported models into `tmpdir`; returns kind -> path."""
+    tmpdir = pathlib.Path(tmpdir)
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    models: dict[str, onnx.ModelProto] = {}
+    raw: dict[str, bytes] = {}
+
+    good = _fc_with_weight("truncated_src", np.random.default_rng(0).standard_normal((16, 32)))
+    data = good.SerializeToString()
+    raw["truncated"] = data[: len(data) // 2]         # cut inside the weight's raw_data
+    raw["not_onnx"] = b"this is not an ONNX model, just some text\n"
+    raw["empty"] = b""
+
+    g = Builder("unsupported_op")                     # TopK has no crossbar/analysis meaning
+    y = g.gemm(g.input("x", (N, K)), K, M)
+    values, _ = g.op("TopK", [y, g.const("k", np.array([3]))], n_out=2, name="weird_node", axis=-1)
+    models["unsupported_op"] = g.build(values).model
+
+    g = Builder("dynamic_spatial")
+    y = g.conv(g.input("x", (N, 3, "H", "W")), 3, 4, pads=[1, 1, 1, 1])
+    models["dynamic_spatial"] = g.build(g.op("Relu", [y])).model
+
+    w = np.random.default_rng(1).standard_normal((M, K)) / np.sqrt(K)
+    w_nan, w_inf = w.copy(), w.copy()
+    w_nan[2, 5] = np.nan
+    w_inf[4, 1] = np.inf
+    models["nan_weight"] = _fc_with_weight("nan_weight", w_nan)
+    models["inf_weight"] = _fc_with_weight("inf_weight", w_inf)
+
+    g = Builder("two_inputs")
+    s = g.op("Add", [g.input("x1", (N, K)), g.input("x2", (N, K))])
+    models["two_inputs"] = g.build(g.gemm(s, K, M)).model
+
+    g = Builder("no_weighted_ops")
+    models["no_weighted_ops"] = g.build(g.op("Relu", [g.input("x", (N, K))])).model
+
+    paths = {}
+    for kind, blob in [*raw.items(), *((k, m.SerializeToString()) for k, m in models.items())]:
+        path = tmpdir / (f"{kind}.onnx")
+        path.write_bytes(blob)
+        paths[kind] = path
+    return paths

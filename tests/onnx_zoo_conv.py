@@ -1,0 +1,190 @@
+"""Convolution, batch-norm, pooling and block models of the ONNX zoo (see ``onnx_zoo.py``, the entry)."""
+from __future__ import annotations
+
+import numpy as np
+
+if __package__:                                       # imported as tests.onnx_zoo_conv
+    from .onnx_zoo import N, Builder, ZooModel
+else:                                                 # imported with tests/ on sys.path
+    from onnx_zoo import N, Builder, ZooModel
+
+C, H, W = 4, 8, 8   # default activation: (N, C, H, W)
+
+__all__ = ["conv_models", "bn_models", "pool_models", "conv_misc_models", "block_models"]
+
+
+def _image(g: Builder, c: int = C, h: int = H, w: int = W, dist: str = "normal") -> str:
+    return g.input("x", (N, c, h, w), dist=dist)
+
+
+# --------------------------------------------------------------------------------------------------
+# Conv variants: each Conv is followed by Relu unless noted
+
+
+def _conv_case(name: str, *, cin: int = C, cout: int = 6, kernel=(3, 3), post: str | None = "Relu",
+               **conv_attrs) -> ZooModel:
+    g = Builder(name)
+    y = g.conv(_image(g, cin), cin, cout, kernel, **conv_attrs)
+    return g.build(g.op(post, [y]) if post else y)
+
+
+def conv_models() -> list[ZooModel]:
+    models = [
+        _conv_case("conv_3x3_bias_relu", pads=[1, 1, 1, 1]),
+        _conv_case("conv_3x3_nobias", bias=False, pads=[1, 1, 1, 1]),
+        _conv_case("conv_group2", cin=4, cout=6, group=2, pads=[1, 1, 1, 1]),
+        _conv_case("conv_depthwise", cin=4, cout=4, group=4, pads=[1, 1, 1, 1]),
+        _conv_case("conv_depthwise_mult2", cin=4, cout=8, group=4, pads=[1, 1, 1, 1], bias=False),
+        _conv_case("conv_stride2", strides=[2, 2], pads=[1, 1, 1, 1]),
+        _conv_case("conv_stride1x2", strides=[1, 2], pads=[1, 1, 1, 1]),
+        # pads = [h_begin, w_begin, h_end, w_end]
+        _conv_case("conv_pads_asym", pads=[1, 0, 2, 1]),
+        # stride 2 on 8x8 with k=3: total pad 1, so UPPER and LOWER differ
+        _conv_case("conv_same_upper", strides=[2, 2], auto_pad="SAME_UPPER"),
+        _conv_case("conv_same_lower", strides=[2, 2], auto_pad="SAME_LOWER"),
+        _conv_case("conv_valid", auto_pad="VALID"),
+        _conv_case("conv_dilation2", dilations=[2, 2], pads=[2, 2, 2, 2]),
+        _conv_case("conv_1x1", kernel=(1, 1), cout=8),
+        _conv_case("conv_1x1_nobias", kernel=(1, 1), cout=3, bias=False, post="Sigmoid"),
+        _conv_case("conv_5x3", kernel=(5, 3), pads=[2, 1, 2, 1]),
+    ]
+    g = Builder("conv1d")                              # (N, C, L)
+    y = g.conv(g.input("x", (N, C, 16)), C, 6, kernel=(3,), pads=[1, 1])
+    models.append(g.build(g.op("Relu", [y])))
+    return models
+
+
+# --------------------------------------------------------------------------------------------------
+# BatchNormalization
+
+
+def bn_models() -> list[ZooModel]:
+    out = []
+
+    g = Builder("bn_after_conv")                       # foldable into the conv
+    y = g.bn(g.conv(_image(g), C, 6, bias=False, pads=[1, 1, 1, 1]), 6, epsilon=1e-5)
+    out.append(g.build(g.op("Relu", [y])))
+
+    g = Builder("bn_after_conv_with_bias")             # foldable, conv has its own bias
+    y = g.bn(g.conv(_image(g), C, 6, strides=[2, 2], pads=[1, 1, 1, 1]), 6, epsilon=1e-3)
+    out.append(g.build(y))
+
+    g = Builder("bn_on_input")                         # not foldable: stays a digital affine node
+    y = g.bn(_image(g), C, epsilon=1e-2)
+    out.append(g.build(g.op("Relu", [g.conv(y, C, 6, pads=[1, 1, 1, 1])])))
+
+    g = Builder("bn_after_add")                        # x + conv(x) -> BN: not foldable
+    x = _image(g)
+    s = g.op("Add", [x, g.conv(x, C, C, pads=[1, 1, 1, 1])])
+    out.append(g.build(g.op("Relu", [g.bn(s, C, epsilon=1e-3)])))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# pooling (after Conv + Relu)
+
+
+def _pool_case(name: str, op: str, **attrs) -> ZooModel:
+    g = Builder(name)
+    y = g.op("Relu", [g.conv(_image(g, dist="uniform"), C, 6, pads=[1, 1, 1, 1])])
+    return g.build(g.op(op, [y], **attrs))
+
+
+def pool_models() -> list[ZooModel]:
+    models = [
+        _pool_case("avgpool_k2s2", "AveragePool", kernel_shape=[2, 2], strides=[2, 2]),
+        _pool_case("avgpool_k3s1p1_excl_pad", "AveragePool", kernel_shape=[3, 3], strides=[1, 1],
+                   pads=[1, 1, 1, 1], count_include_pad=0),
+        _pool_case("avgpool_k3s1p1_incl_pad", "AveragePool", kernel_shape=[3, 3], strides=[1, 1],
+                   pads=[1, 1, 1, 1], count_include_pad=1),
+        _pool_case("maxpool_k2s2", "MaxPool", kernel_shape=[2, 2], strides=[2, 2]),
+        _pool_case("maxpool_k3s2p1", "MaxPool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        _pool_case("global_avgpool", "GlobalAveragePool"),
+    ]
+    g = Builder("maxpool_before_conv")                 # pool on the input, then the weighted op
+    y = g.op("MaxPool", [_image(g)], kernel_shape=[2, 2], strides=[2, 2])
+    models.append(g.build(g.conv(y, C, 6, pads=[1, 1, 1, 1])))
+    return models
+
+
+# --------------------------------------------------------------------------------------------------
+# element-wise / structural ops around convs
+
+
+def conv_misc_models() -> list[ZooModel]:
+    out = []
+
+    g = Builder("residual_add")                        # Add of two activations
+    x = _image(g)
+    y = g.op("Relu", [g.conv(x, C, C, pads=[1, 1, 1, 1])])
+    out.append(g.build(g.op("Add", [y, x])))
+
+    g = Builder("mul_scalar_const")
+    y = g.conv(_image(g), C, 6, pads=[1, 1, 1, 1])
+    out.append(g.build(g.op("Mul", [y, g.const("scale", np.float32(0.75))])))
+
+    g = Builder("mul_per_channel_const")               # (C,1,1) broadcast
+    y = g.conv(_image(g), C, 6, pads=[1, 1, 1, 1])
+    out.append(g.build(g.op("Mul", [y, g.const("scale", g.rng.uniform(0.5, 1.5, (6, 1, 1)))])))
+
+    g = Builder("add_per_channel_const")
+    y = g.conv(_image(g), C, 6, pads=[1, 1, 1, 1])
+    out.append(g.build(g.op("Add", [g.vector("shift", (6, 1, 1), 0.5), y])))
+
+    g = Builder("concat_channels")                     # two branches -> Concat(axis=1) -> Conv
+    x = _image(g)
+    a = g.op("Relu", [g.conv(x, C, 3, kernel=(1, 1), name="branch_a")])
+    b = g.op("Relu", [g.conv(x, C, 5, pads=[1, 1, 1, 1], name="branch_b")])
+    cat = g.op("Concat", [a, b], axis=1)
+    out.append(g.build(g.conv(cat, 8, 4, kernel=(1, 1), name="fuse")))
+
+    g = Builder("flatten_gemm")                        # Conv -> Flatten(axis=1) -> Gemm
+    y = g.op("Relu", [g.conv(_image(g, h=4, w=4), C, 3, pads=[1, 1, 1, 1])])
+    out.append(g.build(g.gemm(g.op("Flatten", [y], axis=1), 3 * 4 * 4, 5)))
+
+    g = Builder("reshape_gemm")                        # Reshape with shape [0, -1]
+    y = g.op("Relu", [g.conv(_image(g, h=4, w=4), C, 3, pads=[1, 1, 1, 1])])
+    y = g.op("Reshape", [y, g.const("shape", np.array([0, -1]))])
+    out.append(g.build(g.gemm(y, 3 * 4 * 4, 5)))
+
+    g = Builder("transpose_nhwc_conv")                 # NHWC input transposed to NCHW
+    y = g.op("Transpose", [g.input("x", (N, H, W, C))], perm=[0, 3, 1, 2])
+    out.append(g.build(g.op("Relu", [g.conv(y, C, 6, pads=[1, 1, 1, 1])])))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# small blocks
+
+
+def block_models() -> list[ZooModel]:
+    out = []
+
+    g = Builder("block_residual_bn")                   # conv-bn-relu-conv-bn (+x) -relu
+    x = _image(g)
+    y = g.op("Relu", [g.bn(g.conv(x, C, C, bias=False, pads=[1, 1, 1, 1], name="conv1"), C, "bn1")])
+    y = g.bn(g.conv(y, C, C, bias=False, pads=[1, 1, 1, 1], name="conv2"), C, "bn2")
+    out.append(g.build(g.op("Relu", [g.op("Add", [y, x])])))
+
+    g = Builder("block_residual_downsample")           # strided block with a 1x1 projection shortcut
+    x = _image(g)
+    y = g.op("Relu", [g.bn(g.conv(x, C, 8, bias=False, strides=[2, 2], pads=[1, 1, 1, 1], name="conv1"),
+                           8, "bn1")])
+    y = g.bn(g.conv(y, 8, 8, bias=False, pads=[1, 1, 1, 1], name="conv2"), 8, "bn2")
+    sc = g.bn(g.conv(x, C, 8, kernel=(1, 1), bias=False, strides=[2, 2], name="downsample"), 8, "bn_ds")
+    out.append(g.build(g.op("Relu", [g.op("Add", [y, sc])])))
+
+    g = Builder("block_depthwise_separable")           # dw3x3-bn-relu6, pw1x1-bn-relu
+    y = g.conv(_image(g), C, C, group=C, bias=False, pads=[1, 1, 1, 1], name="dw")
+    y = g.op("Clip", [g.bn(y, C, "bn_dw"), g.const("zero", np.float32(0.0)), g.const("six", np.float32(6.0))])
+    y = g.bn(g.conv(y, C, 8, kernel=(1, 1), bias=False, name="pw"), 8, "bn_pw")
+    out.append(g.build(g.op("Relu", [y])))
+
+    g = Builder("small_cnn")                           # conv-relu-maxpool-conv-relu-gap-flatten-gemm
+    y = g.op("Relu", [g.conv(_image(g, c=3, dist="uniform"), 3, 8, pads=[1, 1, 1, 1], name="conv1")])
+    y = g.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    y = g.op("Relu", [g.conv(y, 8, 8, pads=[1, 1, 1, 1], name="conv2")])
+    y = g.op("Flatten", [g.op("GlobalAveragePool", [y])], axis=1)
+    out.append(g.build(g.gemm(y, 8, 5, name="classifier")))
+    return out
+
