@@ -49,7 +49,8 @@ EXTENSIONS: list[Extension] = []
 
 
 def _load_extensions() -> None:
-    from memse_compiler import cli_extensions   # noqa: F401  (registers into EXTENSIONS)
+    if not EXTENSIONS:
+        from memse_compiler import cli_extensions   # noqa: F401  (registers into EXTENSIONS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,10 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        _load_extensions()
-    except ImportError:
-        pass
+    _load_extensions()
     if argv and argv[0] == "inspect":
         from memse_compiler.inspect_cli import main as inspect_main
         return inspect_main(argv[1:])

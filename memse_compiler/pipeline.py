@@ -43,10 +43,7 @@ def lowering_passes() -> list[Pass]:
 
 
 def analysis_passes() -> list[Pass]:
-    try:
-        from passes import analysis_pass_list
-    except ImportError:
-        return []
+    from passes import analysis_pass_list
     return analysis_pass_list()
 
 
@@ -112,7 +109,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, device, inputs: np
     elif tuple(np.shape(inputs)[1:]) != tuple(shape[1:]):
         raise MemseInputError(f"inputs of shape {np.shape(inputs)} do not match the model input {shape}")
     ctx = PassContext(device=device, inputs=np.asarray(inputs, dtype=np.float64),
-                      options=dict(seed=seed, **(options or {})))
+                      options={"seed": seed, **(options or {})})
     g.graph["device"] = device
     t0 = time.perf_counter()
     g = (pipeline or default_pipeline()).run(g, ctx)

@@ -66,7 +66,12 @@ def build_report(g: MemseGraph) -> dict[str, Any]:
         "timing": {"analysis_s": timing.get("analysis_s"), "mc_s": timing.get("mc_s"),
                    "compile_s": timing.get("compile_s"), "passes": timing.get("passes", {})},
     }
-    for key in ("closed_form", "optimization", "evaluation"):
+    if g.graph.get("closed_form"):
+        from passes.closed_form import closed_form_summary
+        report["closed_form"] = {out: closed_form_summary(cf) for out, cf in g.graph["closed_form"].items()}
+        if g.graph.get("closed_form_validity"):
+            report["closed_form_validity"] = g.graph["closed_form_validity"]
+    for key in ("optimization", "evaluation"):
         if key in g.graph:
             report[key] = g.graph[key]
     return _clean(report)

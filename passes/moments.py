@@ -12,6 +12,8 @@ import numpy as np
 from memse_compiler.ir import KIND_INPUT, KIND_OUTPUT, MemseGraph, schedule
 from memse_compiler.ir.ops import rule_for
 from memse_compiler.ir.pass_base import Pass, PassContext
+from memse_compiler.ir.ops.base import Linearization
+from memse_compiler.ir.ops.elementwise import ElementwiseRule
 from passes.crossbar_math import crossbar_moments
 
 
@@ -20,6 +22,49 @@ def mse_of(mean: np.ndarray, var: np.ndarray, ref: np.ndarray) -> tuple[float, f
     b2 = float(np.mean((mean - ref) ** 2))
     v = float(np.mean(var))
     return b2 + v, b2, v
+
+
+def refined_variance(g: MemseGraph, lin: dict, moments: dict, tensor: str, var: np.ndarray,
+                     rng: np.random.Generator, probes: int) -> np.ndarray:
+    """Rescale a tensor's diagonal variances to the correlation-aware total that Rademacher probes of the
+    sensitivity backward give (so downstream nonlinearities see the right spread). One factor per tensor:
+    pooled over samples, the probe estimate is stable with a few probes."""
+    from passes.sensitivity import backward
+    order = [u for u in schedule(g) if u in lin]
+    total = np.zeros(var.shape[0])
+
+    def add(unit, source, per_sample):
+        total[:] += per_sample
+    for _ in range(probes):
+        backward(g, order, {tensor: rng.choice([-1.0, 1.0], size=var.shape)}, add, lin=lin, moments=moments)
+    diag = float(var.sum())
+    return var * (total.sum() / probes / diag) if diag > 0 else var
+
+
+def window_correlation(g: MemseGraph, lin: dict, moments: dict, tensor: str, attrs: dict,
+                       rng: np.random.Generator, probes: int) -> np.ndarray:
+    """Mean correlation (per sample) of the errors inside a pooling window: probes with one random sign
+    per window measure sum_w Var(sum_{i in w} x_i); the excess over sum_i Var(x_i) is the covariance."""
+    from passes.sensitivity import backward
+    windows, one_d = attrs["windows"], attrs["one_d"]
+    var = moments[tensor][1]
+    n = var.shape[0]
+    v4 = var[:, :, None, :] if one_d else var
+    order = [u for u in schedule(g) if u in lin]
+    total = np.zeros(n)
+
+    def add(unit, source, per_sample):
+        total[:] += per_sample
+    out_shape = v4.shape[:2] + windows.out_hw
+    for _ in range(probes):
+        sign = rng.choice([-1.0, 1.0], size=out_shape)
+        u = windows.scatter(np.broadcast_to(sign[..., None, None], out_shape + windows.kernel))
+        backward(g, order, {tensor: u[:, :, 0, :] if one_d else u}, add, lin=lin, moments=moments)
+    s = np.sqrt(windows.extract(v4, fill=0.0))
+    s = s.reshape(s.shape[:4] + (-1,))
+    cross = (s.sum(axis=-1) ** 2 - (s * s).sum(axis=-1)).reshape(n, -1).sum(axis=1)
+    excess = total / probes - (s * s).reshape(n, -1).sum(axis=1)
+    return np.clip(np.where(cross > 0, excess / np.where(cross > 0, cross, 1.0), 0.0), -0.5, 0.999)
 
 
 def tile_signals(layer, cm, x_ref: np.ndarray) -> dict[str, tuple]:
@@ -37,39 +82,90 @@ def tile_signals(layer, cm, x_ref: np.ndarray) -> dict[str, tuple]:
     return out
 
 
+MODES = {  # analysis modes (CLI --mode): how much of the error correlation the forward pass accounts for
+    "diagonal": {"refine_probes": 0, "residual": "independent", "sensitivity": False},
+    "sensitivity": {"refine_probes": 0, "residual": "coherent", "sensitivity": True},
+    "refined": {"refine_probes": 4, "residual": "coherent", "sensitivity": True},
+}
+DEFAULT_MODE = "refined"
+
+
+def analysis_options(options: dict) -> dict:
+    """The mode's settings, overridden by any explicit option."""
+    mode = options.get("mode", DEFAULT_MODE)
+    if mode not in MODES:
+        raise ValueError(f"unknown analysis mode '{mode}' (choose from {', '.join(MODES)})")
+    return {**MODES[mode], **{k: v for k, v in options.items() if k in MODES[mode]}}
+
+
+def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True) -> tuple[dict, dict, dict]:
+    """Moments of every tensor (and every lowered layer's internal signals) on `device`, without touching
+    the graph: (moments, linearizations, internal signals (only if `signals`)). Options: `refine_probes` (0 = purely diagonal),
+    `residual` ("coherent": a nonlinearity's residual variance follows its input's error, so correlated
+    inputs give correlated residuals; "independent": injected per element), `seed`."""
+    ref = g.graph["reference"]
+    consts = g.graph["constants"]
+    x_name = g.graph["inputs"][0]
+    moments = {x_name: (ref[x_name], np.zeros_like(ref[x_name]))}
+    internal: dict[str, tuple] = {}
+    lin: dict = {}
+    settings = analysis_options(options)
+    refine = int(settings["refine_probes"])
+    coherent = settings["residual"] == "coherent"
+    rng = np.random.default_rng(options.get("seed", 0) + 1)
+    for unit in schedule(g):
+        if unit in g.layers:
+            layer = g.layers[unit]
+            m, v = moments[layer.input]
+            cm = crossbar_moments(layer, device, m, v)
+            lin[unit] = cm
+            moments[layer.output] = (cm.out_mean, cm.out_var)
+            if refine:
+                moments[layer.output] = (cm.out_mean, refined_variance(g, lin, moments, layer.output,
+                                                                       cm.out_var, rng, refine))
+            if not signals:
+                continue
+            internal.update(tile_signals(layer, cm, ref[layer.input]))
+            if layer.bias is not None and not layer.bias_row:
+                no_bias = cm.out_mean - layer.geometry.from_vectors(
+                    np.broadcast_to(layer.bias, cm.adc_mean.shape[:3] + (layer.outs,)), m.shape)
+                internal[f"{layer.name}/sum"] = (no_bias, cm.out_var, ref[layer.output] - (cm.out_mean - no_bias))
+            continue
+        d = g.nodes[unit]
+        if d["kind"] in (KIND_INPUT, KIND_OUTPUT):
+            continue
+        ins = [moments[t] if t in moments else (consts[t], np.zeros_like(consts[t])) for t in d["inputs"]]
+        attrs = d["attrs"]
+        if refine and d["op"] == "MaxPool":
+            attrs = dict(attrs, rho=window_correlation(g, lin, moments, d["inputs"][0], attrs, rng, refine))
+        rule = rule_for(d["op"])
+        means, variances, lz = rule.moments(attrs, [a for a, _ in ins], [b for _, b in ins])
+        if coherent and isinstance(rule, ElementwiseRule):
+            lz = coherent_residual(lz, ins[0][1])
+        lin[unit] = lz
+        for t, m, v in zip(d["outputs"], means, variances):
+            moments[t] = (m, v)
+    return moments, lin, internal
+
+
+def coherent_residual(lz: Linearization, var_in: np.ndarray) -> Linearization:
+    """Fold an element-wise nonlinearity's residual variance into its gain: |gain_eff|^2 var_in =
+    gain^2 var_in + residual. Its own variance is unchanged, but the residual now carries the input's
+    correlations (Hermite terms of strongly correlated inputs are strongly correlated too)."""
+    gain, resid = lz.gains[0], lz.residual[0]
+    pos = var_in > 0
+    eff = np.sign(gain) * np.sqrt(gain ** 2 + np.where(pos, resid / np.where(pos, var_in, 1.0), 0.0))
+    eff = np.where(gain == 0, np.sqrt(np.where(pos, resid / np.where(pos, var_in, 1.0), 0.0)), eff)
+    return Linearization(gains=[eff], residual=[np.where(pos, 0.0, resid)])
+
+
 class EvaluateMoments(Pass):
     name = "evaluate_moments"
 
     def apply(self, g: MemseGraph, ctx: PassContext) -> MemseGraph:
         t0 = time.perf_counter()
         ref = g.graph["reference"]
-        consts = g.graph["constants"]
-        x_name = g.graph["inputs"][0]
-        moments = {x_name: (ref[x_name], np.zeros_like(ref[x_name]))}
-        internal: dict[str, tuple] = {}
-        lin = {}
-        for unit in schedule(g):
-            if unit in g.layers:
-                layer = g.layers[unit]
-                m, v = moments[layer.input]
-                cm = crossbar_moments(layer, ctx.device, m, v)
-                lin[unit] = cm
-                moments[layer.output] = (cm.out_mean, cm.out_var)
-                internal.update(tile_signals(layer, cm, ref[layer.input]))
-                if layer.bias is not None and not layer.bias_row:
-                    summed = f"{layer.name}/sum"
-                    no_bias = cm.out_mean - layer.geometry.from_vectors(
-                        np.broadcast_to(layer.bias, cm.adc_mean.shape[:3] + (layer.outs,)), m.shape)
-                    internal[summed] = (no_bias, cm.out_var, ref[layer.output] - (cm.out_mean - no_bias))
-                continue
-            d = g.nodes[unit]
-            if d["kind"] in (KIND_INPUT, KIND_OUTPUT):
-                continue
-            ins = [moments[t] if t in moments else (consts[t], np.zeros_like(consts[t])) for t in d["inputs"]]
-            means, variances, lin[unit] = rule_for(d["op"]).moments(d["attrs"], [a for a, _ in ins],
-                                                                    [b for _, b in ins])
-            for t, m, v in zip(d["outputs"], means, variances):
-                moments[t] = (m, v)
+        moments, lin, internal = forward_moments(g, ctx.device, ctx.options)
         g.graph["moments"] = moments
         g.graph["linearization"] = lin
         for u, v, data in g.edges(data=True):

@@ -105,22 +105,34 @@ class MaxPoolRule(OpRule):
         return [_back(cols.max(axis=(-1, -2)), attrs["one_d"])]
 
     def moments(self, attrs, means, variances):
-        """Clark's pairwise reduction over the window (inputs independent); the gains are each element's
-        probability of being the max, which is also dE[max]/dmu of that element."""
+        """Clark's pairwise reduction over the window; the gains are each element's probability of being
+        the max, which is also dE[max]/dmu of that element. `attrs["rho"]` (scalar or one per sample) is
+        the correlation of the errors within a window (estimated by passes/moments.py when refining);
+        the running max's correlation with the next tap follows from its linear weights."""
         w, one_d = attrs["windows"], attrs["one_d"]
         m = w.extract(_4d(means[0], one_d), fill=PAD_MEAN)
         v = w.extract(_4d(variances[0], one_d), fill=0.0)
         k = m.shape[-2] * m.shape[-1]
         m = m.reshape(m.shape[:-2] + (k,))
         v = v.reshape(v.shape[:-2] + (k,))
+        s = np.sqrt(v)
+        rho = np.asarray(attrs.get("rho", 0.0), dtype=float)
+        rho = rho.reshape(rho.shape + (1,) * (m.ndim - 1 - rho.ndim))
         mean, var = m[..., 0], v[..., 0]
         weights = np.zeros_like(m)
         weights[..., 0] = 1.0
         for i in range(1, k):                  # loop over window taps; each step is vectorised
-            mean, var, p_prev = stats.max_moments(mean, var, m[..., i], v[..., i])
+            if rho.any():
+                cov = rho * s[..., i] * (weights[..., :i] * s[..., :i]).sum(axis=-1)
+                den = np.sqrt(var * v[..., i])
+                r = np.clip(np.where(den > 0, cov / np.where(den > 0, den, 1.0), 0.0), -1.0, 1.0)
+            else:
+                r = 0.0
+            mean, var, p_prev = stats.max_moments(mean, var, m[..., i], v[..., i], r)
             weights[..., :i] *= p_prev[..., None]
             weights[..., i] = 1.0 - p_prev
-        lin_var = (weights ** 2 * v).sum(axis=-1)
+        ws = weights * s
+        lin_var = (ws ** 2).sum(axis=-1) + rho * (ws.sum(axis=-1) ** 2 - (ws ** 2).sum(axis=-1))
         resid = np.maximum(var - lin_var, 0.0)
         return ([_back(mean, one_d)], [_back(var, one_d)],
                 Linearization(gains=[weights.reshape(weights.shape[:-1] + w.kernel)],

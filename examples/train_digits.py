@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""Train three small digit classifiers and export them to ONNX.
+
+Produces (next to this script):
+  mlp_digits.onnx, cnn_digits.onnx, rescnn_digits.onnx
+  digits_inputs.npy        (200,1,8,8) float32  - first 200 test images
+  digits_labels.npy        (200,)      int64    - their labels
+  digits_inputs_small.npz  key "input": (16,1,8,8) float32 - first 16 test images
+
+Requires torch (NOT a dependency of memse-compiler), scikit-learn, onnx,
+onnxruntime.  Usage:  python examples/train_digits.py
+"""
+import os
+import time
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+from sklearn.datasets import load_digits
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SEED = 0
+N_TRAIN = 1497
+N_TEST = 300
+N_SAVE = 200
+N_SMALL = 16
+
+
+def load_data():
+    ds = load_digits()
+    x = (ds.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    y = ds.target.astype(np.int64)
+    perm = np.random.RandomState(SEED).permutation(len(x))
+    x, y = x[perm], y[perm]
+    assert len(x) == N_TRAIN + N_TEST
+    return (x[:N_TRAIN], y[:N_TRAIN]), (x[-N_TEST:], y[-N_TEST:])
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64, 64), nn.ReLU(),
+            nn.Linear(64, 32), nn.ReLU(),
+            nn.Linear(32, 10),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64, 10),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ResCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.relu_out = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x):
+        h = self.stem(x)
+        r = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(h)))))
+        h = self.relu_out(h + r)
+        return self.fc(self.flatten(self.pool(h)))
+
+
+def train(model, x, y, epochs, lr=1e-2, batch=64):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    g = torch.Generator().manual_seed(SEED)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=g)
+        for i in range(0, len(xt), batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad()
+            loss = loss_fn(model(xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+    model.eval()
+    return loss.item()
+
+
+def export(model, path, **extra):
+    if os.path.exists(path):
+        os.remove(path)
+    dummy = torch.zeros(1, 1, 8, 8, dtype=torch.float32)
+    torch.onnx.export(
+        model, (dummy,), path,
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        **extra,
+    )
+    # Make sure the file is self-contained: reload (pulling in any external
+    # data, should the exporter have written some) and re-save inline.
+    m = onnx.load(path, load_external_data=True)
+    ext = [t.name for t in m.graph.initializer
+           if t.data_location == onnx.TensorProto.EXTERNAL]
+    stray = [f for f in os.listdir(os.path.dirname(path))
+             if f.startswith(os.path.basename(path)) and f != os.path.basename(path)]
+    if ext or stray:
+        onnx.save_model(m, path, save_as_external_data=False)
+        for f in stray:
+            os.remove(os.path.join(os.path.dirname(path), f))
+    m = onnx.load(path, load_external_data=False)
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
+    return m
+
+
+def verify(model, path, x_test, y_test):
+    onnx.checker.check_model(path, full_check=True)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x_test)).numpy()
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    out = sess.run(["logits"], {"input": x_test})[0]
+    acc_t = float((ref.argmax(1) == y_test).mean())
+    acc_o = float((out.argmax(1) == y_test).mean())
+    diff = float(np.abs(out - ref).max())
+    # also check a non-1 batch dimension of a different size works
+    out_small = sess.run(["logits"], {"input": x_test[:N_SMALL]})[0]
+    assert out_small.shape == (N_SMALL, 10)
+    print(f"  [{os.path.basename(path)}] torch acc={acc_t:.4f} onnxruntime acc={acc_o:.4f} "
+          f"max|dlogits|={diff:.2e}")
+    assert acc_t == acc_o, (acc_t, acc_o)
+    assert diff < 1e-4, diff
+    return acc_t
+
+
+def main():
+    # dynamo=False is deliberate (TorchScript exporter); silence its deprecation note.
+    warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+    torch.manual_seed(SEED)
+    np.random.seed(SEED)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    (x_tr, y_tr), (x_te, y_te) = load_data()
+
+    specs = [
+        ("mlp_digits", MLP, 30, {}),
+        ("cnn_digits", CNN, 20, {}),
+        ("rescnn_digits", ResCNN, 15, dict(
+            do_constant_folding=False,
+            training=torch.onnx.TrainingMode.EVAL,
+            export_modules_as_functions=False,
+        )),
+    ]
+    rows = []
+    for name, cls, epochs, extra in specs:
+        torch.manual_seed(SEED)
+        model = cls()
+        t0 = time.time()
+        loss = train(model, x_tr, y_tr, epochs)
+        dt = time.time() - t0
+        print(f"{name}: trained {epochs} epochs in {dt:.1f}s, final batch loss {loss:.4f}")
+        path = os.path.join(HERE, name + ".onnx")
+        m = export(model, path, **extra)
+        ops = [n.op_type for n in m.graph.node]
+        print(f"  ops: {ops}")
+        if cls is ResCNN:
+            bns = [mod for mod in model.modules() if isinstance(mod, nn.BatchNorm2d)]
+            for bn in bns:  # BN really trained: running stats moved from init
+                assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+                assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+            n_bn = ops.count("BatchNormalization")
+            assert n_bn >= 1, "BatchNormalization nodes were fused away"
+            assert n_bn == len(bns), (n_bn, len(bns))
+        acc = verify(model, path, x_te, y_te)
+        n_params = sum(p.numel() for p in model.parameters())
+        size = os.path.getsize(path)
+        assert size < 100_000, size
+        rows.append((name + ".onnx", n_params, acc, size))
+
+    np.save(os.path.join(HERE, "digits_inputs.npy"), np.ascontiguousarray(x_te[:N_SAVE], dtype=np.float32))
+    np.save(os.path.join(HERE, "digits_labels.npy"), np.ascontiguousarray(y_te[:N_SAVE], dtype=np.int64))
+    np.savez(os.path.join(HERE, "digits_inputs_small.npz"),
+             input=np.ascontiguousarray(x_te[:N_SMALL], dtype=np.float32))
+
+    print()
+    print(f"{'model':<22}{'params':>8}{'test acc (300)':>16}{'file size (B)':>15}")
+    for name, n_params, acc, size in rows:
+        print(f"{name:<22}{n_params:>8}{acc:>16.4f}{size:>15}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Monte-Carlo reference (DESIGN §6): simulate chips with the noisy executor, measure every signal's MSE.
+
+A chip is the independent unit: its programming noise is drawn once and used for every evaluation input;
+read noise is fresh per MVM and is averaged within the chip. Per chip and signal, MSE_chip = mean over samples
+and elements of (y_chip - y_ref)^2 with y_ref the float model (g.graph["reference"]); the estimate is the mean
+over chips, with a 95% confidence interval mean +- 1.96 std / sqrt(n) (normal approximation over chips).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
+
+import numpy as np
+
+from memse_compiler.executor import NoisyExecutor, row_tile_name, tile_vectors
+from memse_compiler.ir import MemseGraph
+from memse_compiler.ir.geometry import ConvGeometry
+from memse_compiler.ir.interpret import run as interpret
+
+Z95 = 1.96
+
+
+def _ci(per_chip: np.ndarray) -> tuple[float, list[float] | None, float]:
+    """(mean, [lo, hi] or None for fewer than 2 chips, half-width)."""
+    m = float(per_chip.mean())
+    if per_chip.size < 2:
+        return m, None, float("inf")
+    hw = Z95 * float(per_chip.std(ddof=1)) / np.sqrt(per_chip.size)
+    return m, [float(m - hw), float(m + hw)], hw
+
+
+def _msd(y: np.ndarray, r: np.ndarray) -> float:
+    """mean((y - r)^2) with one temporary (no BLAS: its thread start-up costs more than it saves here)."""
+    d = np.subtract(y, r)
+    np.multiply(d, d, out=d)
+    return float(d.sum()) / max(d.size, 1)
+
+
+class _TileSignals:
+    """Per-(group, row tile, column tile) MSE of the analysis signals L/ps[g,r,c] and L/adc_out[g,r,c],
+    from the executor's row-tile tensors: one vectorised reduction per row tile, in the executor's layout."""
+
+    def __init__(self, layer, x_ref: np.ndarray):
+        self.layer, self.conv = layer, isinstance(layer.geometry, ConvGeometry)
+        # the float partial sums are the reference of both ps and adc_out (as in the analysis)
+        ps = layer.partial_sums(layer.vectors(x_ref), layer.augmented_weight())                # N, P, G, R, O
+        self.vec_ref = ps.astype(np.float32)
+        self.ref: list[np.ndarray] | None = None
+        self.starts = np.arange(0, layer.outs, layer.outs_per_tile)
+        self.counts = np.diff(np.append(self.starts, layer.outs))
+
+    def _layout(self, y: np.ndarray) -> list[np.ndarray]:
+        """The reference of every row tile in the executor's layout (inverse of `tile_vectors`)."""
+        v = self.vec_ref
+        if self.conv:
+            tiles = [v[:, :, :, r, :].transpose(0, 2, 3, 1).reshape(y.shape) for r in range(v.shape[3])]
+        else:
+            tiles = [v[:, :, :, r, :].reshape(y.shape) for r in range(v.shape[3])]
+        return [np.ascontiguousarray(t) for t in tiles]
+
+    def mse(self, values: dict[str, np.ndarray], kind: str) -> dict[str, float]:
+        lay, out = self.layer, {}
+        for r in range(lay.row_tiles):
+            y = values[row_tile_name(lay.name, kind, r)]
+            if self.ref is None:
+                self.ref = self._layout(y)
+            d2 = np.subtract(y, self.ref[r])
+            np.multiply(d2, d2, out=d2)
+            if self.conv:          # (N, G*O, Ho, Wo)
+                per_out = d2.mean(axis=(0, 2, 3))
+            else:                  # (..., O)
+                per_out = d2.reshape(-1, lay.outs).mean(axis=0)
+            per_tile = np.add.reduceat(per_out.reshape(lay.groups, lay.outs), self.starts, axis=1) / self.counts
+            for grp in range(lay.groups):
+                for c in range(lay.col_tiles):
+                    out[f"{lay.name}/{kind}[{grp},{r},{c}]"] = float(per_tile[grp, c])
+        return out
+
+
+def _references(g: MemseGraph, x: np.ndarray | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    ref = g.graph.get("reference")
+    x_name = g.graph["inputs"][0]
+    if x is None:
+        return ref[x_name], ref
+    x = np.asarray(x, dtype=np.float64)
+    if ref is not None and ref[x_name].shape == x.shape and np.array_equal(ref[x_name], x):
+        return x, ref
+    return x, interpret(g, x, hardware=False)      # other inputs: their own float reference
+
+
+def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chips: int = 100,
+                   precision: float | None = None, seed: int = 0, min_chips: int = 10, progress: bool = True,
+                   signals: Iterable[str] | None = None, executor: NoisyExecutor | None = None,
+                   prefetch: bool = True) -> dict:
+    """Simulate up to `chips` chips and return the per-signal MSE with 95% CIs (also stored in
+    g.graph["montecarlo"], time in g.graph["timing"]["mc_s"]).
+
+    x: evaluation inputs (default: those of g.graph["reference"]). precision: stop early once, for every
+    graph output, CI half-width / MSE <= precision (checked after each chip from `min_chips` on).
+    signals: tensors whose MSE to report besides the outputs and layer outputs; None = every signal the
+    analysis annotates (original tensors, L/dac, L/ps[g,r,c], L/adc_out[g,r,c], L/sum); [] = none.
+    prefetch: draw the next chip's noise in a background thread while onnxruntime runs the current one
+    (numpy releases the GIL while drawing; same numbers as drawing in line, since one rng is used in order).
+    executor: a NoisyExecutor to reuse (default: built here, onnxruntime on all cores but one).
+    Returns {"chips", "outputs": {name: {"mse", "ci95", "bias2", "variance"}}, "layers": {name: mse},
+    "signals": {tensor: {"mse", "ci95"}}, "mc_s", "seed", "precision"}.
+    """
+    t0 = time.perf_counter()
+    # with prefetching, one core draws noise while onnxruntime runs on the others
+    ex = executor or NoisyExecutor(g, device, threads=max(1, (os.cpu_count() or 2) - 1) if prefetch else None)
+    x, ref = _references(g, x)
+    rng = np.random.default_rng(seed)
+    outputs = list(g.graph["outputs"])
+    layer_out = {name: lay.output for name, lay in g.layers.items()}
+    # plain tensors to track: outputs, layer outputs, and the requested / all annotated ones
+    tile_sets: dict[str, tuple] = {}
+    plain = dict.fromkeys(outputs + list(layer_out.values()))
+    want = None if signals is None else set(signals)
+    for t in ref:
+        if t != g.graph["inputs"][0] and np.asarray(ref[t]).dtype.kind == "f" and (want is None or t in want):
+            plain.setdefault(t)
+    # float32 references for the internal signals: the chip's values are float32 anyway, and the squared error
+    # then costs half the memory traffic; graph outputs keep float64 (their bias^2/variance split)
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    refs = {t: (ref[t] if t in outputs else f32(ref[t])) for t in plain}
+    for name, lay in g.layers.items():
+        if want is None or f"{name}/dac" in want:
+            refs[f"{name}/dac"] = refs[lay.input] if lay.input in refs else f32(ref[lay.input])
+        if lay.bias is not None and not lay.bias_row and (want is None or f"{name}/sum" in want):
+            xr = ref[lay.input]
+            bias = np.broadcast_to(lay.bias, lay.geometry.to_vectors(xr).shape[:3] + (lay.outs,))
+            refs[f"{name}/sum"] = f32(ref[lay.output] - lay.geometry.from_vectors(bias, xr.shape))
+        kinds = [k for k in ("ps", "adc_out")
+                 if want is None or any(s.startswith(f"{name}/{k}[") for s in want)]
+        if kinds:
+            tile_sets[name] = (_TileSignals(lay, ref[lay.input]), kinds)
+    if want is not None:
+        missing = {s for s in want - set(refs) if not s.split("/")[-1].startswith(("ps[", "adc_out["))}
+        if missing:
+            raise KeyError(f"unknown signals: {sorted(missing)[:5]}")
+
+    per_chip: dict[str, list[float]] = {t: [] for t in refs}
+    sums = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
+    sums2 = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
+    shown, last_show, n = False, 0.0, 0
+    pool = ThreadPoolExecutor(1) if prefetch else None
+    draw = (lambda k: pool.submit(ex.chip_feed, len(x), rng, k % 2)) if pool else None
+    try:
+        pending = draw(0) if pool else None
+        for n in range(1, chips + 1):
+            if pool:
+                feed = pending.result()
+                pending = draw(n) if n < chips else None
+            else:
+                feed = ex.chip_feed(len(x), rng)
+            values = ex.run_feed(x, feed)
+            seen: dict[tuple[int, int], float] = {}      # aliases (L/dac without a DAC, ...) computed once
+            for t, r in refs.items():
+                key = (id(values[t]), id(r))
+                if key not in seen:
+                    seen[key] = _msd(values[t], r)
+                per_chip[t].append(seen[key])
+            for name, (ts, kinds) in tile_sets.items():
+                for kind in kinds:
+                    for t, v in ts.mse(values, kind).items():
+                        per_chip.setdefault(t, []).append(v)
+            for o in outputs:
+                y = values[o].astype(np.float64)
+                sums[o] += y
+                sums2[o] += y * y
+            done = precision is not None and n >= max(min_chips, 2) and all(
+                _ci(np.asarray(per_chip[o]))[2] <= precision * abs(np.mean(per_chip[o])) for o in outputs)
+            elapsed = time.perf_counter() - t0
+            if progress and (done or n == chips or elapsed - last_show > 0.2) and elapsed > 1.0:
+                m, _, hw = _ci(np.asarray(per_chip[outputs[0]]))
+                sys.stderr.write(f"\rMonte-Carlo: {n}/{chips} chips  {outputs[0]} MSE {m:.4g} +- {hw:.2g}"
+                                 f"  {elapsed:.1f} s   ")
+                sys.stderr.flush()
+                shown, last_show = True, elapsed
+            if done:
+                break
+    finally:
+        if pool:
+            pool.shutdown(wait=True)
+    if shown:
+        sys.stderr.write("\n")
+
+    result: dict = {"chips": n, "seed": seed, "precision": precision, "outputs": {}, "layers": {}, "signals": {}}
+    for t, vals in per_chip.items():
+        m, ci, _ = _ci(np.asarray(vals))
+        result["signals"][t] = {"mse": m, "ci95": ci}
+    for o in outputs:
+        mean = sums[o] / n
+        # unbiased over chips; bias2 + variance == mse exactly before clamping bias2 at 0
+        var = np.maximum(sums2[o] / n - mean ** 2, 0.0) * (n / (n - 1) if n > 1 else 0.0)
+        variance = float(np.mean(var))
+        bias2 = float(np.mean((mean - ref[o]) ** 2)) - (variance / n)
+        result["outputs"][o] = {**result["signals"][o], "bias2": max(bias2, 0.0), "variance": variance}
+    result["layers"] = {name: result["signals"][t]["mse"] for name, t in layer_out.items()}
+    result["mc_s"] = time.perf_counter() - t0
+    g.graph["montecarlo"] = result
+    g.graph.setdefault("timing", {})["mc_s"] = result["mc_s"]
+    return result

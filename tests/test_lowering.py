@@ -1,0 +1,90 @@
+"""Lowering is exact (noise off, continuous levels, ideal converters: the tile graph reproduces
+onnxruntime), and the hardware counts match hand computation."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from device_models import load_device
+from memse_compiler import compile_model
+from memse_compiler.ir import KIND_ADC, KIND_CROSSBAR, KIND_DAC, interpret
+from memse_compiler.pipeline import default_pipeline
+from memse_compiler.report import build_report
+
+from onnx_zoo import op_coverage_models, reference_outputs
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+IDEAL = load_device("ideal", ["conductance.levels=null"])
+
+
+def lower(model, x, device=IDEAL):
+    return compile_model(model, device, x, pipeline=default_pipeline(analysis=False))[0]
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn"])
+@pytest.mark.parametrize("rows", [128, 16])
+def test_examples_lower_exactly(name, rows):
+    path = EXAMPLES / f"{name}_digits.onnx"
+    x = np.load(EXAMPLES / "digits_inputs.npy")[:32]
+    g = lower(str(path), x, IDEAL.with_overrides({"crossbar.rows": rows, "crossbar.cols": 8}))
+    got = interpret.run(g, x, hardware=True)["logits"]
+    want = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+ZOO = op_coverage_models()
+
+
+@pytest.mark.parametrize("zm", ZOO, ids=[z.name for z in ZOO])
+def test_zoo_lowers_exactly(zm):
+    x = next(iter(zm.inputs.values()))
+    g = lower(zm.model, x.astype(np.float64), IDEAL.with_overrides({"crossbar.rows": 8, "crossbar.cols": 6}))
+    vals = interpret.run(g, x.astype(np.float64), hardware=True)
+    for name, want in zip([o.name for o in zm.model.graph.output], reference_outputs(zm)):
+        np.testing.assert_allclose(vals[name], want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
+
+
+@pytest.mark.parametrize("rows,cols", [(128, 128), (32, 8), (16, 4), (65, 20)])
+def test_hardware_counts_by_hand(rows, cols):
+    """MLP 64-64-32-10 with the bias as a crossbar row: a layer (out x in) holds (in + 1) rows."""
+    x = np.load(EXAMPLES / "digits_inputs.npy")[:4]
+    g = lower(str(EXAMPLES / "mlp_digits.onnx"), x,
+              IDEAL.with_overrides({"crossbar.rows": rows, "crossbar.cols": cols}))
+    report = build_report(g)
+    per_tile = cols // 2
+    want_tiles = want_adcs = want_dacs = 0
+    for out, inp in [(64, 64), (32, 64), (10, 32)]:
+        r, c = math.ceil((inp + 1) / rows), math.ceil(out / per_tile)
+        want_tiles += r * c
+        want_adcs += r * out          # one conversion per output per row tile
+        want_dacs += c * inp          # every column tile's rows are driven; the bias row is a fixed reference
+    assert report["hardware"] == {"tiles": want_tiles, "adcs": want_adcs, "dacs": want_dacs}
+    nodes = [d["kind"] for _, d in g.nodes(data=True)]
+    assert nodes.count(KIND_CROSSBAR) == want_tiles
+    assert nodes.count(KIND_ADC) == sum(math.ceil((i + 1) / rows) * math.ceil(o / per_tile)
+                                        for o, i in [(64, 64), (32, 64), (10, 32)])
+    assert nodes.count(KIND_DAC) == 3
+
+
+def test_conv_counts_by_hand():
+    """CNN: conv 1->8 3x3 (9+1 rows), conv 8->16 3x3 (72+1 rows), fc 64->10 (64+1 rows); 32x16 arrays."""
+    x = np.load(EXAMPLES / "digits_inputs.npy")[:4]
+    g = lower(str(EXAMPLES / "cnn_digits.onnx"), x, IDEAL.with_overrides({"crossbar.rows": 32, "crossbar.cols": 16}))
+    layers = build_report(g)["layers"]
+    assert [(l["tiles"], l["adcs"], l["dacs"]) for l in layers] == [
+        (1 * 1, 8, 9), (3 * 2, 3 * 16, 2 * 72), (3 * 2, 3 * 10, 2 * 64)]
+
+
+def test_quantized_conductances_on_levels():
+    x = np.load(EXAMPLES / "digits_inputs.npy")[:4]
+    g = lower(str(EXAMPLES / "cnn_digits.onnx"), x, load_device("rram", ["conductance.levels=16"]))
+    for layer in g.layers.values():
+        steps = (layer.g_plus - layer.g_min) / (layer.g_range / 15)
+        np.testing.assert_allclose(steps, np.round(steps), atol=1e-9)
+        assert layer.g_plus.min() >= layer.g_min and layer.g_plus.max() <= layer.g_min + layer.g_range.max() * (1 + 1e-12)
+        # the differential pair: one side at g_min
+        assert np.all(np.minimum(layer.g_plus, layer.g_minus) == layer.g_min)

@@ -1,0 +1,105 @@
+"""Gaussian moment formulas against independent numeric integration (fine trapezoid grid) and math.erfc."""
+import math
+
+import numpy as np
+import pytest
+
+from memse_compiler.ir import stats
+
+CASES = [(0.3, 0.5), (-2.0, 0.1), (5.0, 0.01), (0.0, 1.0), (-0.7, 2.5), (1.2, 1e-4)]
+
+
+def integrate(f, mu, var, n=400001):
+    """E[f], Var[f], E[f'] (via Stein: E[f(X)(X-mu)]/var) by quadrature on +-12 std."""
+    s = math.sqrt(var)
+    z = np.linspace(-12, 12, n)
+    w = np.exp(-z * z / 2)
+    w /= np.trapezoid(w, z)
+    y = f(mu + s * z)
+    m = np.trapezoid(y * w, z)
+    return m, np.trapezoid((y - m) ** 2 * w, z), np.trapezoid(y * z * w, z) / s
+
+
+def check(got, want, rtol, atol=1e-12):
+    np.testing.assert_allclose([float(np.asarray(g)) for g in got], want, rtol=rtol, atol=atol)
+
+
+def test_erfc_matches_math_including_tails():
+    x = np.linspace(-9, 9, 3001)
+    ref = np.array([math.erfc(v) for v in x])
+    assert np.max(np.abs(stats.erfc(x) - ref) / ref) < 2e-7
+
+
+@pytest.mark.parametrize("mu,var", CASES)
+def test_relu_leaky_clip(mu, var):
+    check(stats.relu_moments(np.array(mu), np.array(var)), integrate(lambda x: np.maximum(x, 0), mu, var), 1e-5)
+    check(stats.leaky_relu_moments(np.array(mu), np.array(var), 0.1),
+          integrate(lambda x: np.where(x > 0, x, 0.1 * x), mu, var), 1e-5)
+    check(stats.clip_moments(np.array(mu), np.array(var), -0.5, 1.0),
+          integrate(lambda x: np.clip(x, -0.5, 1.0), mu, var), 1e-5)
+    check(stats.clip_moments(np.array(mu), np.array(var), 0.0, np.inf),
+          integrate(lambda x: np.maximum(x, 0), mu, var), 1e-5)
+
+
+@pytest.mark.parametrize("mu,var", [c for c in CASES if c[1] >= 0.01])
+@pytest.mark.parametrize("fn,f", [
+    (stats.sigmoid_moments, stats.sigmoid), (stats.tanh_moments, np.tanh),
+    (stats.softplus_moments, stats.softplus), (stats.erf_moments, stats.erf),
+    (stats.gelu_moments, stats.gelu_erf),
+    (lambda m, v: stats.gelu_moments(m, v, "tanh"), stats.gelu_tanh)])
+def test_smooth_functions_by_quadrature(fn, f, mu, var):
+    check(fn(np.array(mu), np.array(var)), integrate(f, mu, var), 2e-4, atol=2e-7)
+
+
+def test_rectified_keeps_precision_far_above_zero():
+    """A programmed conductance 100 uS with 2 uS noise: clipping is negligible, variance must be s^2."""
+    mean, var = stats.rectified_moments(np.array(1e-4), np.array(2e-6))
+    assert mean == pytest.approx(1e-4, rel=1e-12)
+    assert var == pytest.approx(4e-12, rel=1e-9)
+    # at g = 0 the clipped normal: mean s/sqrt(2 pi), var s^2 (1/2 - 1/(2 pi))
+    mean, var = stats.rectified_moments(np.array(0.0), np.array(2.0))
+    assert mean == pytest.approx(2 / math.sqrt(2 * math.pi), rel=1e-6)
+    assert var == pytest.approx(4 * (0.5 - 1 / (2 * math.pi)), rel=1e-6)
+
+
+@pytest.mark.parametrize("mu,var", [(0.33, 1e-3), (0.33, 0.02), (1.3, 0.05), (0.37, 0.0121), (0.37, 0.3),
+                                    (0.5, 0.04), (-0.66, 0.002), (0.02, 0.5)])
+def test_quantizer_moments(mu, var):
+    step, qmin, qmax = 0.1, -7, 7
+    q = stats.quantizer_moments(np.array([mu]), np.array([var]), np.array([step]), qmin, qmax)
+    ref = integrate(lambda x: step * np.clip(np.round(x / step), qmin, qmax), mu, var, n=2_000_001)
+    check([q.mean[0], q.var[0], q.gain[0]], ref, 1e-4, atol=1e-8)
+
+
+def test_quantizer_deterministic_input_is_exact():
+    mu = np.array([0.33, -0.049, 0.051, 2.0, -5.0])
+    q = stats.quantizer_moments(mu, np.zeros(5), np.full(5, 0.1), -7, 7)
+    np.testing.assert_array_equal(q.mean, 0.1 * np.clip(np.round(mu / 0.1), -7, 7))
+    np.testing.assert_array_equal(q.var, 0.0)
+
+
+def test_max_moments_clark_vs_integration():
+    # independent: E[max(X1, X2)] by 2-D quadrature over a product grid
+    mu1, v1, mu2, v2 = 1.0, 0.5, 0.7, 0.2
+    z = np.linspace(-10, 10, 2001)
+    w = np.exp(-z ** 2 / 2)
+    w /= w.sum()
+    x1 = mu1 + np.sqrt(v1) * z[:, None]
+    x2 = mu2 + np.sqrt(v2) * z[None, :]
+    mx = np.maximum(x1, x2)
+    ww = w[:, None] * w[None, :]
+    m = (mx * ww).sum()
+    v = ((mx - m) ** 2 * ww).sum()
+    p = ((x1 > x2) * ww).sum()
+    mean, var, p1 = stats.max_moments(np.array(mu1), np.array(v1), np.array(mu2), np.array(v2))
+    check([mean, var, p1], [m, v, p], 1e-4)
+
+
+def test_softmax_moments_small_noise_vs_sampling():
+    rng = np.random.default_rng(0)
+    mu = np.array([[1.0, 0.2, -0.5, 2.0]])
+    var = np.full_like(mu, 0.01)
+    samples = stats.softmax(mu + np.sqrt(var) * rng.standard_normal((400_000, 4)), axis=1)
+    mean, v = stats.softmax_moments(mu, var, axis=1)
+    np.testing.assert_allclose(mean[0], samples.mean(0), rtol=2e-3)
+    np.testing.assert_allclose(v[0], samples.var(0), rtol=3e-2)
