@@ -5,7 +5,8 @@ Run by hand:  python benchmarks/speed_executor.py [--threads N] [--repeat K] [--
 For each model and device setting it prints: plain onnxruntime (original model, same batch), the executor's
 noiseless programmed chip, one noisy chip (programming noise drawn + read noise + run), the ratio chip/plain
 (target <= 2), chips/s of the executor alone and of run_montecarlo (next chip's noise drawn in a background
-thread) tracking the outputs and layer outputs only ("MC out/s") or every annotated signal ("MC all/s"). "(draw)" is the programming-noise draw alone (numpy, ~10 ns per device).
+thread) tracking the outputs and layer outputs only ("MC out/s") or every annotated signal ("MC all/s").
+"(draw)" is the programming-noise draw alone (numpy, ~10 ns per device).
 Times are the minimum over repeats (the machine may be shared).
 """
 from __future__ import annotations

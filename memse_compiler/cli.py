@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         hook.configure(args, options)
     ctx = PassContext(device=device, inputs=x, options=options)
     g.graph["device"] = device
+    g.graph["options"] = dict(options)
     g = default_pipeline(analysis=not args.no_analysis).run(g, ctx)
     g.graph.setdefault("timing", {})["compile_s"] = time.perf_counter() - t0
     for hook in EXTENSIONS:

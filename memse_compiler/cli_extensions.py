@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from memse_compiler.cli import EXTENSIONS, Extension
 
@@ -35,10 +34,32 @@ class AnalysisExtension(Extension):
             print(explain_text(g) or "no closed form (analysis mode 'diagonal' has no sensitivities)")
 
 
-def _optional(module: str, cls: str) -> None:
-    """Register an extension whose module ships with the package (import errors are real errors)."""
-    mod = __import__(module, fromlist=[cls])
-    EXTENSIONS.append(getattr(mod, cls)())
+class MonteCarloExtension(Extension):
+    """--mc CHIPS / --mc-precision: the noisy onnxruntime executor beside the analysis."""
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--mc", type=int, metavar="CHIPS",
+                       help="also run the Monte-Carlo reference over at most CHIPS simulated chips")
+        p.add_argument("--mc-precision", type=float, metavar="REL",
+                       help="stop the Monte-Carlo early once every output's 95%% CI half-width is within "
+                            "REL of its MSE (e.g. 0.05); needs --mc as the cap")
+
+    def configure(self, args, options: dict) -> None:
+        from memse_compiler.ir.errors import MemseInputError
+        if args.mc is not None and args.mc < 2:
+            raise MemseInputError(f"--mc needs at least 2 chips for a confidence interval, got {args.mc}")
+        if args.mc_precision is not None and (args.mc is None or not 0 < args.mc_precision < 1):
+            raise MemseInputError("--mc-precision needs --mc CHIPS (the cap) and a value in (0, 1)")
+
+    def after_compile(self, args, g, ctx) -> None:
+        if args.mc:
+            from memse_compiler.montecarlo import run_montecarlo
+            run_montecarlo(g, ctx.device, ctx.inputs, chips=args.mc, precision=args.mc_precision,
+                           seed=args.seed, progress=True)
 
 
-EXTENSIONS.append(AnalysisExtension())
+from memse_compiler.inspection_cli import InspectionExtension  # noqa: E402
+from memse_compiler.power_cli import PowerExtension  # noqa: E402
+
+# order matters: the optimiser (power) acts before Monte-Carlo checks the final chip; inspection last
+EXTENSIONS.extend([AnalysisExtension(), PowerExtension(), MonteCarloExtension(), InspectionExtension()])

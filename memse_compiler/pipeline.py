@@ -111,6 +111,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, device, inputs: np
     ctx = PassContext(device=device, inputs=np.asarray(inputs, dtype=np.float64),
                       options={"seed": seed, **(options or {})})
     g.graph["device"] = device
+    g.graph["options"] = dict(ctx.options)
     t0 = time.perf_counter()
     g = (pipeline or default_pipeline()).run(g, ctx)
     g.graph.setdefault("timing", {})["compile_s"] = time.perf_counter() - t0

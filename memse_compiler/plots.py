@@ -178,7 +178,8 @@ def sweep_curve(g, param: str, values: np.ndarray, rerun: bool = False) -> np.nd
         for v in todo:
             over = ({"programming_noise.sigma": v} if param == "sigma"
                     else {"conductance.g_max": c.g_min + v * (c.g_max - c.g_min)})
-            h, _ = compile_model(model, device.with_overrides(over), x)
+            opts = {k: v for k, v in (g.graph.get("options") or {}).items() if k != "seed"}   # e.g. mode
+            h, _ = compile_model(model, device.with_overrides(over), x, options=opts)
             known[v] = float(h.graph["analysis"]["outputs"][cache["output"]]["mse"])
         cache["values"] = sorted(known)
         cache["mse"] = [known[v] for v in cache["values"]]

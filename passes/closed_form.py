@@ -46,6 +46,8 @@ class ClosedForm:
     dac_signed: dict[str, bool]
     point: dict[str, float | None]                     # device parameters at the compiled point
     bias_law: tuple[float, float] = (0.0, 1.0)         # mean shift: beta * V^p, V = noise variance terms
+    var_exponent: float = 1.0                          # variance grows as V0 (V/V0)^e (nonlinear gains)
+    v0: float = 0.0
     expression: sp.Expr = field(default=None)
 
     def build_expression(self) -> sp.Expr:
@@ -61,8 +63,20 @@ class ClosedForm:
             terms.append(sp.Float(c["E"], 6) / dac_levels(b_dac, self.dac_signed[name]) ** 2)
         v = sp.Add(*noise)
         beta, p = self.bias_law
-        self.expression = sp.Add(*terms) + v + sp.Float(beta, 6) * v ** sp.Float(p, 4)
+        e = self.var_exponent
+        var_part = v if e == 1.0 or self.v0 <= 0 else sp.Float(self.v0 ** (1 - e), 6) * v ** sp.Float(e, 4)
+        self.expression = sp.Add(*terms) + var_part + sp.Float(beta, 6) * v ** sp.Float(p, 4)
         return self.expression
+
+    def point_symbols(self) -> dict[sp.Symbol, float]:
+        """Values of every symbol of the expression at the compiled point (ideal converters and continuous
+        levels as infinity, which zeroes their terms)."""
+        p = self.point
+        vals = {sigma: p["sigma"], sigma_r: p["sigma_r"], levels: p["levels"] or sp.oo,
+                b_adc: p["adc_bits"] or sp.oo, b_dac: p["dac_bits"] or sp.oo}
+        vals.update({g_symbol(k): v for k, v in self.g0.items()})
+        vals.update({wmax_symbol(k): v for k, v in self.wmax.items()})
+        return vals
 
     def terms(self, sigma_v=None, sigma_r_v=None, levels_v="keep", adc_bits="keep", dac_bits="keep",
               g_ranges: dict[str, float] | None = None) -> dict[str, float]:
@@ -82,6 +96,10 @@ class ClosedForm:
             out["adc"] += c["D"] / (2 ** (ab - 1) - 1) ** 2 if ab else 0.0
             out["dac"] += c["E"] / dac_levels(db, self.dac_signed[name]) ** 2 if db else 0.0
         v = out["programming"] + out["read"]
+        if self.v0 > 0 and v > 0 and self.var_exponent != 1.0:
+            scale = (v / self.v0) ** (self.var_exponent - 1.0)   # nonlinear growth of the variance
+            out["programming"] *= scale
+            out["read"] *= scale
         out["mean_shift"] = self.bias_law[0] * v ** self.bias_law[1]
         return out
 
@@ -116,7 +134,8 @@ def noise_scaled_bias2(g: MemseGraph, device, options: dict, k: float) -> dict[s
                                     "read_noise.sigma": device.read_noise.sigma * k})
     moments = forward_moments(g, scaled, {**options, "refine_probes": 0}, signals=False)[0]
     ref = g.graph["reference"]
-    return {out: float(np.mean((moments[out][0] - ref[out]) ** 2)) for out in g.graph["outputs"]}
+    return {out: (float(np.mean((moments[out][0] - ref[out]) ** 2)), float(np.mean(moments[out][1])))
+            for out in g.graph["outputs"]}
 
 
 def fit_bias_law(v0: float, low: float, mid: float, high: float, k: float) -> tuple[float, float, float]:
@@ -126,7 +145,7 @@ def fit_bias_law(v0: float, low: float, mid: float, high: float, k: float) -> tu
     d1, d2 = mid - low, high - mid
     if v0 <= 0 or d1 <= 0 or d2 <= 0:
         return mid, 0.0, 1.0
-    p = float(np.clip(np.log(d2 / d1) / np.log(k * k), 0.5, 2.0))
+    p = float(np.clip(np.log(d2 / d1) / np.log(k * k), 0.5, 2.5))
     beta = (d1 + d2) / (v0 ** p * (k ** (2 * p) - k ** (-2 * p)))
     return mid - beta * v0 ** p, float(beta), p
 
@@ -154,8 +173,12 @@ def fit_closed_form(g: MemseGraph, device, out: str, extra_bias: dict[float, dic
     v0 = cf.terms()["programming"] + cf.terms()["read"]
     if extra_bias:
         (_, lo), (_, mid), (k_hi, hi) = sorted(extra_bias.items())
-        _, beta, p = fit_bias_law(v0, lo[out], mid[out], hi[out], k_hi)
+        _, beta, p = fit_bias_law(v0, lo[out][0], mid[out][0], hi[out][0], k_hi)
         cf.bias_law = (beta, p)
+        # the same three points give the growth exponent of the noise-driven variance (diagonal pass)
+        _, gamma, e = fit_bias_law(v0, lo[out][1], mid[out][1], hi[out][1], k_hi)
+        cf.var_exponent = e if gamma > 0 else 1.0
+        cf.v0 = v0
     cf.constant = float(entry["mse"]) - sum(cf.terms().values())
     cf.build_expression()
     return cf
@@ -172,7 +195,11 @@ class ClosedFormPass(Pass):
         if "sensitivity" not in g.graph:
             return g
         t0 = time.perf_counter()
-        extra = {k: noise_scaled_bias2(g, ctx.device, ctx.options, k) for k in self.noise_scales + (1.0,)}
+        from passes.moments import LARGE_MODEL_MACS, model_macs
+        # the mean-shift law costs three cheap forward passes: skipped on large models (bias^2 then
+        # stays in the constant)
+        extra = None if model_macs(g) > LARGE_MODEL_MACS else {
+            k: noise_scaled_bias2(g, ctx.device, ctx.options, k) for k in self.noise_scales + (1.0,)}
         forms = {out: fit_closed_form(g, ctx.device, out, extra) for out in g.graph["sensitivity"]}
         g.graph["closed_form"] = forms
         timing = g.graph.setdefault("timing", {})

@@ -57,8 +57,7 @@ class CrossbarMoments:
     inj_adc: np.ndarray           # the ADC's quantization residual
     out_mean: np.ndarray
     out_var: np.ndarray
-    mu_tiles: np.ndarray | None = None   # split_rows(mu_vec), filled lazily by the sensitivity pass
-    read_unit: np.ndarray | None = None  # read-noise variance per unit sigma_r^2, likewise
+    read_unit: np.ndarray | None = None  # read-noise variance per unit sigma_r^2, filled lazily (sensitivity)
 
 
 def vectors_with_bias(layer: CrossbarLayer, x: np.ndarray, bias_value: float) -> np.ndarray:

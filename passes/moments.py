@@ -90,6 +90,16 @@ MODES = {  # analysis modes (CLI --mode): how much of the error correlation the 
 DEFAULT_MODE = "refined"
 
 
+LARGE_MODEL_MACS = 1e9   # above this (MACs over the evaluation batch) the analysis trims its extras
+
+
+def model_macs(g: MemseGraph) -> float:
+    """Multiply-accumulates of all crossbar layers over the evaluation batch."""
+    n = g.graph["reference"][g.graph["inputs"][0]].shape[0]
+    return float(sum(n * layer.geometry.positions * layer.groups * layer.outs * layer.rows
+                     for layer in g.layers.values()))
+
+
 def analysis_options(options: dict) -> dict:
     """The mode's settings, overridden by any explicit option."""
     mode = options.get("mode", DEFAULT_MODE)
@@ -111,6 +121,8 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True) 
     lin: dict = {}
     settings = analysis_options(options)
     refine = int(settings["refine_probes"])
+    if refine and "refine_probes" not in options and model_macs(g) > LARGE_MODEL_MACS:
+        refine = 0     # refinement costs a backward pass per layer and probe: O(layers^2) on large models
     coherent = settings["residual"] == "coherent"
     rng = np.random.default_rng(options.get("seed", 0) + 1)
     for unit in schedule(g):

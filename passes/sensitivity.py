@@ -43,11 +43,7 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None)
     g_ps = g_y[:, :, :, None, :] * cm.adc_gain                             # N, P, G, R, O
     g_ps = np.broadcast_to(g_ps, g_y.shape[:3] + (layer.row_tiles, layer.outs))
     # per-sample weight gradient: sum over positions of sensitivity x mean input, per row tile
-    if cm.mu_tiles is None:                                                # cached: reused by every probe
-        cm.mu_tiles = layer.split_rows(cm.mu_vec)                          # N, P, G, R, rows
-    x_tiles = cm.mu_tiles
-    dw = np.einsum("npgro,npgrj->ngorj", g_ps, x_tiles, optimize=True)
-    dw = dw.reshape(dw.shape[:3] + (-1,))[..., : layer.rows]               # N, G, O, Jb
+    dw = layer.weight_grads(g_ps, cm.mu_vec)                               # N, G, O, Jb
     dw2 = dw * dw
     add("programming", np.einsum("ngoj,goj->n", dw2, np.broadcast_to(cm.w_var, layer.g_plus.shape)))
     y2 = (g_y * g_y)[:, :, :, None, :]
@@ -128,13 +124,16 @@ class Sensitivity(Pass):
     every noise source and every layer in ``analysis.outputs[name]``."""
     name = "sensitivity"
 
-    def __init__(self, max_exact: int = 64, probes: int = 16):
-        self.max_exact, self.probes = max_exact, probes
+    def __init__(self, max_exact: int = 64, probes: int | None = None):
+        # probes=None: 16 Rademacher probes, 4 on large models (each probe is one backward pass)
+        self.max_exact, self.probes_option = max_exact, probes
 
     def apply(self, g: MemseGraph, ctx: PassContext) -> MemseGraph:
-        from passes.moments import analysis_options
+        from passes.moments import LARGE_MODEL_MACS, analysis_options, model_macs
         if not analysis_options(ctx.options)["sensitivity"]:
             return g
+        self.probes = self.probes_option or int(ctx.options.get("probes") or
+                                                (16 if model_macs(g) < LARGE_MODEL_MACS else 4))
         t0 = time.perf_counter()
         rng = np.random.default_rng(ctx.options.get("seed", 0))
         lin, moments, ref = g.graph["linearization"], g.graph["moments"], g.graph["reference"]

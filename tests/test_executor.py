@@ -228,7 +228,7 @@ def test_montecarlo_matches_independent_numpy(case):
         assert abs(m1 - m2) <= 3 * np.hypot(se1, se2), (t, m1, m2, se1, se2)
 
 
-def test_montecarlo_result_contract():
+def test_montecarlo_result_contract(capsys):
     dev = load_device("rram", ["adc.bits=6", "crossbar.rows=32", "crossbar.bias=digital"])
     g = lower(EXAMPLES / "cnn_digits.onnx", dev, X[:16])
     res = run_montecarlo(g, dev, chips=1000, precision=0.1, min_chips=10, progress=False)
@@ -241,5 +241,9 @@ def test_montecarlo_result_contract():
     assert set(res["layers"]) == set(g.layers)
     edge_tensors = {t for _, _, t in g.edges(data="tensor")} - set(g.graph["inputs"])
     assert edge_tensors <= set(res["signals"]), sorted(edge_tensors - set(res["signals"]))[:5]
-    again = run_montecarlo(g, dev, chips=res["chips"], progress=False, signals=[])
-    assert again["outputs"]["logits"]["mse"] == pytest.approx(out["mse"], rel=1e-6)   # seeded: reproducible
+    # seeded: reproducible, whether the next chip's noise is drawn in a background thread or in line
+    again = run_montecarlo(g, dev, chips=res["chips"], progress=False, signals=[], prefetch=False)
+    assert again["outputs"]["logits"]["mse"] == pytest.approx(out["mse"], rel=1e-6)
+    capsys.readouterr()
+    run_montecarlo(g, dev, chips=3, progress=True, signals=[])
+    assert capsys.readouterr().err == ""                                # no progress bar for short runs

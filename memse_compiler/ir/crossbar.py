@@ -116,9 +116,21 @@ class CrossbarLayer:
             a = np.concatenate([a, np.zeros(a.shape[:-1] + (pad,), a.dtype)], axis=-1)
         return a.reshape(a.shape[:-1] + (self.row_tiles, self.rows_per_tile))
 
+    def _row_slices(self) -> list[slice]:
+        return [slice(r * self.rows_per_tile, min((r + 1) * self.rows_per_tile, self.rows))
+                for r in range(self.row_tiles)]
+
     def partial_sums(self, vec: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         """Per row tile products: vec (N, P, G, Jb) x matrix (G, O, Jb) -> (N, P, G, R, O)."""
         n, p, g, _ = vec.shape
+        matrix = np.broadcast_to(matrix, (g, self.outs, self.rows))
+        out = np.empty((n, p, g, self.row_tiles, self.outs), dtype=np.result_type(vec, matrix))
+        if g == 1:   # one BLAS product per row tile (few, large): no padded copies of the activations
+            flat = vec.reshape(n * p, -1)
+            for r, sl in enumerate(self._row_slices()):
+                w = np.ascontiguousarray(matrix[0, :, sl].T)
+                out[:, :, 0, r, :] = (np.ascontiguousarray(flat[:, sl]) @ w).reshape(n, p, self.outs)
+            return out
         xv = self.split_rows(vec).reshape(n * p, g, self.row_tiles, self.rows_per_tile).transpose(1, 2, 0, 3)
         wt = self.split_rows(matrix).transpose(0, 2, 3, 1)          # G, R, rows, O
         ps = np.matmul(xv, wt)                                      # G, R, NP, O
@@ -127,10 +139,29 @@ class CrossbarLayer:
     def partial_sums_T(self, dps: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         """Transpose of `partial_sums` in its vector argument: (N, P, G, R, O) -> (N, P, G, Jb)."""
         n, p, g, r, o = dps.shape
+        matrix = np.broadcast_to(matrix, (g, self.outs, self.rows))
+        if g == 1:
+            out = np.empty((n, p, 1, self.rows), dtype=np.result_type(dps, matrix))
+            for t, sl in enumerate(self._row_slices()):
+                a = np.ascontiguousarray(dps[:, :, 0, t, :]).reshape(n * p, o)
+                out[:, :, 0, sl] = (a @ np.ascontiguousarray(matrix[0, :, sl])).reshape(n, p, -1)
+            return out
         wt = self.split_rows(matrix).transpose(0, 2, 1, 3)          # G, R, O, rows
         d = np.matmul(dps.reshape(n * p, g, r, o).transpose(1, 2, 0, 3), wt)   # G, R, NP, rows
         d = d.transpose(2, 0, 1, 3).reshape(n, p, g, r * self.rows_per_tile)
         return d[..., : self.rows]
+
+    def weight_grads(self, dps: np.ndarray, vec: np.ndarray) -> np.ndarray:
+        """Per-sample gradient of sum(dps * partial_sums(vec, W)) in W: sums over positions.
+        dps (N, P, G, R, O), vec (N, P, G, Jb) -> (N, G, O, Jb)."""
+        n, p, g, r, o = dps.shape
+        out = np.empty((n, g, o, self.rows), dtype=np.result_type(dps, vec))
+        for t, sl in enumerate(self._row_slices()):   # few row tiles; each a batched BLAS product
+            # contiguous operands: numpy's matmul only reaches BLAS for (F- or C-) contiguous matrices
+            a = np.ascontiguousarray(dps[:, :, :, t, :].transpose(0, 2, 1, 3))       # N, G, P, O
+            x = np.ascontiguousarray(vec[:, :, :, sl].transpose(0, 2, 1, 3))         # N, G, P, rows
+            out[:, :, :, sl] = np.matmul(a.transpose(0, 1, 3, 2), x)
+        return out
 
     def per_output(self, per_tile: np.ndarray) -> np.ndarray:
         """(G, R, C) tile values -> (G, R, O): each output column inherits its tile's value."""

@@ -26,7 +26,7 @@ def erfc(x: np.ndarray) -> np.ndarray:
     """Complementary error function, relative error < 1.2e-7 everywhere, tails included
     (Chebyshev fit of Numerical Recipes `erfcc`)."""
     x = np.asarray(x, dtype=float)
-    z = np.abs(x)
+    z = np.minimum(np.abs(x), 1e10)          # erfc underflows to 0 long before; avoids inf * 0
     t = 1.0 / (1.0 + 0.5 * z)
     poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
         -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
@@ -41,7 +41,7 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 
 def norm_pdf(x: np.ndarray) -> np.ndarray:
-    return INV_SQRT2PI * np.exp(-0.5 * np.square(x))
+    return INV_SQRT2PI * np.exp(-0.5 * np.square(np.clip(x, -1e10, 1e10)))
 
 
 def norm_cdf(x: np.ndarray) -> np.ndarray:
@@ -138,30 +138,40 @@ def clip_moments(mu: np.ndarray, var: np.ndarray, lo: float, hi: float) -> Momen
     return Moments(mean, v, gain)
 
 
-def quantizer_moments(mu: np.ndarray, var: np.ndarray, step: np.ndarray, qmin: int, qmax: int,
-                      window: int = 7) -> Moments:
+def quantizer_moments(mu: np.ndarray, var: np.ndarray, step: np.ndarray, qmin: int, qmax: int) -> Moments:
     """Moments of q(X) = step * clip(round(X / step), qmin, qmax) for X ~ N(mu, var).
 
-    Where std/step <= 1, or saturation is within 6 std (and std/step <= 10), the staircase is summed
-    exactly over the thresholds within +-6 std; elsewhere the uniform model (step^2/12 added) is exact to
-    ~1e-8 relative (Sheppard's correction decays as exp(-2 pi^2 var/step^2)). var = 0 gives q(mu).
+    Each element takes the cheapest exact-enough form:
+      var = 0                               q(mu) exactly (ties half to even, like numpy and ONNX Round);
+      std/step <= 1, or saturation within 6 std and std/step <= 3
+                                            the staircase summed over the thresholds within +-6 std;
+      saturation beyond 6 std               uniform model: (mu, var + step^2/12, gain 1), exact to ~1e-8
+                                            relative (Sheppard's correction decays as exp(-2 pi^2 var/step^2));
+      otherwise (wide, saturating)          clipped Gaussian + step^2/12 inside the range (< 0.5% off).
     """
     mu, var, step = np.broadcast_arrays(np.asarray(mu, float), np.asarray(var, float), np.asarray(step, float))
     step = np.where(step > 0, step, 1.0)
     s = np.sqrt(np.maximum(var, 0.0))
     ratio = s / step
-    # uniform-error model: saturate exactly at the end levels, add step^2/12 where X is inside the range
-    u = _clip_window_moments(mu, var, qmin * step, qmax * step)
-    u_mean = u.mean
-    u_var = u.var + step ** 2 / 12.0 * u.gain
-    mean, v, gain = u_mean.copy(), u_var.copy(), u.gain.copy()
-    # exact staircase where the uniform model is not exact: small std, or saturation within reach
+    mean, v, gain = mu.copy(), var + step ** 2 / 12.0, np.ones_like(mu)
     near_edge = (mu + 6 * s > (qmax - 0.5) * step) | (mu - 6 * s < (qmin + 0.5) * step)
-    for subset in (ratio <= 1.0, (ratio > 1.0) & (ratio <= 10.0) & near_edge):
+    fixed = s == 0
+    small = (ratio <= 1.0) & ~fixed
+    mid = (ratio > 1.0) & (ratio <= 3.0) & near_edge
+    wide = (ratio > 3.0) & near_edge
+    # staircase, in bins of std/step so the threshold window stays as small as it can
+    for subset in (small & (ratio <= 0.25), small & (ratio > 0.25) & (ratio <= 0.5), small & (ratio > 0.5), mid):
         if np.any(subset):
             idx = np.nonzero(subset)
-            w = max(window, int(np.ceil(6 * ratio[idx].max())) + 1)
+            w = int(np.ceil(6 * ratio[idx].max())) + 1
             mean[idx], v[idx], gain[idx] = _staircase_moments(mu[idx], s[idx], step[idx], qmin, qmax, w)
+    if np.any(wide):
+        idx = np.nonzero(wide)
+        u = _clip_window_moments(mu[idx], var[idx], qmin * step[idx], qmax * step[idx])
+        mean[idx], v[idx], gain[idx] = u.mean, u.var + step[idx] ** 2 / 12.0 * u.gain, u.gain
+    if np.any(fixed):
+        mean[fixed] = step[fixed] * np.clip(np.round(mu[fixed] / step[fixed]), qmin, qmax)
+        v[fixed], gain[fixed] = 0.0, 0.0
     return Moments(mean, np.maximum(v, 0.0), gain)
 
 

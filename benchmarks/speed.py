@@ -1,0 +1,244 @@
+"""Speed: analysis time vs the Monte-Carlo time needed to reach +-5% (95% CI) on the output MSE (DESIGN §9
+speed bar: at least 100x), and the executor's cost per chip vs one plain onnxruntime run of the same batch.
+
+Run by hand:
+    python benchmarks/speed.py                 # mlp, cnn, rescnn (200 digits inputs) + ResNet-18 shape (batch 4);
+                                               # writes benchmarks/results/speed.md (~3-5 min on 2 cores)
+    python benchmarks/speed.py --quick         # 50 inputs, no ResNet-18, 1 repeat; prints only (no file)
+    options: --no-resnet --resnet-batch N --repeat K --pilot N --set KEY=VALUE ... --out FILE
+
+What is timed (all in this one process, after a warm-up compile + MC on the MLP so that imports and first-call
+costs are not counted):
+- analysis: `g.graph["timing"]["analysis_s"]` of `compile_model(..., options={"mode": "refined"})` (the analysis
+  passes only; min over --repeat compiles); "compile" = wall time of the whole `compile_model` call (ONNX import,
+  lowering, calibration incl. the float reference run, analysis).
+- MC build: constructing the `NoisyExecutor` (ONNX rewrite + onnxruntime session), which `run_montecarlo`
+  includes in its `mc_s` when it builds the executor itself.
+- MC loop: `run_montecarlo(g, dev, x, precision=0.05, min_chips=--min-chips, signals=[], executor=ex)["mc_s"]`
+  with a prebuilt executor: draws noise, runs the chips, reduces the per-chip MSE of the outputs and layer outputs
+  (signals=[] = the cheapest tracking), until the 95% CI half-width <= 5% of the output MSE.
+  "MC total" = build + loop. The ratios are MC / analysis.
+- For the ResNet-18 shape the +-5% MC time is ESTIMATED from a pilot of --pilot chips:
+  chips needed = (1.96 * std/mean / 0.05)^2 (std over the pilot's per-chip MSEs), times the pilot's measured
+  time per chip. The small models get the same pilot estimate beside the measured run, to show how well the
+  estimate agrees with a real sequential run.
+- MC per chip = MC loop time / chips; executor chip = one `NoisyExecutor.run_chip` (noise drawn in line +
+  session run); plain ORT = one `InferenceSession.run` of the original ONNX model on the same
+  batch with the same number of intra-op threads as the executor (min over --repeat-ort runs).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from accuracy import git_line, machine_line  # noqa: E402
+from models import resnet18  # noqa: E402
+
+from device_models import load_device  # noqa: E402
+from memse_compiler import compile_model  # noqa: E402
+from memse_compiler.executor import NoisyExecutor  # noqa: E402
+from memse_compiler.montecarlo import run_montecarlo  # noqa: E402
+
+OUTPUT = "logits"
+TARGET = 0.05
+THREADS = max(1, (os.cpu_count() or 2) - 1)      # what run_montecarlo uses for its own executor
+
+
+def plain_ort(model, x: np.ndarray, repeat: int) -> float:
+    blob = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+    sess.run(None, feed)
+    best = math.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def pilot_estimate(mc: dict) -> tuple[float, float, int]:
+    """(std/mean over chips, chips needed for +-5%, pilot chips) from a run_montecarlo result."""
+    o = mc["outputs"][OUTPUT]
+    n = mc["chips"]
+    hw = (o["ci95"][1] - o["ci95"][0]) / 2
+    cv = hw * math.sqrt(n) / 1.96 / o["mse"]
+    return cv, (1.96 * cv / TARGET) ** 2, n
+
+
+def bench(label: str, model, x: np.ndarray, dev, args, resnet: bool) -> dict:
+    an_s, comp_s, g = math.inf, math.inf, None
+    for _ in range(1 if resnet else args.repeat):
+        t = time.perf_counter()
+        g, _ = compile_model(model, dev, x, options={"mode": "refined"})
+        comp_s = min(comp_s, time.perf_counter() - t)
+        an_s = min(an_s, g.graph["timing"]["analysis_s"])
+        print(f"  [{label}] compile {time.perf_counter() - t:.2f} s, analysis {g.graph['timing']['analysis_s']:.2f} s",
+              file=sys.stderr, flush=True)
+    an = g.graph["analysis"]["outputs"][OUTPUT]
+    t = time.perf_counter()
+    ex = NoisyExecutor(g, dev, threads=THREADS)
+    build_s = time.perf_counter() - t
+    ex.run_noiseless(x)                                   # first session run (allocations) not counted
+    reps = 3 if resnet else args.repeat_ort
+    t_plain = plain_ort(model, x, reps)
+    rng, t_chip = np.random.default_rng(args.seed + 2), math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        ex.run_chip(x, rng)
+        t_chip = min(t_chip, time.perf_counter() - t)
+    r = {"model": label, "batch": len(x), "an_s": an_s, "comp_s": comp_s, "an_mse": an["mse"],
+         "build_s": build_s, "plain_ms": 1e3 * t_plain,
+         "chip_ms": 1e3 * t_chip}
+    # pilot (also the per-chip time for the estimate)
+    pilot = run_montecarlo(g, dev, x, chips=args.pilot, precision=None, seed=args.seed + 1, progress=False,
+                           signals=[], executor=ex)
+    cv, need, n_p = pilot_estimate(pilot)
+    per_chip_p = pilot["mc_s"] / pilot["chips"]
+    r.update(pilot_chips=n_p, cv=cv, est_chips=max(math.ceil(need), 2), est_loop_s=max(math.ceil(need), 2) * per_chip_p,
+             pilot_per_chip_ms=1e3 * per_chip_p, pilot_mse=pilot["outputs"][OUTPUT]["mse"])
+    print(f"  [{label}] pilot {n_p} chips: {per_chip_p * 1e3:.1f} ms/chip, std/mean {cv:.3f} -> "
+          f"{r['est_chips']} chips", file=sys.stderr, flush=True)
+    if resnet:
+        r.update(measured=False, chips=r["est_chips"], loop_s=r["est_loop_s"], per_chip_ms=1e3 * per_chip_p,
+                 mc_mse=r["pilot_mse"], ci_rel=None)
+    else:
+        mc = run_montecarlo(g, dev, x, chips=args.max_chips, precision=TARGET, min_chips=args.min_chips,
+                            seed=args.seed, progress=False, signals=[], executor=ex)
+        o = mc["outputs"][OUTPUT]
+        r.update(measured=True, chips=mc["chips"], loop_s=mc["mc_s"], per_chip_ms=1e3 * mc["mc_s"] / mc["chips"],
+                 mc_mse=o["mse"], ci_rel=(o["ci95"][1] - o["ci95"][0]) / 2 / o["mse"],
+                 capped=mc["chips"] >= args.max_chips)
+    r["total_s"] = r["build_s"] + r["loop_s"]
+    r["ratio_loop"] = r["loop_s"] / r["an_s"]
+    r["ratio_total"] = r["total_s"] / r["an_s"]
+    r["chip_plain"] = r["per_chip_ms"] / r["plain_ms"]
+    r["exec_plain"] = r["chip_ms"] / r["plain_ms"]
+    return r
+
+
+HEAD = ("| model | batch | analysis s | compile s | MC chips to ±5% | MC loop s | MC build s | MC total s "
+        "| MC loop / analysis | MC total / analysis | MC per chip ms | executor chip ms | plain ORT ms "
+        "| MC chip / plain | executor chip / plain |")
+SEP = "|" + "|".join(["---"] * (HEAD.count("|") - 1)) + "|"
+HEAD2 = ("| model | pilot chips | pilot std/mean | est. chips to ±5% | est. MC loop s | measured chips "
+         "| measured MC loop s | analysis MSE | MC MSE |")
+SEP2 = "|" + "|".join(["---"] * (HEAD2.count("|") - 1)) + "|"
+
+
+def row(r: dict) -> str:
+    chips = f"{r['chips']}" + (" (cap)" if r.get("capped") else "") if r["measured"] else \
+        f"~{r['chips']} (est., {r['pilot_chips']}-chip pilot)"
+    est = "" if r["measured"] else " (est.)"
+    return (f"| {r['model']} | {r['batch']} | {r['an_s']:.3g} | {r['comp_s']:.3g} | {chips} | {r['loop_s']:.3g}{est} "
+            f"| {r['build_s']:.3g} | {r['total_s']:.3g}{est} | {r['ratio_loop']:.3g}x{est} | {r['ratio_total']:.3g}x{est} "
+            f"| {r['per_chip_ms']:.3g} | {r['chip_ms']:.3g} | {r['plain_ms']:.3g} | {r['chip_plain']:.3g} "
+            f"| {r['exec_plain']:.3g} |")
+
+
+def row2(r: dict) -> str:
+    meas = (f"{r['chips']} | {r['loop_s']:.3g}") if r["measured"] else "- | -"
+    return (f"| {r['model']} | {r['pilot_chips']} | {r['cv']:.3f} | {r['est_chips']} | {r['est_loop_s']:.3g} "
+            f"| {meas} | {r['an_mse']:.4g} | {r['mc_mse']:.4g}{'' if r['measured'] else ' (pilot)'} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="50 inputs, no ResNet-18, 1 repeat; no file")
+    ap.add_argument("--inputs", type=int, default=None, help="first N digits inputs (default 200)")
+    ap.add_argument("--no-resnet", action="store_true")
+    ap.add_argument("--resnet-batch", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=None, help="compiles per small model, min taken (default 3)")
+    ap.add_argument("--repeat-ort", type=int, default=20, help="plain ORT runs, min taken")
+    ap.add_argument("--pilot", type=int, default=20, help="pilot chips for the estimate (default 20)")
+    ap.add_argument("--min-chips", type=int, default=20, help="min chips of the measured sequential MC run")
+    ap.add_argument("--max-chips", type=int, default=20000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="device override (rram)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    quick = args.quick
+    args.inputs = args.inputs or (50 if quick else 200)
+    args.repeat = args.repeat or (1 if quick else 3)
+    resnet = not (args.no_resnet or quick)
+    dev = load_device("rram", args.set)
+    x = np.load(ROOT / "examples/digits_inputs.npy")[: args.inputs]
+    cmd = "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:])
+    started = _dt.datetime.now().astimezone()
+    header = [
+        "# Analysis vs Monte-Carlo speed (output `logits` MSE to ±5%, 95% CI)", "",
+        f"- Command: `{cmd}` (from the repository root)",
+        f"- Date: {started:%Y-%m-%d %H:%M %Z}; code: git {git_line()}",
+        f"- Machine: {machine_line()}",
+        f"- Device: bundled `rram`{' with ' + ' '.join('--set ' + s for s in args.set) if args.set else ''} "
+        f"(g_min {dev.conductance.g_min:g}, g_max {dev.conductance.g_max:g}, {dev.conductance.levels} levels, "
+        f"programming sigma {dev.programming_noise.sigma:g}, read noise {dev.read_noise.sigma:g}, "
+        f"ADC {dev.adc.bits} bits, DAC {dev.dac.bits}, {dev.crossbar.rows}x{dev.crossbar.cols} tiles)",
+        f"- Inputs: digits models: the first {len(x)} of `examples/digits_inputs.npy`; ResNet-18 shape "
+        f"(`benchmarks/models.py`, random weights): batch {args.resnet_batch} of uniform [0,1) 3x224x224 (seed 0)",
+        f"- Threads: executor and plain onnxruntime sessions use {THREADS} intra-op thread(s) (as `run_montecarlo` "
+        f"does on this machine), plus run_montecarlo's one noise-prefetch thread; the analysis uses numpy's defaults",
+        "- analysis s = analysis passes only (`timing.analysis_s`, min over "
+        f"{args.repeat} compile(s) for the digits models, 1 for ResNet); compile s = the whole `compile_model` call",
+        f"- MC chips/loop: measured sequential run (`precision=0.05, min_chips={args.min_chips}`, prebuilt executor, "
+        "`signals=[]`) for the digits models; for ResNet-18 ESTIMATED as (1.96*std/mean/0.05)^2 chips from a "
+        f"{args.pilot}-chip pilot times the pilot's measured time per chip (marked est.)",
+        "- MC build = NoisyExecutor construction (run_montecarlo includes it in `mc_s` when it builds the executor "
+        "itself); MC total = build + loop; ratios = MC time / analysis time (the §9 bar asks >= 100x)",
+        "- MC per chip = MC loop / chips (noise draw, prefetched in a thread, + onnxruntime run + per-chip MSE "
+        "reduction of outputs and layer outputs); executor chip = one `NoisyExecutor.run_chip(x, rng)` (draw the "
+        "chip's programming and read noise in line + one session run, no MSE bookkeeping); plain ORT = one run of "
+        f"the original model on the same batch; the last two are the min over {args.repeat_ort} runs (3 for ResNet)",
+        "",
+    ]
+    print("\n".join(header), flush=True)
+    # warm-up: imports, first onnxruntime session, first analysis calls
+    t = time.perf_counter()
+    gw, _ = compile_model(str(ROOT / "examples/mlp_digits.onnx"), dev, x[:16])
+    run_montecarlo(gw, dev, x[:16], chips=3, progress=False, signals=[])
+    print(f"(warm-up {time.perf_counter() - t:.1f} s, not counted)", file=sys.stderr, flush=True)
+    rows = []
+    for name in ("mlp", "cnn", "rescnn"):
+        rows.append(bench(name, str(ROOT / f"examples/{name}_digits.onnx"), x, dev, args, resnet=False))
+        print(row(rows[-1]), flush=True)
+    if resnet:
+        xr = np.random.default_rng(0).random((args.resnet_batch, 3, 224, 224)).astype(np.float32)
+        rows.append(bench("resnet18-shape", resnet18(), xr, dev, args, resnet=True))
+        print(row(rows[-1]), flush=True)
+    table = ["## Analysis vs Monte-Carlo time", "", HEAD, SEP] + [row(r) for r in rows]
+    table += ["", "## Pilot estimate vs measured sequential run", "",
+              "The estimate used for ResNet-18, applied to the digits models too (pilot seed = seed+1, measured "
+              "run seed = seed, so the two are independent).", "", HEAD2, SEP2] + [row2(r) for r in rows]
+    bar = [r for r in rows if r["ratio_loop"] >= 100]
+    summ = ["", "## Summary", "",
+            f"- §9 speed bar (MC to ±5% >= 100x the analysis time, on the MC loop alone): met by "
+            f"{len(bar)}/{len(rows)} models" + (f" ({', '.join(r['model'] for r in bar)})" if bar else "")]
+    summ += [f"- {r['model']}: MC loop / analysis = {r['ratio_loop']:.3g}x{'' if r['measured'] else ' (estimated)'}, "
+             f"incl. executor build {r['ratio_total']:.3g}x; one executor chip = {r['exec_plain']:.3g}x a plain ORT run "
+             f"(MC per chip incl. bookkeeping {r['chip_plain']:.3g}x)"
+             for r in rows]
+    print("\n" + "\n".join(table + summ))
+    out = args.out or (None if quick else str(ROOT / "benchmarks/results/speed.md"))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text("\n".join(header + table + summ) + "\n")
+        print(f"\nwritten {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The analysis against independent computations: a literal numpy Monte-Carlo (tests/mc_reference.py),
+hand-computed single-layer variances, and the exact noiseless chip."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from device_models import load_device
+from memse_compiler import compile_model
+from memse_compiler.ir import interpret
+
+from mc_reference import monte_carlo
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+X = np.load(EXAMPLES / "digits_inputs.npy").astype(np.float64)
+
+
+def analyse(name, overrides, n=16, mode="refined"):
+    dev = load_device("rram", overrides)
+    g, _ = compile_model(str(EXAMPLES / f"{name}_digits.onnx"), dev, X[:n], options={"mode": mode})
+    return g, dev
+
+
+# (model, device overrides, chips): sigma/G from ~0.1% to 5%, g_min 0, levels 16..256, converters, tiling
+CASES = [
+    ("mlp", ["read_noise.sigma=0", "adc.bits=null"], 300),
+    ("mlp", ["conductance.g_min=0", "programming_noise.sigma=5e-6", "conductance.levels=256"], 300),
+    ("mlp", ["programming_noise.sigma=1e-7", "conductance.levels=16", "read_noise.sigma=1e-6"], 200),
+    ("cnn", [], 200),
+    ("cnn", ["crossbar.rows=32", "adc.bits=6", "dac.bits=6"], 200),
+    ("cnn", ["conductance.g_min=0", "programming_noise.sigma=5e-6", "read_noise.sigma=2e-6"], 200),
+    ("rescnn", ["read_noise.sigma=0"], 200),         # literal read noise is slow in the reference; cnn has it
+    ("rescnn", ["adc.bits=5", "programming_noise.sigma=1e-6", "read_noise.sigma=0"], 200),
+]
+
+
+@pytest.mark.parametrize("name,overrides,chips", CASES, ids=[f"{c[0]}-{'-'.join(c[1]) or 'rram'}" for c in CASES])
+def test_output_mse_matches_monte_carlo(name, overrides, chips):
+    g, dev = analyse(name, overrides)
+    mse = g.graph["analysis"]["outputs"]["logits"]["mse"]
+    mc, ci = monte_carlo(g, dev, X[:16], chips, seed=1)["logits"]
+    assert ci < 0.1 * mc, "the Monte-Carlo reference must be tighter than the tolerance"
+    assert abs(mse - mc) <= 0.10 * mc + ci, (mse, mc, ci)
+
+
+def test_diagonal_mode_underestimates_deep_nets_and_sensitivity_fixes_it():
+    """On the residual CNN the element-wise model misses the shared-kernel and residual correlations."""
+    overrides = ["programming_noise.sigma=4e-6", "read_noise.sigma=0", "adc.bits=null"]
+    diag = analyse("rescnn", overrides, mode="diagonal")[0].graph["analysis"]["outputs"]["logits"]["mse"]
+    g, dev = analyse("rescnn", overrides)
+    full = g.graph["analysis"]["outputs"]["logits"]["mse"]
+    mc, ci = monte_carlo(g, dev, X[:16], 150, seed=2)["logits"]
+    assert diag < 0.8 * mc
+    assert abs(full - mc) <= 0.1 * mc + ci
+
+
+def _single_gemm(w: np.ndarray, b: np.ndarray) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", w.shape[1]])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", w.shape[0]])
+    node = helper.make_node("Gemm", ["x", "W", "B"], ["y"], name="fc", transB=1)
+    graph = helper.make_graph([node], "one", [x], [y], [numpy_helper.from_array(w.astype(np.float32), "W"),
+                                                       numpy_helper.from_array(b.astype(np.float32), "B")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_single_layer_variance_by_hand():
+    """One Gemm, continuous levels, no clipping in reach: Var(y_i) = sum_j 2 sigma^2 / c^2 x_j^2 exactly
+    (bias row included, x = 1), and mean = W x + b."""
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal((5, 7)), rng.standard_normal(5)
+    x = rng.random((3, 7))
+    sigma = 1e-6
+    dev = load_device("ideal", ["conductance.levels=null", f"programming_noise.sigma={sigma}",
+                                "conductance.g_min=5e-5"])
+    g, _ = compile_model(_single_gemm(w, b), dev, x, options={"mode": "diagonal"})
+    layer = next(iter(g.layers.values()))
+    c = float(layer.scale_c.ravel()[0])
+    mean, var = g.graph["moments"]["y"]
+    wq, bq = w.astype(np.float32).astype(float), b.astype(np.float32).astype(float)
+    np.testing.assert_allclose(mean, x @ wq.T + bq, rtol=1e-9)
+    np.testing.assert_allclose(var, np.broadcast_to(2 * sigma ** 2 / c ** 2 * ((x ** 2).sum(1) + 1)[:, None], var.shape),
+                               rtol=1e-9)
+    # the sensitivity mode agrees (one layer: nothing to correlate)
+    g2, _ = compile_model(_single_gemm(w, b), dev, x, options={"mode": "sensitivity"})
+    assert g2.graph["analysis"]["outputs"]["y"]["variance"] == pytest.approx(float(var.mean()), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn"])
+def test_quantization_only_is_exact(name):
+    """No programming/read noise: the chip is deterministic; the analysis mean is the programmed chip's
+    output exactly (levels, DAC, ADC and tiling included) and its variance is 0."""
+    g, _ = analyse(name, ["programming_noise.sigma=0", "read_noise.sigma=0", "conductance.levels=16",
+                          "adc.bits=6", "dac.bits=5", "crossbar.rows=32"])
+    hw = interpret.run(g, X[:16], hardware=True)["logits"]
+    mean, var = g.graph["moments"]["logits"]
+    np.testing.assert_allclose(mean, hw, rtol=1e-9, atol=1e-12)
+    assert np.all(var == 0)
+    out = g.graph["analysis"]["outputs"]["logits"]
+    assert out["mse"] == pytest.approx(np.mean((hw - g.graph["reference"]["logits"]) ** 2), rel=1e-9)
+
+
+def test_every_edge_is_annotated():
+    g, _ = analyse("rescnn", ["adc.bits=6"])
+    for u, v, d in g.edges(data=True):
+        assert {"mean_expr", "var_expr", "mean", "var", "mse", "bias2", "variance"} <= set(d), (u, v)
+        assert np.isfinite(d["mse"])
+
+
+def test_closed_form_matches_at_point_and_tracks_converters():
+    g, dev = analyse("cnn", ["adc.bits=6", "dac.bits=6"], n=32)
+    cf = g.graph["closed_form"]["logits"]
+    full = g.graph["analysis"]["outputs"]["logits"]["mse"]
+    assert cf.mse() == pytest.approx(full, rel=1e-9)
+    assert float(cf.expression.subs(cf.point_symbols())) == pytest.approx(full, rel=1e-4)
+    for override, args in [({"adc.bits": 5}, {"adc_bits": 5}), ({"conductance.levels": 32}, {"levels_v": 32}),
+                           ({"programming_noise.sigma": 3e-6}, {"sigma_v": 3e-6})]:
+        g2, _ = compile_model(str(EXAMPLES / "cnn_digits.onnx"), dev.with_overrides(override), X[:32])
+        assert cf.mse(**args) == pytest.approx(g2.graph["analysis"]["outputs"]["logits"]["mse"], rel=0.15)
