@@ -91,6 +91,7 @@ def bench(label: str, model, x: np.ndarray, dev, args, resnet: bool) -> dict:
         print(f"  [{label}] compile {time.perf_counter() - t:.2f} s, analysis {g.graph['timing']['analysis_s']:.2f} s",
               file=sys.stderr, flush=True)
     an = g.graph["analysis"]["outputs"][OUTPUT]
+    passes = dict(g.graph["timing"]["passes"])
     t = time.perf_counter()
     ex = NoisyExecutor(g, dev, threads=THREADS)
     build_s = time.perf_counter() - t
@@ -103,7 +104,7 @@ def bench(label: str, model, x: np.ndarray, dev, args, resnet: bool) -> dict:
         ex.run_chip(x, rng)
         t_chip = min(t_chip, time.perf_counter() - t)
     r = {"model": label, "batch": len(x), "an_s": an_s, "comp_s": comp_s, "an_mse": an["mse"],
-         "build_s": build_s, "plain_ms": 1e3 * t_plain,
+         "build_s": build_s, "plain_ms": 1e3 * t_plain, "passes": passes,
          "chip_ms": 1e3 * t_chip}
     # pilot (also the per-chip time for the estimate)
     pilot = run_montecarlo(g, dev, x, chips=args.pilot, precision=None, seed=args.seed + 1, progress=False,
@@ -224,6 +225,10 @@ def main() -> None:
     table += ["", "## Pilot estimate vs measured sequential run", "",
               "The estimate used for ResNet-18, applied to the digits models too (pilot seed = seed+1, measured "
               "run seed = seed, so the two are independent).", "", HEAD2, SEP2] + [row2(r) for r in rows]
+    names = [p for p in rows[0]["passes"] if any(r["passes"].get(p, 0) >= 0.005 for r in rows)]
+    table += ["", "## Time per pass of the last timed compile (s)", "",
+              "| model | " + " | ".join(names) + " |", "|" + "|".join(["---"] * (len(names) + 1)) + "|"]
+    table += [f"| {r['model']} | " + " | ".join(f"{r['passes'].get(p, 0):.2f}" for p in names) + " |" for r in rows]
     bar = [r for r in rows if r["ratio_loop"] >= 100]
     summ = ["", "## Summary", "",
             f"- §9 speed bar (MC to ±5% >= 100x the analysis time, on the MC loop alone): met by "
@@ -232,6 +237,8 @@ def main() -> None:
              f"incl. executor build {r['ratio_total']:.3g}x; one executor chip = {r['exec_plain']:.3g}x a plain ORT run "
              f"(MC per chip incl. bookkeeping {r['chip_plain']:.3g}x)"
              for r in rows]
+    summ.append(f"- load average at the end of the run: {os.getloadavg()[0]:.2f} (other jobs share this machine; "
+                "times are single measurements except where a min is stated)")
     print("\n" + "\n".join(table + summ))
     out = args.out or (None if quick else str(ROOT / "benchmarks/results/speed.md"))
     if out:

@@ -108,7 +108,8 @@ def analysis_options(options: dict) -> dict:
     return {**MODES[mode], **{k: v for k, v in options.items() if k in MODES[mode]}}
 
 
-def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True) -> tuple[dict, dict, dict]:
+def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
+                    samples: int | None = None) -> tuple[dict, dict, dict]:
     """Moments of every tensor (and every lowered layer's internal signals) on `device`, without touching
     the graph: (moments, linearizations, internal signals (only if `signals`)). Options: `refine_probes` (0 = purely diagonal),
     `residual` ("coherent": a nonlinearity's residual variance follows its input's error, so correlated
@@ -116,7 +117,8 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True) 
     ref = g.graph["reference"]
     consts = g.graph["constants"]
     x_name = g.graph["inputs"][0]
-    moments = {x_name: (ref[x_name], np.zeros_like(ref[x_name]))}
+    x = ref[x_name] if samples is None else ref[x_name][:samples]
+    moments = {x_name: (x, np.zeros_like(x))}
     internal: dict[str, tuple] = {}
     lin: dict = {}
     settings = analysis_options(options)

@@ -147,9 +147,18 @@ class SymbolicMoments(Pass):
                     r = sp.Symbol(f"R_adc_{layer.name}[{d['group']},{d['row_tile']},{d['col_tile']}]", positive=True)
                     exprs[d["outputs"][0]] = quantizer_exprs(d["inputs"][0], r, b_adc, True)
             elif kind == KIND_SUM:
-                syms = [_tensor_syms(t) for t in d["inputs"]]
-                gather = sp.Function("PartialSum")
-                exprs[d["outputs"][0]] = gather(*[m for m, _ in syms]), gather(*[v for _, v in syms])
+                # each output column adds its row tiles' conversions (independent ADC errors); column
+                # tiles and groups are placed side by side
+                blocks: dict[tuple, list] = {}
+                for t in d["inputs"]:
+                    p = g.nodes[g.producer(t)]
+                    blocks.setdefault((p["group"], p["col_tile"]), []).append(_tensor_syms(t))
+                sums = [(sp.Add(*[m for m, _ in b]), sp.Add(*[v for _, v in b])) for _, b in sorted(blocks.items())]
+                if len(sums) == 1:
+                    exprs[d["outputs"][0]] = sums[0]
+                else:
+                    cat = sp.Function("Concat")
+                    exprs[d["outputs"][0]] = cat(*[m for m, _ in sums]), cat(*[v for _, v in sums])
             elif kind == KIND_BIAS:
                 mu, v = _tensor_syms(d["inputs"][0])
                 exprs[d["outputs"][0]] = mu + sp.Symbol(f"b_{d['layer']}"), v
