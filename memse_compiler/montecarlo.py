@@ -15,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from memse_compiler.executor import NoisyExecutor, row_tile_name, tile_vectors
+from memse_compiler.executor import NoisyExecutor, row_tile_name
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.interpret import run as interpret

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memse_compiler.ir import stats
 from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
 import sympy as sp
 
 from memse_compiler.ir import (KIND_ADC, KIND_BIAS, KIND_CROSSBAR, KIND_DAC, KIND_INPUT, KIND_OUTPUT, KIND_SUM,

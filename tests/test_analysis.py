@@ -120,3 +120,17 @@ def test_closed_form_matches_at_point_and_tracks_converters():
                            ({"programming_noise.sigma": 3e-6}, {"sigma_v": 3e-6})]:
         g2, _ = compile_model(str(EXAMPLES / "cnn_digits.onnx"), dev.with_overrides(override), X[:32])
         assert cf.mse(**args) == pytest.approx(g2.graph["analysis"]["outputs"]["logits"]["mse"], rel=0.15)
+
+
+@pytest.mark.parametrize("name", ["cnn", "rescnn"])
+def test_quantization_only_executor_equals_analysis_mean(name):
+    """The Monte-Carlo executor's deterministic chip (no programming/read noise) is the analysis' mean."""
+    from memse_compiler.executor import NoisyExecutor
+    g, dev = analyse(name, ["programming_noise.sigma=0", "read_noise.sigma=0", "conductance.levels=16",
+                            "adc.bits=6", "dac.bits=6", "crossbar.rows=32"])
+    ex = NoisyExecutor(g, dev)
+    rng = np.random.default_rng(0)
+    a, b = ex.run_chip(X[:16], rng)["logits"], ex.run_chip(X[:16], rng)["logits"]
+    np.testing.assert_array_equal(a, b)
+    mean = g.graph["moments"]["logits"][0]
+    np.testing.assert_allclose(a, mean, rtol=1e-4, atol=1e-4 * np.abs(mean).max())

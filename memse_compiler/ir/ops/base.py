@@ -55,6 +55,22 @@ class ParseContext:
     def fail(self, why: str) -> MemseInputError:
         return MemseInputError(f"node '{self.node_name}' ({self.node.op_type}): {why}")
 
+    def sliding_windows(self, kernel: list[int]):
+        """The Windows of a Conv/pool node over input 0 (strides, dilations, pads, auto_pad); 1-D as H = 1."""
+        from memse_compiler.ir.geometry import Windows, conv_pads
+        shape = self.shape(0)
+        k = [int(v) for v in kernel]
+        nd = len(k)
+        s = [int(v) for v in self.attr("strides", [1] * nd)]
+        d = [int(v) for v in self.attr("dilations", [1] * nd)]
+        auto = self.attr("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        pads, out = conv_pads(shape[2:], k, s, d, self.attr("pads"), auto)
+        spatial = tuple(shape[2:])
+        if nd == 1:
+            k, s, d, pads, out, spatial = [1] + k, [1] + s, [1] + d, [0, pads[0], 0, pads[1]], [1] + out, (1,) + spatial
+        return Windows(tuple(k), tuple(s), tuple(d), tuple(pads), spatial, tuple(out))
+
 
 @dataclass
 class Linearization:

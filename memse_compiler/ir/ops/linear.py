@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
-from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, register, unbroadcast
+from memse_compiler.ir.ops.base import Linearization, OpRule, register, unbroadcast
 
 
 class ShapeRule(OpRule):

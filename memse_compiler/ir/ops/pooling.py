@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from memse_compiler.ir import stats
-from memse_compiler.ir.geometry import Windows, conv_pads
+from memse_compiler.ir.geometry import Windows
 from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, register
 
 PAD_MEAN = -1e100     # stands for -inf in max-pool padding; finite so that Clark's formulas stay exact
@@ -16,18 +16,7 @@ def pool_windows(ctx: ParseContext) -> Windows:
         raise ctx.fail(f"only 1-D and 2-D pooling is supported (input rank {len(shape)})")
     if ctx.attr("ceil_mode", 0):
         raise ctx.fail("ceil_mode=1 is not supported")
-    one_d = len(shape) == 3
-    spatial = (1,) + tuple(shape[2:]) if one_d else tuple(shape[2:])
-    k = [int(v) for v in ctx.attr("kernel_shape")]
-    nd = len(k)
-    s = [int(v) for v in ctx.attr("strides", [1] * nd)]
-    d = [int(v) for v in ctx.attr("dilations", [1] * nd)]
-    auto = ctx.attr("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    pads, out = conv_pads(shape[2:], k, s, d, ctx.attr("pads"), auto)
-    if one_d:
-        k, s, d, pads, out = [1] + k, [1] + s, [1] + d, [0, pads[0], 0, pads[1]], [1] + out
-    return Windows(tuple(k), tuple(s), tuple(d), tuple(pads), spatial, tuple(out))
+    return ctx.sliding_windows(ctx.attr("kernel_shape"))
 
 
 def _4d(x, one_d):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from memse_compiler.ir.crossbar import CrossbarLayer
-from memse_compiler.ir.geometry import ConvGeometry, MatrixGeometry, Windows, conv_pads
+from memse_compiler.ir.geometry import ConvGeometry, MatrixGeometry
 from memse_compiler.ir.ops.base import OpRule, ParseContext, register
 
 
@@ -105,21 +105,10 @@ class ConvRule(WeightedRule):
         shape = ctx.shape(0)
         one_d = w.ndim == 3
         g = int(ctx.attr("group", 1))
-        k = list(w.shape[2:])
-        nd = len(k)
-        s = [int(v) for v in ctx.attr("strides", [1] * nd)]
-        d = [int(v) for v in ctx.attr("dilations", [1] * nd)]
-        auto = ctx.attr("auto_pad", b"NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else auto
-        pads, out = conv_pads(shape[2:], k, s, d, ctx.attr("pads"), auto)
-        spatial = tuple(shape[2:])
-        if one_d:
-            k, s, d, pads, out, spatial = [1] + k, [1] + s, [1] + d, [0, pads[0], 0, pads[1]], [1] + out, (1,) + spatial
         cout = w.shape[0]
         if cout % g or shape[1] % g or w.shape[1] != shape[1] // g:
             raise ctx.fail(f"weight shape {w.shape} does not fit {shape[1]} input channels in {g} groups")
-        geom = ConvGeometry(Windows(tuple(k), tuple(s), tuple(d), tuple(pads), spatial, tuple(out)),
-                            groups=g, in_channels=shape[1], one_d=one_d)
+        geom = ConvGeometry(ctx.sliding_windows(list(w.shape[2:])), groups=g, in_channels=shape[1], one_d=one_d)
         matrix = w.reshape(g, cout // g, -1)                # rows in the ONNX weight order (cin, kh, kw)
         b = ctx.const(2)
         bias = None if b is None else b.reshape(g, cout // g)
