@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memse_compiler.ir import stats
 from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
 
 
@@ -66,12 +67,23 @@ def vectors_with_bias(layer: CrossbarLayer, x: np.ndarray, bias_value: float) ->
     return v
 
 
-def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.ndarray) -> CrossbarMoments:
+def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.ndarray,
+                     pre_relu: tuple[np.ndarray, np.ndarray] | None = None) -> CrossbarMoments:
+    """`pre_relu`: the moments of Z when the layer's input is relu(Z). An unsigned DAC then sees
+    q(relu(Z)) = q_unsigned(Z) exactly, so its moments come from the Gaussian Z rather than from a
+    Gaussian stand-in for the rectified signal (whose mass below 0 the DAC would wrongly clip)."""
     from passes.symbolic import partial_sum_function, quantizer_function
     shape = mean.shape
     if layer.dac_bits is not None:
         qmin, qmax = converter_levels(layer.dac_bits, layer.dac_signed)
-        m_d, v_d, g_d = quantizer_function()(mean, var, layer.dac_step(), qmin, qmax)
+        if pre_relu is not None and not layer.dac_signed:
+            zm, zv = pre_relu
+            m_d, v_d, g_z = quantizer_function()(zm, zv, layer.dac_step(), qmin, qmax)
+            relu_gain = stats.relu_moments(zm, zv).gain
+            # gain w.r.t. the relu output, so that the backward chain (relu gain x this) is dq/dz
+            g_d = np.where(relu_gain > 1e-12, g_z / np.maximum(relu_gain, 1e-12), 0.0)
+        else:
+            m_d, v_d, g_d = quantizer_function()(mean, var, layer.dac_step(), qmin, qmax)
         dac_resid = np.maximum(v_d - g_d ** 2 * var, 0.0)
     else:
         m_d, v_d, g_d, dac_resid = mean, var, 1.0, 0.0

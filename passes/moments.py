@@ -67,6 +67,15 @@ def window_correlation(g: MemseGraph, lin: dict, moments: dict, tensor: str, att
     return np.clip(np.where(cross > 0, excess / np.where(cross > 0, cross, 1.0), 0.0), -0.5, 0.999)
 
 
+def relu_input_moments(g: MemseGraph, tensor: str, moments: dict) -> tuple | None:
+    """Moments of Z when `tensor` = Relu(Z) (for the exact DAC of a rectified signal), else None."""
+    node = g.producer(tensor)
+    d = g.nodes[node]
+    if d.get("op") != "Relu" or d["inputs"][0] not in moments:
+        return None
+    return moments[d["inputs"][0]]
+
+
 def tile_signals(layer, cm, x_ref: np.ndarray) -> dict[str, tuple]:
     """(mean, var, ref) of every lowered layer's internal signals, as views of the layer's arrays."""
     ps_ref = layer.partial_sums(layer.vectors(x_ref), layer.augmented_weight())
@@ -131,7 +140,7 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
         if unit in g.layers:
             layer = g.layers[unit]
             m, v = moments[layer.input]
-            cm = crossbar_moments(layer, device, m, v)
+            cm = crossbar_moments(layer, device, m, v, pre_relu=relu_input_moments(g, layer.input, moments))
             lin[unit] = cm
             moments[layer.output] = (cm.out_mean, cm.out_var)
             if refine:
