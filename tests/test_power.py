@@ -171,11 +171,21 @@ def check_result(g, r: dict, budget: float) -> None:
     json.dumps(r)
 
 
+def confirm_by_monte_carlo(g, ctx, r: dict) -> None:
+    """The optimised chip, re-checked by the Monte-Carlo executor: the analysis holds within 10%."""
+    from memse_compiler.montecarlo import run_montecarlo
+    mc = run_montecarlo(g, ctx.device, ctx.inputs, chips=300, precision=0.03, seed=3, progress=False,
+                        signals=[])["outputs"]["logits"]
+    half = (mc["ci95"][1] - mc["ci95"][0]) / 2
+    assert abs(r["optimized"]["mse"] - mc["mse"]) <= 0.10 * mc["mse"] + half, (r["optimized"]["mse"], mc)
+
+
 def test_optimizer_beats_uniform_on_cnn(cnn):
     g, ctx = cnn
     budget = budget_at(g, 0.3)
     r = optimize(g, ctx, budget)
     check_result(g, r, budget)
+    confirm_by_monte_carlo(g, ctx, r)
     print(f"\nCNN @ {budget:.4g} W: uniform MSE {r['uniform']['mse']:.4g}, optimised {r['optimized']['mse']:.4g}, "
           f"{r['time_s']:.1f} s")
 
@@ -207,6 +217,7 @@ def test_optimize_rescnn_time():
           f"{r['optimized']['mse']:.4g}; --optimize took {elapsed:.1f} s ({r['evaluations']} analyses)")
     check_result(g, r, budget)
     assert elapsed < 30
+    confirm_by_monte_carlo(g, ctx, r)
 
 
 def test_cli_flags(tmp_path, capsys):
