@@ -67,8 +67,40 @@ def vectors_with_bias(layer: CrossbarLayer, x: np.ndarray, bias_value: float) ->
     return v
 
 
+def lattice_dac_moments(layer: CrossbarLayer, prev: CrossbarLayer, prev_cm: "CrossbarMoments",
+                        max_half_width: int = 64) -> tuple[np.ndarray, np.ndarray] | None:
+    """Exact DAC moments when the DAC input is relu(ADC output) of a one-row-tile layer: that signal lives
+    on the ADC's lattice, and when its spacing is near a multiple of the DAC step the DAC error aliases
+    (far from the uniform step^2/12). E[f(code)] over the ADC codes' probabilities under the Gaussian
+    partial sum, with f(k) = q_dac(max(k * step_adc, 0)). None when the window would be too wide."""
+    mu = prev_cm.ps_mean[:, :, :, 0, :]                        # N, P, G, O
+    sd = np.sqrt(np.maximum(prev_cm.ps_var[:, :, :, 0, :], 0.0))
+    step_a = prev.adc_steps()[:, 0, :]                         # G, O
+    qa_min, qa_max = converter_levels(prev.adc_bits, True)
+    h = int(np.ceil(6 * np.max(sd / step_a, initial=0.0))) + 1
+    if h > max_half_width:
+        return None
+    kc = np.round(mu / step_a)
+    k = kc[..., None] + np.arange(-h, h + 1)                   # candidate codes
+    z_hi = ((k + 0.5) * step_a[..., None] - mu[..., None])
+    z_lo = ((k - 0.5) * step_a[..., None] - mu[..., None])
+    pos = sd[..., None] > 0
+    s = np.where(pos, sd[..., None], 1.0)
+    p = np.where(pos, stats.norm_cdf(z_hi / s) - stats.norm_cdf(z_lo / s), (k == kc[..., None]).astype(float))
+    p[..., 0] += np.where(pos[..., 0], stats.norm_cdf(z_lo[..., 0] / s[..., 0]), 0.0)     # tails fold onto
+    p[..., -1] += np.where(pos[..., 0], stats.norm_sf(z_hi[..., -1] / s[..., 0]), 0.0)   # the window ends
+    value = np.maximum(np.clip(k, qa_min, qa_max) * step_a[..., None], 0.0)
+    qd_min, qd_max = converter_levels(layer.dac_bits, False)
+    f = layer.dac_step() * np.clip(np.round(value / layer.dac_step()), qd_min, qd_max)
+    m1 = (p * f).sum(-1)
+    m2 = (p * (f - m1[..., None]) ** 2).sum(-1)
+    shape = prev_cm.out_mean.shape
+    return prev.geometry.from_vectors(m1, shape), prev.geometry.from_vectors(m2, shape)
+
+
 def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.ndarray,
-                     pre_relu: tuple[np.ndarray, np.ndarray] | None = None) -> CrossbarMoments:
+                     pre_relu: tuple[np.ndarray, np.ndarray] | None = None,
+                     lattice: tuple | None = None) -> CrossbarMoments:
     """`pre_relu`: the moments of Z when the layer's input is relu(Z). An unsigned DAC then sees
     q(relu(Z)) = q_unsigned(Z) exactly, so its moments come from the Gaussian Z rather than from a
     Gaussian stand-in for the rectified signal (whose mass below 0 the DAC would wrongly clip)."""
@@ -82,6 +114,9 @@ def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.nda
             relu_gain = stats.relu_moments(zm, zv).gain
             # gain w.r.t. the relu output, so that the backward chain (relu gain x this) is dq/dz
             g_d = np.where(relu_gain > 1e-12, g_z / np.maximum(relu_gain, 1e-12), 0.0)
+            exact = lattice_dac_moments(layer, *lattice) if lattice is not None else None
+            if exact is not None and exact[0].shape == m_d.shape:
+                m_d, v_d = exact
         else:
             m_d, v_d, g_d = quantizer_function()(mean, var, layer.dac_step(), qmin, qmax)
         dac_resid = np.maximum(v_d - g_d ** 2 * var, 0.0)

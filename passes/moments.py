@@ -76,6 +76,20 @@ def relu_input_moments(g: MemseGraph, tensor: str, moments: dict) -> tuple | Non
     return moments[d["inputs"][0]]
 
 
+def lattice_source(g: MemseGraph, tensor: str, lin: dict) -> tuple | None:
+    """(layer, its moments) when `tensor` = Relu(output of a one-row-tile crossbar layer with an ADC and no
+    digital bias): that signal sits on the ADC's lattice (see crossbar_math.lattice_dac_moments)."""
+    d = g.nodes[g.producer(tensor)]
+    if d.get("op") != "Relu":
+        return None
+    z = d["inputs"][0]
+    for name, layer in g.layers.items():
+        if layer.output == z and name in lin:
+            ok = layer.row_tiles == 1 and layer.adc_bits is not None and (layer.bias is None or layer.bias_row)
+            return (layer, lin[name]) if ok else None
+    return None
+
+
 def tile_signals(layer, cm, x_ref: np.ndarray) -> dict[str, tuple]:
     """(mean, var, ref) of every lowered layer's internal signals, as views of the layer's arrays."""
     ps_ref = layer.partial_sums(layer.vectors(x_ref), layer.augmented_weight())
@@ -140,7 +154,8 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
         if unit in g.layers:
             layer = g.layers[unit]
             m, v = moments[layer.input]
-            cm = crossbar_moments(layer, device, m, v, pre_relu=relu_input_moments(g, layer.input, moments))
+            cm = crossbar_moments(layer, device, m, v, pre_relu=relu_input_moments(g, layer.input, moments),
+                                  lattice=lattice_source(g, layer.input, lin))
             lin[unit] = cm
             moments[layer.output] = (cm.out_mean, cm.out_var)
             if refine:

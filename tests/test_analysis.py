@@ -30,6 +30,8 @@ CASES = [
     ("mlp", ["read_noise.sigma=0", "adc.bits=null"], 300),
     ("mlp", ["conductance.g_min=0", "programming_noise.sigma=5e-6", "conductance.levels=256"], 300),
     ("mlp", ["programming_noise.sigma=1e-7", "conductance.levels=16", "read_noise.sigma=1e-6"], 200),
+    # a 6-bit DAC re-quantizing the previous 6-bit ADC's lattice: aliasing, not the uniform step^2/12
+    ("mlp", ["dac.bits=6", "adc.bits=6", "read_noise.sigma=0"], 300),
     ("cnn", [], 200),
     ("cnn", ["crossbar.rows=32", "adc.bits=6", "dac.bits=6"], 200),
     ("cnn", ["conductance.g_min=0", "programming_noise.sigma=5e-6", "read_noise.sigma=2e-6"], 200),
