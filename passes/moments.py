@@ -31,14 +31,20 @@ def refined_variance(g: MemseGraph, lin: dict, moments: dict, tensor: str, var: 
     pooled over samples, the probe estimate is stable with a few probes."""
     from passes.sensitivity import backward
     order = [u for u in schedule(g) if u in lin]
-    total = np.zeros(var.shape[0])
+    total = [0.0]
 
     def add(unit, source, per_sample):
-        total[:] += per_sample
+        total[0] += float(np.sum(per_sample))
     for _ in range(probes):
         backward(g, order, {tensor: rng.choice([-1.0, 1.0], size=var.shape)}, add, lin=lin, moments=moments)
     diag = float(var.sum())
-    return var * (total.sum() / probes / diag) if diag > 0 else var
+    return var * (total[0] / probes / diag) if diag > 0 else var
+
+
+def _per_sample(values: np.ndarray, n: int) -> np.ndarray:
+    """Per-sample contributions; a layer whose vectors are not the batch (W @ x with x's columns as
+    vectors) reports per vector: spread its total evenly over the samples."""
+    return values if np.shape(values) == (n,) else np.full(n, float(np.sum(values)) / n)
 
 
 def window_correlation(g: MemseGraph, lin: dict, moments: dict, tensor: str, attrs: dict,
@@ -54,7 +60,7 @@ def window_correlation(g: MemseGraph, lin: dict, moments: dict, tensor: str, att
     total = np.zeros(n)
 
     def add(unit, source, per_sample):
-        total[:] += per_sample
+        total[:] += _per_sample(per_sample, n)
     out_shape = v4.shape[:2] + windows.out_hw
     for _ in range(probes):
         sign = rng.choice([-1.0, 1.0], size=out_shape)

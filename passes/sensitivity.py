@@ -27,6 +27,7 @@ from memse_compiler.ir import MemseGraph, schedule
 from memse_compiler.ir.ops import rule_for
 from memse_compiler.ir.pass_base import Pass, PassContext
 from passes.crossbar_math import CrossbarMoments
+from passes.moments import _per_sample
 
 SOURCES = ("programming", "read", "adc", "dac", "nonlinearity")
 
@@ -38,8 +39,8 @@ def _sum_per_sample(a: np.ndarray, n: int) -> np.ndarray:
 def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None) -> np.ndarray:
     """Sensitivity of one output probe through a crossbar layer. Adds the variance each source of the
     layer contributes (per sample) via `add(source, per_sample)`; returns the input sensitivity."""
-    n = gout.shape[0]
     g_y = layer.geometry.from_vectors_T(gout)                              # N, P, G, O
+    n = g_y.shape[0]          # vectors' leading axis: the batch, except for W @ x (columns of x)
     g_ps = g_y[:, :, :, None, :] * cm.adc_gain                             # N, P, G, R, O
     g_ps = np.broadcast_to(g_ps, g_y.shape[:3] + (layer.row_tiles, layer.outs))
     # per-sample weight gradient: sum over positions of sensitivity x mean input, per row tile
@@ -65,9 +66,9 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None)
     g_vec = layer.partial_sums_T(np.ascontiguousarray(g_ps), cm.w_bar)[..., : layer.weight.shape[2]]
     g_dac = layer.geometry.to_vectors_T(g_vec, cm.mean_in.shape)
     if np.any(cm.dac_resid):
-        add("dac", _sum_per_sample(g_dac * g_dac * cm.dac_resid, n))
+        add("dac", _sum_per_sample(g_dac * g_dac * cm.dac_resid, g_dac.shape[0]))
     if coef is not None:
-        coef("dac_unit", _sum_per_sample(g_dac * g_dac, n) * layer.dac_range ** 2 / 12.0)  # x 1 / levels^2
+        coef("dac_unit", _sum_per_sample(g_dac * g_dac, g_dac.shape[0]) * layer.dac_range ** 2 / 12.0)  # x 1 / levels^2
     return g_dac * cm.dac_gain
 
 
@@ -156,7 +157,7 @@ class Sensitivity(Pass):
                 def add(unit, source, per_sample, acc=acc):
                     s = float(per_sample.sum())
                     by_unit_source[unit, source] += s
-                    acc += per_sample
+                    acc += _per_sample(per_sample, n)
                     by_source[source] += s
                     by_unit[unit] += s
 
