@@ -150,6 +150,9 @@ def quantizer_moments(mu: np.ndarray, var: np.ndarray, step: np.ndarray, qmin: i
       otherwise (wide, saturating)          clipped Gaussian + step^2/12 inside the range (< 0.5% off).
     """
     mu, var, step = np.broadcast_arrays(np.asarray(mu, float), np.asarray(var, float), np.asarray(step, float))
+    shape = mu.shape
+    # flat: boolean subsets of 1-D arrays index far faster than N-D ones
+    mu, var, step = mu.ravel(), var.ravel(), np.ravel(step)
     step = np.where(step > 0, step, 1.0)
     s = np.sqrt(np.maximum(var, 0.0))
     ratio = s / step
@@ -161,18 +164,19 @@ def quantizer_moments(mu: np.ndarray, var: np.ndarray, step: np.ndarray, qmin: i
     wide = (ratio > 3.0) & near_edge
     # staircase, in bins of std/step so the threshold window stays as small as it can
     for subset in (small & (ratio <= 0.25), small & (ratio > 0.25) & (ratio <= 0.5), small & (ratio > 0.5), mid):
-        if np.any(subset):
-            idx = np.nonzero(subset)
+        idx = np.flatnonzero(subset)
+        if idx.size:
             w = int(np.ceil(6 * ratio[idx].max())) + 1
             mean[idx], v[idx], gain[idx] = _staircase_moments(mu[idx], s[idx], step[idx], qmin, qmax, w)
-    if np.any(wide):
-        idx = np.nonzero(wide)
+    idx = np.flatnonzero(wide)
+    if idx.size:
         u = _clip_window_moments(mu[idx], var[idx], qmin * step[idx], qmax * step[idx])
         mean[idx], v[idx], gain[idx] = u.mean, u.var + step[idx] ** 2 / 12.0 * u.gain, u.gain
-    if np.any(fixed):
-        mean[fixed] = step[fixed] * np.clip(np.round(mu[fixed] / step[fixed]), qmin, qmax)
-        v[fixed], gain[fixed] = 0.0, 0.0
-    return Moments(mean, np.maximum(v, 0.0), gain)
+    idx = np.flatnonzero(fixed)
+    if idx.size:
+        mean[idx] = step[idx] * np.clip(np.round(mu[idx] / step[idx]), qmin, qmax)
+        v[idx], gain[idx] = 0.0, 0.0
+    return Moments(mean.reshape(shape), np.maximum(v, 0.0).reshape(shape), gain.reshape(shape))
 
 
 def _clip_window_moments(mu, var, lo, hi) -> Moments:
