@@ -142,7 +142,7 @@ def noise_scaled_bias2(g: MemseGraph, device, options: dict, k: float) -> dict[s
                                     "programming_noise.relative": pn.relative * k,
                                     "read_noise.sigma": device.read_noise.sigma * k})
     n = batch_subset(g)
-    moments = forward_moments(g, scaled, {**options, "refine_probes": 0}, signals=False, samples=n)[0]
+    moments = forward_moments(g, scaled, options, signals=False, samples=n)[0]
     ref = g.graph["reference"]
     return {out: (float(np.mean((moments[out][0] - ref[out][:n]) ** 2)), float(np.mean(moments[out][1])))
             for out in g.graph["outputs"]}
