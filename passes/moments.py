@@ -1,7 +1,11 @@
 """Numeric evaluation of the moments: every edge gets `mean`, `var` (per sample and element) and `mse`.
 
-Forward, in schedule order, under the diagonal (independent elements) assumption; the linearisation of
-every unit is kept in ``g.graph["linearization"]`` for the sensitivity pass, which adds the correlations.
+One forward sweep in schedule order. Each unit's moments treat its input elements as independent; in the
+`refined` mode (default) each crossbar layer's output variance is then rescaled to the correlation-aware
+total measured by a few Rademacher probes of the sensitivity backward (passes/sensitivity.py), and
+MaxPool is given the measured within-window correlation, so the nonlinearities downstream see the right
+spread. The linearisation of every unit is kept in ``g.graph["linearization"]`` for the sensitivity
+pass, which then rebuilds the graph outputs' variances with every shared-weight correlation.
 """
 from __future__ import annotations
 
