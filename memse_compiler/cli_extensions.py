@@ -15,12 +15,20 @@ class AnalysisExtension(Extension):
                        help="analysis mode: 'refined' (default: correlation-aware forward + sensitivities), "
                             "'sensitivity' (sensitivities on a diagonal forward, faster), 'diagonal' "
                             "(independent elements, fastest, underestimates deep nets)")
+        p.add_argument("--probes", type=int, metavar="N",
+                       help="Rademacher probes for outputs with more than 64 elements per sample "
+                            "(default 16; 4 on models above 1e9 MACs)")
         p.add_argument("--explain", action="store_true",
                        help="print the closed form of the output MSE in the device parameters and check it "
                             "against the full analysis at a few other device points")
 
     def configure(self, args, options: dict) -> None:
+        from memse_compiler.ir.errors import MemseInputError
         options["mode"] = args.mode
+        if args.probes is not None:
+            if args.probes < 1:
+                raise MemseInputError(f"--probes must be at least 1, got {args.probes}")
+            options["probes"] = args.probes
 
     def after_compile(self, args, g, ctx) -> None:
         if args.explain and not args.no_analysis and g.graph.get("closed_form"):
