@@ -92,6 +92,14 @@ def git_line() -> str:
         return "unknown"
 
 
+def provenance(title: str, script: str) -> list[str]:
+    """The results file's title and how it was made: command (as typed), date, git revision, machine."""
+    cmd = "python " + " ".join([os.path.relpath(script, ROOT)] + sys.argv[1:])
+    started = _dt.datetime.now().astimezone()
+    return [title, "", f"- Command: `{cmd}` (from the repository root)",
+            f"- Date: {started:%Y-%m-%d %H:%M %Z}; code: git {git_line()}", f"- Machine: {machine_line()}"]
+
+
 def sigma_over_g(dev) -> float:
     return dev.programming_noise.sigma / (dev.conductance.g_max - dev.conductance.g_min)
 
@@ -177,13 +185,7 @@ def main() -> None:
         sys.exit(f"unknown point(s) {unknown}; known: {list(table)}")
     models = args.models.split(",")
     x = np.load(ROOT / INPUTS)[: args.inputs]
-    cmd = "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:])
-    started = _dt.datetime.now().astimezone()
-    header = [
-        "# Analysis vs Monte-Carlo accuracy (output `logits` MSE)", "",
-        f"- Command: `{cmd}` (from the repository root)",
-        f"- Date: {started:%Y-%m-%d %H:%M %Z}; code: git {git_line()}",
-        f"- Machine: {machine_line()}",
+    header = provenance("# Analysis vs Monte-Carlo accuracy (output `logits` MSE)", __file__) + [
         f"- Inputs: the first {len(x)} of `{INPUTS}` (shape {x.shape}), used both as the calibration/evaluation "
         f"batch of the analysis and as the Monte-Carlo evaluation inputs",
         f"- Monte-Carlo: `run_montecarlo(..., precision={args.precision}, min_chips={args.min_chips}, "

@@ -29,7 +29,6 @@ costs are not counted):
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import math
 import os
 import sys
@@ -44,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from accuracy import git_line, machine_line  # noqa: E402
+from accuracy import provenance  # noqa: E402
 from models import resnet18  # noqa: E402
 
 from device_models import load_device  # noqa: E402
@@ -179,13 +178,7 @@ def main() -> None:
     resnet = not (args.no_resnet or quick)
     dev = load_device("rram", args.set)
     x = np.load(ROOT / "examples/digits_inputs.npy")[: args.inputs]
-    cmd = "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:])
-    started = _dt.datetime.now().astimezone()
-    header = [
-        "# Analysis vs Monte-Carlo speed (output `logits` MSE to ±5%, 95% CI)", "",
-        f"- Command: `{cmd}` (from the repository root)",
-        f"- Date: {started:%Y-%m-%d %H:%M %Z}; code: git {git_line()}",
-        f"- Machine: {machine_line()}",
+    header = provenance("# Analysis vs Monte-Carlo speed (output `logits` MSE to ±5%, 95% CI)", __file__) + [
         f"- Device: bundled `rram`{' with ' + ' '.join('--set ' + s for s in args.set) if args.set else ''} "
         f"(g_min {dev.conductance.g_min:g}, g_max {dev.conductance.g_max:g}, {dev.conductance.levels} levels, "
         f"programming sigma {dev.programming_noise.sigma:g}, read noise {dev.read_noise.sigma:g}, "

@@ -60,13 +60,6 @@ class CrossbarMoments:
     read_unit: np.ndarray | None = None  # read-noise variance per unit sigma_r^2, filled lazily (sensitivity)
 
 
-def vectors_with_bias(layer: CrossbarLayer, x: np.ndarray, bias_value: float) -> np.ndarray:
-    v = layer.geometry.to_vectors(x)
-    if layer.bias_row:
-        v = np.concatenate([v, np.full(v.shape[:-1] + (1,), bias_value)], axis=-1)
-    return v
-
-
 def lattice_dac_moments(layer: CrossbarLayer, prev: CrossbarLayer, prev_cm: "CrossbarMoments",
                         max_half_width: int = 64) -> tuple[np.ndarray, np.ndarray] | None:
     """Exact DAC moments when the DAC input is relu(ADC output) of a one-row-tile layer: that signal lives
@@ -104,13 +97,13 @@ def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.nda
     """`pre_relu`: the moments of Z when the layer's input is relu(Z). An unsigned DAC then sees
     q(relu(Z)) = q_unsigned(Z) exactly, so its moments come from the Gaussian Z rather than from a
     Gaussian stand-in for the rectified signal (whose mass below 0 the DAC would wrongly clip)."""
-    from passes.symbolic import partial_sum_function, quantizer_function
+    from passes.symbolic import partial_sum_function
     shape = mean.shape
     if layer.dac_bits is not None:
         qmin, qmax = converter_levels(layer.dac_bits, layer.dac_signed)
         if pre_relu is not None and not layer.dac_signed:
             zm, zv = pre_relu
-            m_d, v_d, g_z = quantizer_function()(zm, zv, layer.dac_step(), qmin, qmax)
+            m_d, v_d, g_z = stats.quantizer_moments(zm, zv, layer.dac_step(), qmin, qmax)
             relu_gain = stats.relu_moments(zm, zv).gain
             # gain w.r.t. the relu output, so that the backward chain (relu gain x this) is dq/dz
             g_d = np.where(relu_gain > 1e-12, g_z / np.maximum(relu_gain, 1e-12), 0.0)
@@ -118,18 +111,18 @@ def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.nda
             if exact is not None and exact[0].shape == m_d.shape:
                 m_d, v_d = exact
         else:
-            m_d, v_d, g_d = quantizer_function()(mean, var, layer.dac_step(), qmin, qmax)
+            m_d, v_d, g_d = stats.quantizer_moments(mean, var, layer.dac_step(), qmin, qmax)
         dac_resid = np.maximum(v_d - g_d ** 2 * var, 0.0)
     else:
         m_d, v_d, g_d, dac_resid = mean, var, 1.0, 0.0
-    mu_vec = vectors_with_bias(layer, m_d, 1.0)
-    v_vec = vectors_with_bias(layer, v_d, 0.0)
+    mu_vec = layer.vectors(m_d)
+    v_vec = layer.vectors(v_d, bias_value=0.0)
     w_bar, w_var = weight_statistics(layer, device)
     read_var = 2 * device.read_noise.sigma ** 2 / layer.scale_c ** 2
     ps_mean, ps_var, lin_var = partial_sum_function()(layer.partial_sums, w_bar, w_var, read_var, mu_vec, v_vec)
     if layer.adc_bits is not None:
         qmin, qmax = converter_levels(layer.adc_bits, True)
-        a_mean, a_var, a_gain = quantizer_function()(ps_mean, ps_var, layer.adc_steps(), qmin, qmax)
+        a_mean, a_var, a_gain = stats.quantizer_moments(ps_mean, ps_var, layer.adc_steps(), qmin, qmax)
     else:
         a_mean, a_var, a_gain = ps_mean, ps_var, 1.0
     # what the backward pass does not see through the linear response: S v, read noise, ADC residual

@@ -45,17 +45,11 @@ def refined_variance(g: MemseGraph, lin: dict, moments: dict, tensor: str, var: 
     return var * (total[0] / probes / diag) if diag > 0 else var
 
 
-def _per_sample(values: np.ndarray, n: int) -> np.ndarray:
-    """Per-sample contributions; a layer whose vectors are not the batch (W @ x with x's columns as
-    vectors) reports per vector: spread its total evenly over the samples."""
-    return values if np.shape(values) == (n,) else np.full(n, float(np.sum(values)) / n)
-
-
 def window_correlation(g: MemseGraph, lin: dict, moments: dict, tensor: str, attrs: dict,
                        rng: np.random.Generator, probes: int) -> np.ndarray:
     """Mean correlation (per sample) of the errors inside a pooling window: probes with one random sign
     per window measure sum_w Var(sum_{i in w} x_i); the excess over sum_i Var(x_i) is the covariance."""
-    from passes.sensitivity import backward
+    from passes.sensitivity import backward, spread_per_sample
     windows, one_d = attrs["windows"], attrs["one_d"]
     var = moments[tensor][1]
     n = var.shape[0]
@@ -64,7 +58,7 @@ def window_correlation(g: MemseGraph, lin: dict, moments: dict, tensor: str, att
     total = np.zeros(n)
 
     def add(unit, source, per_sample):
-        total[:] += _per_sample(per_sample, n)
+        total[:] += spread_per_sample(per_sample, n)
     out_shape = v4.shape[:2] + windows.out_hw
     for _ in range(probes):
         sign = rng.choice([-1.0, 1.0], size=out_shape)
@@ -77,27 +71,19 @@ def window_correlation(g: MemseGraph, lin: dict, moments: dict, tensor: str, att
     return np.clip(np.where(cross > 0, excess / np.where(cross > 0, cross, 1.0), 0.0), -0.5, 0.999)
 
 
-def relu_input_moments(g: MemseGraph, tensor: str, moments: dict) -> tuple | None:
-    """Moments of Z when `tensor` = Relu(Z) (for the exact DAC of a rectified signal), else None."""
-    node = g.producer(tensor)
-    d = g.nodes[node]
-    if d.get("op") != "Relu" or d["inputs"][0] not in moments:
-        return None
-    return moments[d["inputs"][0]]
-
-
-def lattice_source(g: MemseGraph, tensor: str, lin: dict) -> tuple | None:
-    """(layer, its moments) when `tensor` = Relu(output of a one-row-tile crossbar layer with an ADC and no
-    digital bias): that signal sits on the ADC's lattice (see crossbar_math.lattice_dac_moments)."""
+def relu_source(g: MemseGraph, tensor: str, moments: dict, lin: dict) -> tuple:
+    """(moments of Z, lattice) when `tensor` = Relu(Z), else (None, None). The DAC of a rectified signal is
+    exact on Z's Gaussian; `lattice` = (layer, its moments) when Z is the output of a one-row-tile crossbar
+    layer with an ADC and no digital bias, i.e. Z sits on the ADC's lattice (crossbar_math.lattice_dac_moments)."""
     d = g.nodes[g.producer(tensor)]
-    if d.get("op") != "Relu":
-        return None
+    if d.get("op") != "Relu" or d["inputs"][0] not in moments:
+        return None, None
     z = d["inputs"][0]
-    for name, layer in g.layers.items():
-        if layer.output == z and name in lin:
-            ok = layer.row_tiles == 1 and layer.adc_bits is not None and (layer.bias is None or layer.bias_row)
-            return (layer, lin[name]) if ok else None
-    return None
+    name = g.nodes[g.producer(z)].get("layer")      # set on a lowered layer's sum/bias node
+    layer = g.layers.get(name) if name else None
+    on_lattice = (layer is not None and name in lin and layer.output == z and layer.row_tiles == 1
+                  and layer.adc_bits is not None and (layer.bias is None or layer.bias_row))
+    return moments[z], ((layer, lin[name]) if on_lattice else None)
 
 
 def tile_signals(layer, cm, x_ref: np.ndarray) -> dict[str, tuple]:
@@ -164,8 +150,8 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
         if unit in g.layers:
             layer = g.layers[unit]
             m, v = moments[layer.input]
-            cm = crossbar_moments(layer, device, m, v, pre_relu=relu_input_moments(g, layer.input, moments),
-                                  lattice=lattice_source(g, layer.input, lin))
+            pre_relu, lattice = relu_source(g, layer.input, moments, lin)
+            cm = crossbar_moments(layer, device, m, v, pre_relu=pre_relu, lattice=lattice)
             lin[unit] = cm
             moments[layer.output] = (cm.out_mean, cm.out_var)
             if refine:

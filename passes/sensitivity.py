@@ -27,9 +27,14 @@ from memse_compiler.ir import MemseGraph, schedule
 from memse_compiler.ir.ops import rule_for
 from memse_compiler.ir.pass_base import Pass, PassContext
 from passes.crossbar_math import CrossbarMoments
-from passes.moments import _per_sample
 
 SOURCES = ("programming", "read", "adc", "dac", "nonlinearity")
+
+
+def spread_per_sample(values: np.ndarray, n: int) -> np.ndarray:
+    """Per-sample contributions; a layer whose vectors are not the batch (W @ x with x's columns as
+    vectors) reports per vector: spread its total evenly over the samples."""
+    return values if np.shape(values) == (n,) else np.full(n, float(np.sum(values)) / n)
 
 
 def _sum_per_sample(a: np.ndarray, n: int) -> np.ndarray:
@@ -158,7 +163,7 @@ class Sensitivity(Pass):
                 def add(unit, source, per_sample, acc=acc):
                     s = float(per_sample.sum())
                     by_unit_source[unit, source] += s
-                    acc += _per_sample(per_sample, n)
+                    acc += spread_per_sample(per_sample, n)
                     by_source[source] += s
                     by_unit[unit] += s
 

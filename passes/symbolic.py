@@ -77,11 +77,6 @@ def partial_sum_function():
                        modules=[{"Contract": lambda k, a, x: k(x, a)}, "numpy"], cse=True)
 
 
-@lru_cache(maxsize=None)
-def quantizer_function():
-    return stats.quantizer_moments
-
-
 # ---- per-edge display expressions ----------------------------------------------------------------------
 def _tensor_syms(t: str) -> tuple[sp.Symbol, sp.Symbol]:
     return sp.Symbol(f"mu[{t}]"), sp.Symbol(f"v[{t}]")

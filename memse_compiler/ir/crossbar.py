@@ -102,11 +102,12 @@ class CrossbarLayer:
         return self.weight_from_conductance(self.g_plus, self.g_minus)
 
     # ---- vectors and tiles -------------------------------------------------------------------------
-    def vectors(self, x: np.ndarray) -> np.ndarray:
-        """Crossbar input vectors (N, P, G, Jb); the bias row's input is the constant 1."""
+    def vectors(self, x: np.ndarray, bias_value: float = 1.0) -> np.ndarray:
+        """Crossbar input vectors (N, P, G, Jb); the bias row's input is the constant 1 (`bias_value`: what
+        that row carries instead, e.g. 0 for a variance)."""
         v = self.geometry.to_vectors(x)
         if self.bias_row:
-            v = np.concatenate([v, np.ones(v.shape[:-1] + (1,), v.dtype)], axis=-1)
+            v = np.concatenate([v, np.full(v.shape[:-1] + (1,), bias_value, v.dtype)], axis=-1)
         return v
 
     def split_rows(self, a: np.ndarray) -> np.ndarray:

@@ -109,29 +109,24 @@ def leaky_relu_moments(mu: np.ndarray, var: np.ndarray, alpha: float) -> Moments
     return Moments(mean, np.maximum(v, 0.0), alpha + (1 - alpha) * r.gain)
 
 
-def clip_moments(mu: np.ndarray, var: np.ndarray, lo: float, hi: float) -> Moments:
-    """Moments of clip(X, lo, hi) (bounds may be infinite), computed around the clipped mean so the
-    variance does not cancel when the input sits far outside the window."""
+def clip_moments(mu: np.ndarray, var: np.ndarray, lo, hi) -> Moments:
+    """Moments of clip(X, lo, hi); bounds are scalars or per-element arrays and may be infinite. Computed
+    around the clipped mean so the variance does not cancel when the input sits far outside the window."""
     mu, var = np.broadcast_arrays(np.asarray(mu, float), np.asarray(var, float))
     s = np.sqrt(np.maximum(var, 0.0))
     c = np.clip(mu, lo, hi)
+    # an infinite bound acts like one 40 std away (its tail probability and density underflow to 0)
+    lo_f = lo if np.all(np.isfinite(lo)) else np.where(np.isfinite(lo), lo, c - 40.0 * s - 1.0)
+    hi_f = hi if np.all(np.isfinite(hi)) else np.where(np.isfinite(hi), hi, c + 40.0 * s + 1.0)
     m = mu - c
-    l, h = lo - c, hi - c                   # window relative to c; l <= 0 <= h
+    l, h = lo_f - c, hi_f - c               # window relative to c; l <= 0 <= h
     pos = s > 0
-    a = np.where(np.isfinite(l), _safe_div(l - m, s), -np.inf)
-    b = np.where(np.isfinite(h), _safe_div(h - m, s), np.inf)
+    a, b = _safe_div(l - m, s), _safe_div(h - m, s)
     pa, pb = norm_cdf(a), norm_sf(b)        # P(X < lo), P(X > hi)
     inside = np.maximum(1.0 - pa - pb, 0.0)
-    fa = np.where(np.isfinite(a), norm_pdf(a), 0.0)
-    fb = np.where(np.isfinite(b), norm_pdf(b), 0.0)
-    afa = np.where(np.isfinite(a), np.nan_to_num(a) * fa, 0.0)
-    bfb = np.where(np.isfinite(b), np.nan_to_num(b) * fb, 0.0)
-    lpa = np.where(pa > 0, np.where(np.isfinite(l), l, 0.0) * pa, 0.0)
-    hpb = np.where(pb > 0, np.where(np.isfinite(h), h, 0.0) * pb, 0.0)
-    l2pa = np.where(pa > 0, np.where(np.isfinite(l), l * l, 0.0) * pa, 0.0)
-    h2pb = np.where(pb > 0, np.where(np.isfinite(h), h * h, 0.0) * pb, 0.0)
-    e1 = lpa + hpb + m * inside + s * (fa - fb)
-    e2 = l2pa + h2pb + (m * m + var) * inside + 2 * m * s * (fa - fb) + var * (afa - bfb)
+    fa, fb = norm_pdf(a), norm_pdf(b)
+    e1 = l * pa + h * pb + m * inside + s * (fa - fb)
+    e2 = l * l * pa + h * h * pb + (m * m + var) * inside + 2 * m * s * (fa - fb) + var * (a * fa - b * fb)
     mean = np.where(pos, c + e1, c)
     v = np.where(pos, np.maximum(e2 - e1 * e1, 0.0), 0.0)
     gain = np.where(pos, inside, ((mu > lo) & (mu < hi)).astype(float))
@@ -170,32 +165,13 @@ def quantizer_moments(mu: np.ndarray, var: np.ndarray, step: np.ndarray, qmin: i
             mean[idx], v[idx], gain[idx] = _staircase_moments(mu[idx], s[idx], step[idx], qmin, qmax, w)
     idx = np.flatnonzero(wide)
     if idx.size:
-        u = _clip_window_moments(mu[idx], var[idx], qmin * step[idx], qmax * step[idx])
+        u = clip_moments(mu[idx], var[idx], qmin * step[idx], qmax * step[idx])
         mean[idx], v[idx], gain[idx] = u.mean, u.var + step[idx] ** 2 / 12.0 * u.gain, u.gain
     idx = np.flatnonzero(fixed)
     if idx.size:
         mean[idx] = step[idx] * np.clip(np.round(mu[idx] / step[idx]), qmin, qmax)
         v[idx], gain[idx] = 0.0, 0.0
     return Moments(mean.reshape(shape), np.maximum(v, 0.0).reshape(shape), gain.reshape(shape))
-
-
-def _clip_window_moments(mu, var, lo, hi) -> Moments:
-    """clip_moments with per-element bounds."""
-    s = np.sqrt(np.maximum(var, 0.0))
-    c = np.clip(mu, lo, hi)
-    m = mu - c
-    l, h = lo - c, hi - c
-    pos = s > 0
-    a, b = _safe_div(l - m, s), _safe_div(h - m, s)
-    pa, pb = norm_cdf(a), norm_sf(b)
-    inside = np.maximum(1.0 - pa - pb, 0.0)
-    fa, fb = norm_pdf(a), norm_pdf(b)
-    e1 = l * pa + h * pb + m * inside + s * (fa - fb)
-    e2 = l * l * pa + h * h * pb + (m * m + var) * inside + 2 * m * s * (fa - fb) + var * (a * fa - b * fb)
-    mean = np.where(pos, c + e1, c)
-    v = np.where(pos, np.maximum(e2 - e1 * e1, 0.0), 0.0)
-    gain = np.where(pos, inside, ((mu > lo) & (mu < hi)).astype(float))
-    return Moments(mean, v, gain)
 
 
 def _staircase_moments(mu, s, step, qmin, qmax, window):
