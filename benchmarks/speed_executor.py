@@ -1,12 +1,12 @@
 """Cost of one Monte-Carlo chip of the noisy executor vs one plain onnxruntime run of the same batch.
 
-Run by hand:  python benchmarks/speed_executor.py [--threads N] [--repeat K] [--no-resnet]
+Run by hand:  python benchmarks/speed_executor.py [--threads N] [--repeat K] [--no-resnet] [--only digits|resnet|normals]
 
 For each model and device setting it prints: plain onnxruntime (original model, same batch), the executor's
 noiseless programmed chip, one noisy chip (programming noise drawn + read noise + run), the ratio chip/plain
 (target <= 2), chips/s of the executor alone and of run_montecarlo (next chip's noise drawn in a background
 thread) tracking the outputs and layer outputs only ("MC out/s") or every annotated signal ("MC all/s").
-"(draw)" is the programming-noise draw alone (numpy, ~10 ns per device).
+"(draw)" is the programming-noise draw alone (Box-Muller, ~2 ns per device; `--only normals` compares it with numpy's ziggurat).
 Times are the minimum over repeats (the machine may be shared).
 """
 from __future__ import annotations
@@ -19,70 +19,25 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from models import resnet18  # noqa: E402
 
 from device_models import load_device  # noqa: E402
 from memse_compiler import compile_model  # noqa: E402
 from memse_compiler.executor import NoisyExecutor  # noqa: E402
 from memse_compiler.montecarlo import run_montecarlo  # noqa: E402
 from memse_compiler.pipeline import default_pipeline  # noqa: E402
+from memse_compiler.sampling import standard_normal  # noqa: E402
 
 SETTINGS = {
     "prog": ["read_noise.sigma=0", "adc.bits=null"],               # programming noise only (MemSE case)
     "rram": [],                                                    # + read noise 2e-7 S, 8-bit ADC
     "rram+dac6+rows32": ["dac.bits=6", "adc.bits=6", "crossbar.rows=32"],
 }
-
-
-def resnet18(batch_hw: int = 224, classes: int = 1000, seed: int = 0) -> onnx.ModelProto:
-    """ResNet-18 shape (conv-bn-relu, basic blocks, projection shortcuts), random weights, opset 17."""
-    rng = np.random.default_rng(seed)
-    nodes, inits, count = [], [], [0]
-
-    def name(base):
-        count[0] += 1
-        return f"{base}_{count[0]}"
-
-    def const(base, arr):
-        n = name(base)
-        inits.append(numpy_helper.from_array(np.asarray(arr, np.float32), n))
-        return n
-
-    def node(op, ins, **attrs):
-        out = name(op.lower())
-        nodes.append(helper.make_node(op, ins, [out], name=out, **attrs))
-        return out
-
-    def conv_bn(x, cin, cout, k, stride, relu=True):
-        w = const("w", rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k)))
-        y = node("Conv", [x, w], kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4)
-        bn = [const("s", rng.uniform(0.5, 1.0, cout)), const("b", rng.normal(0, 0.1, cout)),
-              const("m", rng.normal(0, 0.1, cout)), const("v", rng.uniform(0.5, 1.5, cout))]
-        y = node("BatchNormalization", [y] + bn)
-        return node("Relu", [y]) if relu else y
-
-    x = "input"
-    y = conv_bn(x, 3, 64, 7, 2)
-    y = node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
-    cin = 64
-    for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
-        for blk in range(2):
-            s = stride if blk == 0 else 1
-            h = conv_bn(conv_bn(y, cin, cout, 3, s), cout, cout, 3, 1, relu=False)
-            short = conv_bn(y, cin, cout, 1, s, relu=False) if (s != 1 or cin != cout) else y
-            y = node("Relu", [node("Add", [h, short])])
-            cin = cout
-    y = node("Flatten", [node("GlobalAveragePool", [y])], axis=1)
-    w = const("fc_w", rng.standard_normal((classes, 512)) / np.sqrt(512))
-    y = node("Gemm", [y, w, const("fc_b", np.zeros(classes))], transB=1)
-    graph = helper.make_graph(nodes, "resnet18_random",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, batch_hw, batch_hw])],
-                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    return onnx.shape_inference.infer_shapes(model)
 
 
 def best(f, repeat: int) -> float:
@@ -133,21 +88,34 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--no-resnet", action="store_true")
     ap.add_argument("--resnet-batch", type=int, nargs="+", default=[2, 8])
+    ap.add_argument("--only", choices=["digits", "resnet", "normals"], help="run one part only")
     args = ap.parse_args()
+    if args.only in (None, "normals"):
+        normals()
+    if args.only == "normals":
+        return
     x = np.load(ROOT / "examples" / "digits_inputs.npy")
     rows = []
-    for name in ("mlp", "cnn", "rescnn"):
+    for name in ("mlp", "cnn", "rescnn") if args.only != "resnet" else ():
         for setting in SETTINGS:
             rows.append(bench(name, str(ROOT / "examples" / f"{name}_digits.onnx"), x, setting, args.threads,
                               args.repeat, 200))
             print_row(rows[-1], header=len(rows) == 1)
-    if not args.no_resnet:
+    if not args.no_resnet and args.only != "digits":
         model = resnet18()
         for batch in args.resnet_batch:
             xr = np.random.default_rng(1).random((batch, 3, 224, 224)).astype(np.float32)
             for setting in ("prog", "rram"):
                 rows.append(bench("resnet18", model, xr, setting, args.threads, 3, 4))
                 print_row(rows[-1])
+
+
+def normals(n: int = 1_000_000) -> None:
+    """ns per float32 standard normal: numpy's ziggurat vs the executor's Box-Muller (memse_compiler.sampling)."""
+    rng, out = np.random.default_rng(0), np.empty(n, np.float32)
+    zig = best(lambda: rng.standard_normal(dtype=np.float32, out=out), 10)
+    bm = best(lambda: standard_normal(rng, out), 10)
+    print(f"float32 N(0,1): numpy ziggurat {1e9 * zig / n:.2f} ns, Box-Muller {1e9 * bm / n:.2f} ns per number\n")
 
 
 def print_row(r: dict, header: bool = False) -> None:

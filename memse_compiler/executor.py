@@ -12,16 +12,16 @@ The lowered graph is rewritten ONCE into an ONNX model run by ONE reused Inferen
   Conv's B input / an Add.
 * read noise is exact and cheap: given the crossbar input x, a tile's extra partial sum
   sum_j (r+_j - r-_j) x_j / c_o is N(0, 2 s_r^2 / c_o^2 * sum_{j in tile} x_j^2) (bias row: x = 1), independent
-  across outputs, positions and samples. It is fed as a standard-normal graph input per layer and row tile
-  and scaled in-graph by sqrt(sum x^2), itself a Conv/MatMul of x^2 with a constant 0/1 mask (the mask carries
-  2 s_r^2 / c^2 when c is the same for every output, saving a full-size Mul).
+  across outputs, positions and samples. It is fed as a N(0, 2 s_r^2 / c_o^2) graph input per layer and row
+  tile (drawn by numpy, so the scale costs nothing in the graph) and scaled in-graph by sqrt(sum x^2):
+  ReduceSumSquare (MatMul rows; Conv channels, then a 1-channel box conv over the window).
 * DAC/ADC: Div, Round (half to even, as numpy), Clip, Mul with per-output ADC steps as initializers.
 
 Precision: everything runs in float32 (onnxruntime's Conv is float-only; inputs and float constants are cast),
 except the DAC, computed in float64: its inputs are often exactly on a rounding tie (pixels k/16 on a 63-step
 DAC) and must round as the float64 numpy model does. Results match `interpret.run(g, x, hardware=True)` to
-float32 tolerance. All noise is drawn with numpy from the caller's ``np.random.default_rng`` (float32 standard
-normals, ~10 ns each: the floor of a chip's cost on small models); nothing random happens inside onnxruntime.
+float32 tolerance. All noise is drawn with numpy from the caller's ``np.random.default_rng`` (float32 Box-Muller
+normals, `memse_compiler.sampling`, ~2 ns each); nothing random happens inside onnxruntime.
 Needs ONNX opset >= 11 (the model keeps its own opset, so digital nodes keep their semantics).
 
 Exposed signals (graph outputs): every float tensor of the original model that the graph computes, and per
@@ -44,6 +44,7 @@ from onnx import TensorProto, helper, numpy_helper
 from memse_compiler.ir import KIND_INPUT, KIND_OUTPUT, MemseGraph, schedule
 from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
 from memse_compiler.ir.geometry import ConvGeometry
+from memse_compiler.sampling import standard_normal
 from passes.crossbar_math import device_std
 
 if TYPE_CHECKING:
@@ -112,6 +113,12 @@ class _Builder:
             return self.op("Cast", [self.op("Mul", [q, s])], out, to=TensorProto.FLOAT)
         return self.op("Mul", [q, s], out)
 
+    def reduce_sum_square(self, x: str, axis: int) -> str:
+        """Sum of squares over one axis, kept (axes became an input in opset 18)."""
+        if self.opset >= 18:
+            return self.op("ReduceSumSquare", [x, self.const("axes", np.array([axis], np.int64))], keepdims=1)
+        return self.op("ReduceSumSquare", [x], axes=[axis], keepdims=1)
+
     def rename(self, old: str, new: str) -> str:
         """Give a tensor produced by a recent node another name (instead of an Identity copy)."""
         for k in range(len(self.nodes) - 1, -1, -1):
@@ -132,12 +139,11 @@ class _LayerPlan:
     b_input: str | None
     w_shape: tuple
     transpose: bool                        # MatMul weights are fed as (J, O)
-    g_plus: np.ndarray = field(repr=False, default=None)
-    g_minus: np.ndarray = field(repr=False, default=None)
-    std_plus: np.ndarray = field(repr=False, default=None)
-    std_minus: np.ndarray = field(repr=False, default=None)
-    inv_c: np.ndarray = field(repr=False, default=None)
-    noise: list[tuple[str, tuple]] = field(default_factory=list)   # (input name, shape with None = batch)
+    g_target: np.ndarray = field(repr=False, default=None)   # (2, G, O, Jb) float32: G+ and G- targets
+    std: float | np.ndarray = field(repr=False, default=None)  # their programming-noise std (float: uniform)
+    inv_c: np.ndarray = field(repr=False, default=None)      # 1/c, float32, broadcasting to (G, O, Jb)
+    # read-noise inputs: (name, shape with None = batch, std per output: a float or an array broadcasting to shape)
+    noise: list[tuple[str, tuple, float | np.ndarray]] = field(default_factory=list)
 
     def feed(self, w: np.ndarray) -> dict[str, np.ndarray]:
         """Effective weights (G, O, Jb) -> this layer's weight (and bias-row) graph inputs, float32."""
@@ -225,7 +231,7 @@ class NoisyExecutor:
         x_shape = self.g.tensors[lay.input]
         c_out = np.broadcast_to(lay.scale_c, (G, O, 1)).reshape(G * O)
         read_var = 2.0 * self.read_sigma ** 2 / c_out ** 2        # per output: 2 s_r^2 / c_o^2
-        uniform = bool(np.all(read_var == read_var[0]))           # fold it into the 0/1 mask, saves a Mul
+        uniform = bool(np.all(read_var == read_var[0]))           # a scalar scale is free in the draw
         if conv:
             win = lay.geometry.windows
             (kh, kw), (ho, wo), K = win.kernel, win.out_hw, win.kernel[0] * win.kernel[1]
@@ -272,31 +278,28 @@ class NoisyExecutor:
                 if has_bias:
                     ps = b.op("Add", [ps, b_in])
             if self.read_sigma > 0:
-                # sum over the tile's rows of x^2 (bias row: 1), times the read variance when it is uniform
-                k2 = float(read_var[0]) if uniform else 1.0
-                x2 = b.op("Mul", [xs, xs])
-                if conv:        # per group: (N, G, Ho, Wo)
-                    ssq = b.op("Conv", [x2, b.const("ones", k2 * np.repeat(mask, G, axis=0))], **attrs)
+                # the tile's read noise: sqrt(sum over its rows of x^2 (bias row: 1)) * z, z ~ N(0, read_var)
+                # per output, drawn (scaled) by numpy
+                if w1 <= r0:           # only the bias row: sum of squares 1
+                    root = None
+                elif conv:             # per group: (N, G, Ho, Wo)
+                    root = b.op("Sqrt", [self._conv_sum_squares(b, x, xs, c0, mask, attrs, G, has_bias)])
                 else:
-                    ones = np.full((max(w1 - r0, 1), 1), k2 * (w1 > r0), np.float32)
-                    ssq = b.op("MatMul", [x2, b.const("ones", ones)])
-                if has_bias:
-                    ssq = b.op("Add", [ssq, b.const("one", np.array(k2, np.float32))])
-                root = b.op("Sqrt", [ssq])
+                    ssq = b.reduce_sum_square(xs, -1)
+                    root = b.op("Sqrt", [b.op("Add", [ssq, b.const("one", np.array(1, np.float32))])
+                                         if has_bias else ssq])
                 z_name = f"{L}/read_noise[{r}]"
+                rstd = np.sqrt(read_var)
                 if conv and G > 1 and O > 1:     # (N, G, O, Ho, Wo) so each group's sum of x^2 broadcasts
-                    z_shape = (None, G, O, ho, wo)
+                    z_shape, rstd = (None, G, O, ho, wo), rstd.reshape(G, O, 1, 1)
                     z = b.input(z_name, z_shape)
-                    if not uniform:
-                        z = b.op("Mul", [z, b.const("rstd", np.sqrt(read_var).reshape(G, O, 1, 1).astype(np.float32))])
-                    term = b.reshape(b.op("Mul", [b.reshape(root, [0, G, 1, ho, wo]), z]), [0, G * O, ho, wo])
+                    term = z if root is None else b.op("Mul", [b.reshape(root, [0, G, 1, ho, wo]), z])
+                    term = b.reshape(term, [0, G * O, ho, wo])
                 else:
-                    z_shape = (None, G * O, ho, wo) if conv else lead + (O,)
+                    z_shape, rstd = ((None, G * O, ho, wo), rstd.reshape(G * O, 1, 1)) if conv else (lead + (O,), rstd)
                     z = b.input(z_name, z_shape)
-                    if not uniform:
-                        z = b.op("Mul", [z, b.const("rstd", np.sqrt(read_var).reshape(o_shape).astype(np.float32))])
-                    term = b.op("Mul", [root, z])
-                plan.noise.append((z_name, z_shape))
+                    term = z if root is None else b.op("Mul", [root, z])
+                plan.noise.append((z_name, z_shape, float(rstd.flat[0]) if uniform else rstd.astype(np.float32)))
                 ps = b.op("Add", [ps, term])
             exposed.append(b.rename(ps, ps_name))
             ps = ps_name
@@ -323,12 +326,39 @@ class NoisyExecutor:
             exposed.append(b.op("Add", [y, b.const("bias", bias)], lay.output))
         else:
             self._name(b, y, lay.output, exposed)
-        # what a chip draw needs (float64: small next to the activations)
-        plan.g_plus, plan.g_minus = lay.g_plus, lay.g_minus
-        plan.std_plus, plan.std_minus = device_std(lay.g_plus, self.device), device_std(lay.g_minus, self.device)
-        plan.inv_c = 1.0 / np.broadcast_to(lay.scale_c, lay.g_plus.shape)
+        # what a chip draw needs: float32, as the graph computes (conductance errors ~1e-7 of G, far below a level)
+        plan.g_target = np.stack([lay.g_plus, lay.g_minus]).astype(np.float32)
+        std = np.stack([device_std(lay.g_plus, self.device), device_std(lay.g_minus, self.device)])
+        plan.std = float(std.flat[0]) if np.all(std == std.flat[0]) else std.astype(np.float32)
+        plan.inv_c = (1.0 / np.asarray(lay.scale_c, dtype=np.float64)).astype(np.float32)
         self.plans.append(plan)
         return exposed
+
+    @staticmethod
+    def _conv_sum_squares(b: _Builder, x: str, xs: str, c0: int, mask: np.ndarray, attrs: dict, groups: int,
+                          has_bias: bool) -> str:
+        """Sum over a conv row tile's rows of x^2 (bias row: 1) at every output position, per group: (N, G, Ho, Wo).
+        x: the layer input, xs: its channels the tile touches (from c0), mask: (1, channels, kh, kw) 0/1 rows.
+        One group: the channels the tile covers whole are summed first (ReduceSumSquare over channels) and then
+        box-filtered by a 1-channel conv; the (at most two) channels it covers in part get a 1-channel conv with
+        their own mask. That is ~C times less work than a conv of x^2 with the mask. Several groups: one conv of
+        x^2 with the mask per group."""
+        if groups > 1:
+            parts = [b.op("Conv", [b.op("Mul", [xs, xs]), b.const("mask", np.repeat(mask, groups, axis=0))], **attrs)]
+        else:
+            full = mask.reshape(mask.shape[1], -1).all(axis=1)
+            whole = np.flatnonzero(full)
+            parts = []
+            if whole.size:
+                a, e = c0 + int(whole[0]), c0 + int(whole[-1]) + 1      # contiguous: rows are a contiguous range
+                box = b.const("box", np.ones((1, 1) + mask.shape[2:], np.float32))
+                parts.append(b.op("Conv", [b.reduce_sum_square(b.slice(x, a, e, 1), 1), box], **attrs))
+            for i in np.flatnonzero(~full):
+                xc = b.slice(x, c0 + int(i), c0 + int(i) + 1, 1)
+                parts.append(b.op("Conv", [b.op("Mul", [xc, xc]), b.const("mask", mask[:, i:i + 1])], **attrs))
+        if has_bias:
+            parts.append(b.const("one", np.array(1, np.float32)))
+        return parts[0] if len(parts) == 1 else b.op("Sum", parts)
 
     def _name(self, b: _Builder, y: str, name: str, exposed: list[str]) -> str:
         """Make tensor `y` available as `name`: rename it, or when it is itself a named (exposed) row-tile
@@ -348,15 +378,19 @@ class NoisyExecutor:
         clip = self.device.programming_noise.clip_at_zero
         feed = {}
         for p in self.plans:
-            if rng is None or not self.programming:
-                w = (p.g_plus - p.g_minus) * p.inv_c
-            else:
-                z = rng.standard_normal((2,) + p.g_plus.shape, dtype=np.float32)
-                gp, gm = p.g_plus + p.std_plus * z[0], p.g_minus + p.std_minus * z[1]
+            if rng is None or not self.programming:       # float64, then rounded once
+                w = (p.layer.g_plus - p.layer.g_minus) / p.layer.scale_c
+            else:       # in place on one float32 buffer: ResNet-18 has 2 x 11 M devices
+                g = np.empty(p.g_target.shape, np.float32)
+                if isinstance(p.std, float):
+                    standard_normal(rng, g, p.std)
+                else:
+                    np.multiply(standard_normal(rng, g), p.std, out=g)
+                g += p.g_target
                 if clip:            # a conductance is not negative (DESIGN §4.4)
-                    np.maximum(gp, 0.0, out=gp)
-                    np.maximum(gm, 0.0, out=gm)
-                w = (gp - gm) * p.inv_c
+                    np.maximum(g, 0.0, out=g)
+                w = np.subtract(g[0], g[1], out=g[0])
+                w *= p.inv_c
             feed.update(p.feed(w))
         return feed
 
@@ -370,14 +404,17 @@ class NoisyExecutor:
         reads another (the session never writes into its inputs)."""
         feed = {}
         for p in self.plans:
-            for name, shape in p.noise:
+            for name, shape, std in p.noise:
                 shp = tuple(n if d is None else d for d in shape)
                 key = (name, shp, slot) if rng is not None else ("zeros", shp)
                 buf = self._bufs.get(key)
                 if buf is None:
                     buf = self._bufs[key] = np.zeros(shp, np.float32)
                 if rng is not None:
-                    rng.standard_normal(dtype=np.float32, out=buf)
+                    if isinstance(std, float):
+                        standard_normal(rng, buf, std)
+                    else:
+                        np.multiply(standard_normal(rng, buf), std, out=buf)
                 feed[name] = buf
         return feed
 

@@ -145,36 +145,59 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
     per_chip: dict[str, list[float]] = {t: [] for t in refs}
     sums = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
     sums2 = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
+    def record(values: dict[str, np.ndarray]) -> None:
+        """Fold one chip's signals into the per-chip MSE lists and the output sums."""
+        seen: dict[tuple[int, int], float] = {}      # aliases (L/dac without a DAC, ...) computed once
+        for t, r in refs.items():
+            key = (id(values[t]), id(r))
+            if key not in seen:
+                seen[key] = _msd(values[t], r)
+            per_chip[t].append(seen[key])
+        for name, (ts, kinds) in tile_sets.items():
+            for kind in kinds:
+                for t, v in ts.mse(values, kind).items():
+                    per_chip.setdefault(t, []).append(v)
+        for o in outputs:
+            y = values[o].astype(np.float64)
+            sums[o] += y
+            sums2[o] += y * y
+
+    def converged(n: int) -> bool:
+        return precision is not None and n >= max(min_chips, 2) and all(
+            _ci(np.asarray(per_chip[o]))[2] <= precision * abs(np.mean(per_chip[o])) for o in outputs)
+
+    # Pipeline (prefetch=True): while onnxruntime runs chip n in this thread, one worker draws chip n+1's noise
+    # and another folds chip n-1's signals into the statistics. Chip n-1 is checked for convergence after
+    # chip n has run; stopping there discards chip n, so the result equals the sequential loop's.
     shown, last_show, n = False, 0.0, 0
-    pool = ThreadPoolExecutor(1) if prefetch else None
+    pool = ThreadPoolExecutor(2) if prefetch else None
     draw = (lambda k: pool.submit(ex.chip_feed, len(x), rng, k % 2)) if pool else None
+    pending_record = None
     try:
         pending = draw(0) if pool else None
-        for n in range(1, chips + 1):
+        for k in range(1, chips + 1):
             if pool:
                 feed = pending.result()
-                pending = draw(n) if n < chips else None
+                pending = draw(k) if k < chips else None
             else:
                 feed = ex.chip_feed(len(x), rng)
             values = ex.run_feed(x, feed)
-            seen: dict[tuple[int, int], float] = {}      # aliases (L/dac without a DAC, ...) computed once
-            for t, r in refs.items():
-                key = (id(values[t]), id(r))
-                if key not in seen:
-                    seen[key] = _msd(values[t], r)
-                per_chip[t].append(seen[key])
-            for name, (ts, kinds) in tile_sets.items():
-                for kind in kinds:
-                    for t, v in ts.mse(values, kind).items():
-                        per_chip.setdefault(t, []).append(v)
-            for o in outputs:
-                y = values[o].astype(np.float64)
-                sums[o] += y
-                sums2[o] += y * y
-            done = precision is not None and n >= max(min_chips, 2) and all(
-                _ci(np.asarray(per_chip[o]))[2] <= precision * abs(np.mean(per_chip[o])) for o in outputs)
+            if pool:
+                if pending_record is not None:
+                    pending_record.result()
+                    n = k - 1
+                    if converged(n):
+                        break
+                pending_record = pool.submit(record, values)
+                if k == chips:
+                    pending_record.result()
+                    n = k
+            else:
+                record(values)
+                n = k
+            done = converged(n) if n == k else False
             elapsed = time.perf_counter() - t0
-            if progress and (done or n == chips or elapsed - last_show > 0.2) and elapsed > 1.0:
+            if progress and n and (done or n == chips or elapsed - last_show > 0.2) and elapsed > 1.0:
                 m, _, hw = _ci(np.asarray(per_chip[outputs[0]]))
                 sys.stderr.write(f"\rMonte-Carlo: {n}/{chips} chips  {outputs[0]} MSE {m:.4g} +- {hw:.2g}"
                                  f"  {elapsed:.1f} s   ")
@@ -184,6 +207,8 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
                 break
     finally:
         if pool:
+            if pending is not None:
+                pending.cancel()
             pool.shutdown(wait=True)
     if shown:
         sys.stderr.write("\n")

@@ -51,13 +51,13 @@ class CrossbarMoments:
     adc_mean: np.ndarray          # after the ADC
     adc_var: np.ndarray
     adc_gain: np.ndarray | float
-    # variance injected per partial sum (after the ADC), by source, beyond the linear response
+    # variance injected per output (N, P, G, O) by source beyond the linear response, summed over row tiles
     inj_programming: np.ndarray   # a_gain^2 * S v  (second order in the noise)
     inj_read: np.ndarray          # a_gain^2 * R (mu^2 + v)
-    inj_adc: np.ndarray           # the ADC's quantization residual
+    inj_adc: np.ndarray           # the ADCs' quantization residual
     out_mean: np.ndarray
     out_var: np.ndarray
-    read_unit: np.ndarray | None = None  # read-noise variance per unit sigma_r^2, filled lazily (sensitivity)
+    read_unit: np.ndarray | None = None  # inj_read per unit sigma_r^2 (N, P, G, O), filled lazily (sensitivity)
 
 
 def lattice_dac_moments(layer: CrossbarLayer, prev: CrossbarLayer, prev_cm: "CrossbarMoments",
@@ -118,19 +118,24 @@ def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.nda
     mu_vec = layer.vectors(m_d)
     v_vec = layer.vectors(v_d, bias_value=0.0)
     w_bar, w_var = weight_statistics(layer, device)
-    read_var = 2 * device.read_noise.sigma ** 2 / layer.scale_c ** 2
-    ps_mean, ps_var, lin_var = partial_sum_function()(layer.partial_sums, w_bar, w_var, read_var, mu_vec, v_vec)
+    read_var = 2 * device.read_noise.sigma ** 2 / layer.scale_c ** 2               # per output: (G, O, 1)
+    read_out = np.swapaxes(read_var, -1, -2) if np.ndim(read_var) == 3 else read_var   # (G, 1, O)
+    ps_mean, ps_var, prog2, read = partial_sum_function()(layer.partial_sums, layer.tile_sums, w_bar, w_var,
+                                                          read_out, mu_vec, v_vec)
     if layer.adc_bits is not None:
         qmin, qmax = converter_levels(layer.adc_bits, True)
         a_mean, a_var, a_gain = stats.quantizer_moments(ps_mean, ps_var, layer.adc_steps(), qmin, qmax)
     else:
         a_mean, a_var, a_gain = ps_mean, ps_var, 1.0
-    # what the backward pass does not see through the linear response: S v, read noise, ADC residual
-    read = layer.partial_sums(mu_vec ** 2 + v_vec, np.broadcast_to(read_var, w_bar.shape)) \
-        if device.read_noise.sigma else np.zeros_like(ps_var)
-    inj_read = a_gain ** 2 * read
-    inj_prog = a_gain ** 2 * np.maximum(ps_var - lin_var - read, 0.0)
-    inj_adc = np.maximum(a_var - a_gain ** 2 * ps_var, 0.0)
+    # what the backward pass does not see through the linear response: S v, read noise, ADC residual. Summed
+    # over row tiles (every row tile of an output has the same sensitivity), in place: on ResNet-sized layers
+    # every fresh temporary costs more than the arithmetic.
+    g2 = np.square(a_gain)
+    inj_read = (g2 * read).sum(axis=3) if device.read_noise.sigma else np.zeros(ps_var.shape[:3] + ps_var.shape[4:])
+    inj_prog = np.multiply(g2, prog2, out=prog2 if prog2.shape == ps_var.shape else None).sum(axis=3)
+    inj_adc = np.multiply(g2, ps_var)
+    np.subtract(a_var, inj_adc, out=inj_adc)
+    inj_adc = np.maximum(inj_adc, 0.0, out=inj_adc).sum(axis=3)
     out_mean = layer.combine(a_mean, shape)
     out_var = layer.geometry.from_vectors(a_var.sum(axis=3), shape)
     return CrossbarMoments(mean, var, m_d, v_d, g_d, dac_resid, mu_vec, v_vec, w_bar, w_var, read_var, ps_mean, ps_var,

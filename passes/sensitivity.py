@@ -52,17 +52,21 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None)
     dw = layer.weight_grads(g_ps, cm.mu_vec)                               # N, G, O, Jb
     dw2 = dw * dw
     add("programming", np.einsum("ngoj,goj->n", dw2, np.broadcast_to(cm.w_var, layer.g_plus.shape)))
-    y2 = (g_y * g_y)[:, :, :, None, :]
+    y2 = g_y * g_y                 # every row tile of an output has its sensitivity: injections are tile sums
     if coef is not None:
         # unit coefficients of the closed form (passes/closed_form.py), per unit of each device parameter
         c2 = np.broadcast_to(1.0 / layer.scale_c ** 2, layer.g_plus.shape)
         coef("w2", dw2.reshape(n, -1).sum(axis=1))                            # sum_w (dy/dw)^2
         coef("w2_over_c2", np.einsum("ngoj,goj->n", dw2, c2))                  # x 2 sigma^2 (unclipped)
-        if cm.read_unit is None:   # probe-independent: per partial sum, 2 sum_j (mu_j^2 + v_j) / c^2
-            cm.read_unit = 2.0 * np.asarray(cm.adc_gain) ** 2 * layer.partial_sums(cm.mu_vec ** 2 + cm.v_vec, c2)
+        if cm.read_unit is None:   # probe-independent: per output, 2 sum_j (mu_j^2 + v_j) / c^2 over its tiles
+            tiles = np.square(cm.adc_gain) * layer.tile_sums(cm.mu_vec ** 2 + cm.v_vec)      # N, P, G, R, O|1
+            cm.read_unit = 2.0 * tiles.sum(axis=3) * c2[:, :, 0]
         coef("read_unit", _sum_per_sample(y2 * cm.read_unit, n))              # x sigma_r^2
-        adc_r2 = layer.per_output(layer.adc_range) ** 2 if layer.adc_range is not None else np.zeros(1)
-        coef("adc_unit", _sum_per_sample(y2 * adc_r2 / 12.0, n))               # x 1 / (2^(b-1) - 1)^2
+        if layer.adc_range is not None:
+            adc_r2 = (layer.per_output(layer.adc_range) ** 2).sum(axis=1)     # G, O: summed over row tiles
+            coef("adc_unit", _sum_per_sample(y2 * adc_r2 / 12.0, n))           # x 1 / (2^(b-1) - 1)^2
+        else:
+            coef("adc_unit", np.zeros(n))
     add("programming", _sum_per_sample(y2 * cm.inj_programming, n))
     if np.any(cm.inj_read):
         add("read", _sum_per_sample(y2 * cm.inj_read, n))

@@ -31,6 +31,7 @@ DEVICE_SYMBOLS = (sigma, sigma_rel, sigma_r, g_min, levels, b_dac, b_adc)
 RectMean = sp.Function("RectMean")      # E[max(g + s Z, 0)]
 RectVar = sp.Function("RectVar")        # Var[max(g + s Z, 0)]
 Contract = sp.Function("Contract")      # Contract(K, A, x): the layer's per-tile matrix product A x
+TileSum = sp.Function("TileSum")        # TileSum(T, x): the sum of x over each row tile's rows
 Quant = sp.Function("Q_L")              # snap to L evenly spaced conductances on [0, G]
 Pos = sp.Function("Pos")                # max(., 0)
 QMean = sp.Function("E_q")              # E[q(X)] for X ~ N(mu, v), step d
@@ -39,7 +40,7 @@ QVar = sp.Function("Var_q")
 
 # ---- numeric templates (the analysis evaluates these) ---------------------------------------------------
 _gp, _gm, _sp, _sm, _c = sp.symbols("Gp Gm s_p s_m c", positive=True)
-_K, _wbar, _wvar, _rvar, _mu, _v = sp.symbols("K Wbar S R mu v")
+_K, _T, _wbar, _wvar, _rvar, _mu, _v = sp.symbols("K T Wbar S R mu v")
 
 
 def weight_stat_exprs(clip: bool) -> tuple[sp.Expr, sp.Expr]:
@@ -48,12 +49,24 @@ def weight_stat_exprs(clip: bool) -> tuple[sp.Expr, sp.Expr]:
     return (_gp - _gm) / _c, (_sp ** 2 + _sm ** 2) / _c ** 2
 
 
+_rect_cache: list[tuple] = []     # the last two (g, s, moments): RectMean and RectVar share one evaluation
+
+
+def _rectified(g, s):
+    for cg, cs, m in _rect_cache:    # identity: the lambdified code passes the same arrays to both
+        if cg is g and cs is s:
+            return m
+    m = stats.rectified_moments(g, s)
+    _rect_cache[:] = _rect_cache[-1:] + [(g, s, m)]
+    return m
+
+
 def _rect_mean(g, s):
-    return stats.rectified_moments(g, s)[0]
+    return _rectified(g, s)[0]
 
 
 def _rect_var(g, s):
-    return stats.rectified_moments(g, s)[1]
+    return _rectified(g, s)[1]
 
 
 @lru_cache(maxsize=None)
@@ -63,18 +76,24 @@ def weight_stat_function(clip: bool):
                        modules=[{"RectMean": _rect_mean, "RectVar": _rect_var}, "numpy"], cse=True)
 
 
-def partial_sum_exprs() -> tuple[sp.Expr, sp.Expr, sp.Expr]:
+def partial_sum_exprs() -> tuple[sp.Expr, sp.Expr, sp.Expr, sp.Expr]:
+    """(mean, variance, second-order programming term S v, read-noise term) of every tile's partial sums.
+    Read noise R depends only on the output's scale c, so its term is R times the tile's sum of E[x^2]: a row
+    sum, not a matrix product."""
     mean = Contract(_K, _wbar, _mu)
-    lin = Contract(_K, _wbar ** 2, _v) + Contract(_K, _wvar, _mu ** 2)
-    var = Contract(_K, _wbar ** 2, _v) + Contract(_K, _wvar + _rvar, _mu ** 2 + _v)
-    return mean, var, lin
+    prog2 = Contract(_K, _wvar, _v)
+    read = _rvar * TileSum(_T, _mu ** 2 + _v)
+    var = Contract(_K, _wbar ** 2, _v) + Contract(_K, _wvar, _mu ** 2) + prog2 + read
+    return mean, var, prog2, read
 
 
 @lru_cache(maxsize=None)
 def partial_sum_function():
-    """(K, W_bar, S, R, mu, v) -> (mean, var, linear part of var) of every tile's partial sums."""
-    return sp.lambdify([_K, _wbar, _wvar, _rvar, _mu, _v], list(partial_sum_exprs()),
-                       modules=[{"Contract": lambda k, a, x: k(x, a)}, "numpy"], cse=True)
+    """(K, T, W_bar, S, R, mu, v) -> partial_sum_exprs() evaluated; K = layer.partial_sums, T = layer.tile_sums,
+    R per output shaped (G, 1, O) so it broadcasts over (N, P, G, R, O)."""
+    return sp.lambdify([_K, _T, _wbar, _wvar, _rvar, _mu, _v], list(partial_sum_exprs()),
+                       modules=[{"Contract": lambda k, a, x: k(x, a), "TileSum": lambda t, x: t(x)}, "numpy"],
+                       cse=True)
 
 
 # ---- per-edge display expressions ----------------------------------------------------------------------
@@ -98,10 +117,10 @@ def crossbar_exprs(layer, device, x: str, tile: tuple[int, int, int]) -> tuple[s
     c = s["G"] / s["Wmax"]
     subs = {_gp: g_plus, _gm: g_minus, _sp: std, _sm: std_m, _c: c}
     w_bar, w_var = w_bar.xreplace(subs), w_var.xreplace(subs)
-    mean, var, _ = partial_sum_exprs()
+    mean, var, _, _ = partial_sum_exprs()
     mu, v = _tensor_syms(x)
     k = sp.Symbol(f"K_{layer.name}[{tile[0]},{tile[1]},{tile[2]}]")
-    subs = {_K: k, _wbar: w_bar, _wvar: w_var, _rvar: 2 * sigma_r ** 2 / c ** 2, _mu: mu, _v: v}
+    subs = {_K: k, _T: k, _wbar: w_bar, _wvar: w_var, _rvar: 2 * sigma_r ** 2 / c ** 2, _mu: mu, _v: v}
     return mean.xreplace(subs), var.xreplace(subs)
 
 

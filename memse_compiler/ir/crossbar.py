@@ -138,6 +138,11 @@ class CrossbarLayer:
         ps = np.matmul(xv, wt)                                      # G, R, NP, O
         return ps.transpose(2, 0, 1, 3).reshape(n, p, g, self.row_tiles, self.outs)
 
+    def tile_sums(self, vec: np.ndarray) -> np.ndarray:
+        """Sum of vec (N, P, G, Jb) over each row tile's rows -> (N, P, G, R, 1), broadcasting like a partial sum."""
+        starts = np.arange(0, self.rows, self.rows_per_tile)
+        return np.add.reduceat(vec, starts, axis=-1)[..., None]
+
     def partial_sums_T(self, dps: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         """Transpose of `partial_sums` in its vector argument: (N, P, G, R, O) -> (N, P, G, Jb)."""
         n, p, g, r, o = dps.shape
