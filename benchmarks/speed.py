@@ -186,16 +186,18 @@ def main() -> None:
         f"- Inputs: digits models: the first {len(x)} of `examples/digits_inputs.npy`; ResNet-18 shape "
         f"(`benchmarks/models.py`, random weights): batch {args.resnet_batch} of uniform [0,1) 3x224x224 (seed 0)",
         f"- Threads: executor and plain onnxruntime sessions use {THREADS} intra-op thread(s) (as `run_montecarlo` "
-        f"does on this machine), plus run_montecarlo's one noise-prefetch thread; the analysis uses numpy's defaults",
+        f"does on this machine), plus run_montecarlo's two pipeline threads (the next chip's noise, the previous "
+        "chip's MSE reduction); the analysis uses numpy's defaults",
         "- analysis s = analysis passes only (`timing.analysis_s`, min over "
         f"{args.repeat} compile(s) for the digits models, 1 for ResNet); compile s = the whole `compile_model` call",
         f"- MC chips/loop: measured sequential run (`precision=0.05, min_chips={args.min_chips}`, prebuilt executor, "
         "`signals=[]`) for the digits models; for ResNet-18 ESTIMATED as (1.96*std/mean/0.05)^2 chips from a "
-        f"{args.pilot}-chip pilot times the pilot's measured time per chip (marked est.)",
+        f"{args.pilot}-chip pilot times the pilot's measured time per chip, its warm-up included (marked est.)",
         "- MC build = NoisyExecutor construction (run_montecarlo includes it in `mc_s` when it builds the executor "
         "itself); MC total = build + loop; ratios = MC time / analysis time (the §9 bar asks >= 100x)",
-        "- MC per chip = MC loop / chips (noise draw, prefetched in a thread, + onnxruntime run + per-chip MSE "
-        "reduction of outputs and layer outputs); executor chip = one `NoisyExecutor.run_chip(x, rng)` (draw the "
+        "- MC per chip = MC loop / chips (pipelined: onnxruntime runs chip n while one thread draws chip n+1's noise "
+        "and another reduces chip n-1's outputs and layer outputs to MSEs; the first chip is not overlapped); "
+        "executor chip = one `NoisyExecutor.run_chip(x, rng)` (draw the "
         "chip's programming and read noise in line + one session run, no MSE bookkeeping); plain ORT = one run of "
         f"the original model on the same batch; the last two are the min over {args.repeat_ort} runs (3 for ResNet)",
         "",

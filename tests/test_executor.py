@@ -155,6 +155,18 @@ def test_read_noise_variance(idx, zm):
     assert checked
 
 
+@pytest.mark.parametrize("opset", [18, 21])
+def test_newer_opsets_give_the_same_chip(opset):
+    """ReduceSumSquare takes its axes as an input from opset 18 on: the same chip (seed) at opset 17, 18, 21."""
+    import onnx
+    from onnx import version_converter
+    dev = load_device("rram", ["crossbar.rows=32", "dac.bits=6"])
+    model = onnx.load(EXAMPLES / "cnn_digits.onnx")
+    chips = [NoisyExecutor(lower(m, dev, X[:8])).run_chip(X[:8], np.random.default_rng(0))["logits"]
+             for m in (model, version_converter.convert_version(model, opset))]
+    np.testing.assert_array_equal(chips[0], chips[1])
+
+
 # ---- (d) Monte-Carlo vs an independent literal numpy Monte-Carlo -----------------------------------------
 def numpy_montecarlo(g, device, x, chips, seed):
     """Per-chip MSE of every layer output and graph output: programming noise per device and chip (clipped
@@ -242,8 +254,12 @@ def test_montecarlo_result_contract(capsys):
     edge_tensors = {t for _, _, t in g.edges(data="tensor")} - set(g.graph["inputs"])
     assert edge_tensors <= set(res["signals"]), sorted(edge_tensors - set(res["signals"]))[:5]
     # seeded: reproducible, whether the next chip's noise is drawn in a background thread or in line
-    again = run_montecarlo(g, dev, chips=res["chips"], progress=False, signals=[], prefetch=False)
+    # (the pipelined loop checks chip n's convergence after chip n+1 has run; it must stop where the
+    # sequential loop stops)
+    again = run_montecarlo(g, dev, chips=1000, precision=0.1, min_chips=10, progress=False, prefetch=False)
+    assert again["chips"] == res["chips"]
     assert again["outputs"]["logits"]["mse"] == pytest.approx(out["mse"], rel=1e-6)
+    assert again["layers"] == pytest.approx(res["layers"], rel=1e-6)
     capsys.readouterr()
     run_montecarlo(g, dev, chips=3, progress=True, signals=[])
     assert capsys.readouterr().err == ""                                # no progress bar for short runs

@@ -105,9 +105,10 @@ class CrossbarLayer:
     def vectors(self, x: np.ndarray, bias_value: float = 1.0) -> np.ndarray:
         """Crossbar input vectors (N, P, G, Jb); the bias row's input is the constant 1 (`bias_value`: what
         that row carries instead, e.g. 0 for a variance)."""
-        v = self.geometry.to_vectors(x)
-        if self.bias_row:
-            v = np.concatenate([v, np.full(v.shape[:-1] + (1,), bias_value, v.dtype)], axis=-1)
+        if not self.bias_row:
+            return self.geometry.to_vectors(x)
+        v = self.geometry.to_vectors(x, extra=1)
+        v[..., -1] = bias_value
         return v
 
     def split_rows(self, a: np.ndarray) -> np.ndarray:

@@ -76,13 +76,18 @@ class ConvGeometry:
     def _as4d(self, x):
         return x[:, :, None, :] if self.one_d else x
 
-    def to_vectors(self, x: np.ndarray) -> np.ndarray:
+    def to_vectors(self, x: np.ndarray, extra: int = 0) -> np.ndarray:
+        """(N, C, H, W) -> (N, P, G, J + extra) window vectors, in one copy; the `extra` trailing columns are
+        left uninitialised for the caller (the bias row)."""
         x = self._as4d(x)
-        cols = self.windows.extract(x)                      # N, C, Ho, Wo, kh, kw
+        cols = self.windows.extract(x)                      # N, C, Ho, Wo, kh, kw (a strided view)
         n, c, ho, wo, kh, kw = cols.shape
-        g = self.groups
-        cols = cols.reshape(n, g, c // g, ho, wo, kh, kw).transpose(0, 3, 4, 1, 2, 5, 6)
-        return cols.reshape(n, ho * wo, g, (c // g) * kh * kw)
+        g, j = self.groups, (c // self.groups) * kh * kw
+        out = np.empty((n, ho * wo, g, j + extra), dtype=cols.dtype)
+        target = out[..., :j]
+        target.shape = (n, ho, wo, g, c // g, kh, kw)      # a view (raises rather than copy)
+        target[...] = cols.reshape(n, g, c // g, ho, wo, kh, kw).transpose(0, 3, 4, 1, 2, 5, 6)
+        return out
 
     def from_vectors(self, y: np.ndarray, x_shape: tuple = ()) -> np.ndarray:
         n, p, g, o = y.shape
@@ -117,11 +122,18 @@ class MatrixGeometry:
     in_columns: bool = False
     out_columns: bool = False
 
-    def to_vectors(self, x: np.ndarray) -> np.ndarray:
+    def to_vectors(self, x: np.ndarray, extra: int = 0) -> np.ndarray:
+        """Vectors (N, P, 1, J + extra): a view when extra = 0; else a copy whose `extra` trailing columns are
+        left uninitialised for the caller."""
         if self.in_columns:
-            return x.T[:, None, None, :]
-        n = x.shape[0] if x.ndim > 1 else 1
-        return x.reshape(n, -1, 1, x.shape[-1])
+            v = x.T[:, None, None, :]
+        else:
+            v = x.reshape(x.shape[0] if x.ndim > 1 else 1, -1, 1, x.shape[-1])
+        if not extra:
+            return v
+        out = np.empty(v.shape[:-1] + (v.shape[-1] + extra,), dtype=v.dtype)
+        out[..., : v.shape[-1]] = v
+        return out
 
     def from_vectors(self, y: np.ndarray, x_shape: tuple) -> np.ndarray:
         lead = (x_shape[1],) if self.in_columns else tuple(x_shape[:-1])
