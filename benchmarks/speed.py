@@ -56,6 +56,9 @@ TARGET = 0.05
 THREADS = max(1, (os.cpu_count() or 2) - 1)      # what run_montecarlo uses for its own executor
 
 
+CF_SCALE, CF_EVALS = 1.25, 1000
+
+
 def plain_ort(model, x: np.ndarray, repeat: int) -> float:
     blob = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
     opts = ort.SessionOptions()
@@ -102,7 +105,18 @@ def bench(label: str, model, x: np.ndarray, dev, args, resnet: bool) -> dict:
         t = time.perf_counter()
         ex.run_chip(x, rng)
         t_chip = min(t_chip, time.perf_counter() - t)
+    cf = g.graph["closed_form"][OUTPUT]
+    sigma_new = CF_SCALE * dev.programming_noise.sigma
+    t = time.perf_counter()
+    for _ in range(CF_EVALS):
+        cf_mse = cf.mse(sigma_v=sigma_new)
+    cf_s = (time.perf_counter() - t) / CF_EVALS
+    cf_full = None
+    if not resnet:         # the full analysis at that point, to show what the closed form's speed costs
+        dev_new = load_device("rram", list(args.set) + [f"programming_noise.sigma={sigma_new}"])
+        cf_full = compile_model(model, dev_new, x)[0].graph["analysis"]["outputs"][OUTPUT]["mse"]
     r = {"model": label, "batch": len(x), "an_s": an_s, "comp_s": comp_s, "an_mse": an["mse"],
+         "cf_s": cf_s, "cf_mse": cf_mse, "cf_full": cf_full,
          "build_s": build_s, "plain_ms": 1e3 * t_plain, "passes": passes,
          "chip_ms": 1e3 * t_chip}
     # pilot (also the per-chip time for the estimate)
@@ -128,6 +142,7 @@ def bench(label: str, model, x: np.ndarray, dev, args, resnet: bool) -> dict:
     r["ratio_loop"] = r["loop_s"] / r["an_s"]
     r["ratio_total"] = r["total_s"] / r["an_s"]
     r["chip_plain"] = r["per_chip_ms"] / r["plain_ms"]
+    r["ratio_cf"] = r["loop_s"] / r["cf_s"]
     r["exec_plain"] = r["chip_ms"] / r["plain_ms"]
     return r
 
@@ -220,6 +235,15 @@ def main() -> None:
     table += ["", "## Pilot estimate vs measured sequential run", "",
               "The estimate used for ResNet-18, applied to the digits models too (pilot seed = seed+1, measured "
               "run seed = seed, so the two are independent).", "", HEAD2, SEP2] + [row2(r) for r in rows]
+    table += ["", f"## Closed form: a new device point (programming sigma x {CF_SCALE})", "",
+              "`g.graph['closed_form'][output].mse(sigma_v=...)`, the fitted form of passes/closed_form.py (mean "
+              f"over {CF_EVALS} evaluations), vs the MC loop to ±5% at the compiled point and vs a full re-analysis "
+              "at the new point (digits models; its validity is what `--explain` measures)", "",
+              "| model | closed form µs | MC loop / closed form | closed form MSE | full analysis MSE | rel. diff |",
+              "|---|---|---|---|---|---|"]
+    table += [f"| {r['model']} | {1e6 * r['cf_s']:.3g} | {r['ratio_cf']:.3g}x | {r['cf_mse']:.4g} | "
+              + (f"{r['cf_full']:.4g} | {r['cf_mse'] / r['cf_full'] - 1:+.1%} |" if r["cf_full"] else "- | - |")
+              for r in rows]
     names = [p for p in rows[0]["passes"] if any(r["passes"].get(p, 0) >= 0.005 for r in rows)]
     table += ["", "## Time per pass of the last timed compile (s)", "",
               "| model | " + " | ".join(names) + " |", "|" + "|".join(["---"] * (len(names) + 1)) + "|"]
