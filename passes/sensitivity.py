@@ -187,12 +187,21 @@ class Sensitivity(Pass):
                          layer_shares={u: v / norm for u, v in by_unit.items()})
             g.graph.setdefault("sensitivity", {})[out] = {f"{u}|{src}": v / norm
                                                           for (u, src), v in by_unit_source.items()}
+            # the output's per-element variance: exact per element, or (probes: only the total is known) the
+            # forward's per-element variance scaled to the correlation-aware total, so that the output's
+            # edges and its layer's row agree with the output entry
             if exact:
                 var_full = per_elem.reshape(mean.shape)
-                g.graph["moments"][out] = (mean, var_full)
-                for u, v, data in g.edges(data=True):
-                    if data["tensor"] == out:
-                        data["var"], data["variance"], data["mse"] = var_full, variance, b2 + variance
+            else:
+                diag_mean = float(np.mean(var_diag))
+                var_full = var_diag * (variance / diag_mean) if diag_mean > 0 else np.full(mean.shape, variance)
+            g.graph["moments"][out] = (mean, var_full)
+            for u, v, data in g.edges(data=True):
+                if data["tensor"] == out:
+                    data["var"], data["variance"], data["mse"] = var_full, variance, b2 + variance
+            for name, layer in g.layers.items():
+                if layer.output == out:
+                    analysis.setdefault("layers", {})[name] = b2 + variance
         timing = g.graph.setdefault("timing", {})
         timing["analysis_s"] = timing.get("analysis_s", 0.0) + time.perf_counter() - t0
         return g

@@ -112,6 +112,22 @@ def test_every_edge_is_annotated():
         assert np.isfinite(d["mse"])
 
 
+@pytest.mark.parametrize("max_exact", [64, 4])       # 10 outputs: one backward each, or Rademacher probes
+def test_output_layer_row_and_edges_agree_with_the_output(max_exact):
+    from memse_compiler.ir.pass_base import PassContext
+    from passes.sensitivity import Sensitivity
+    g, dev = analyse("cnn", ["adc.bits=6"])
+    if max_exact < 10:
+        Sensitivity(max_exact=max_exact, probes=64).apply(g, PassContext(device=dev, inputs=X[:16], options={}))
+    out = g.graph["analysis"]["outputs"]["logits"]
+    assert out["probes"] == (None if max_exact >= 10 else 64)
+    (fc,) = [name for name, layer in g.layers.items() if layer.output == "logits"]
+    assert g.graph["analysis"]["layers"][fc] == pytest.approx(out["mse"], rel=1e-12)
+    edges = [d for _, _, d in g.edges(data=True) if d["tensor"] == "logits"]
+    assert edges and all(d["mse"] == pytest.approx(out["mse"], rel=1e-12) for d in edges)
+    assert all(float(np.mean(d["var"])) == pytest.approx(out["variance"], rel=1e-9) for d in edges)
+
+
 def test_closed_form_matches_at_point_and_tracks_converters():
     g, dev = analyse("cnn", ["adc.bits=6", "dac.bits=6"], n=32)
     cf = g.graph["closed_form"]["logits"]
