@@ -91,6 +91,37 @@ def test_single_layer_variance_by_hand():
     assert g2.graph["analysis"]["outputs"]["y"]["variance"] == pytest.approx(float(var.mean()), rel=1e-9)
 
 
+def test_global_average_pool_of_a_conv_by_hand():
+    """Conv -> GlobalAveragePool: programming noise is shared by every position, so the pooled error is
+    dW . mean_p(x_p) and Var = 2 sigma^2 / c^2 (sum_j mean_p(x_pj)^2 + 1) (bias row), far above the diagonal
+    model's average of per-position variances. The refined analysis must give it (its Rademacher probes are
+    exact here: the weight noise is independent across outputs)."""
+    rng = np.random.default_rng(1)
+    w, b = rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
+    x = rng.random((3, 2, 6, 6))
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["y"], name="flat")]      # p is internal: not the output
+    graph = helper.make_graph(nodes, "conv_gap", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                                 ["N", 2, 6, 6])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+                              [numpy_helper.from_array(w.astype(np.float32), "W"),
+                               numpy_helper.from_array(b.astype(np.float32), "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sigma = 1e-6
+    dev = load_device("ideal", ["conductance.levels=null", f"programming_noise.sigma={sigma}",
+                                "conductance.g_min=5e-5"])
+    g, _ = compile_model(model, dev, x)
+    layer = next(iter(g.layers.values()))
+    c = float(layer.scale_c.ravel()[0])
+    pooled = layer.vectors(x).mean(axis=1)[:, 0, :]                                 # N, Jb (bias row: 1)
+    want = 2 * sigma ** 2 / c ** 2 * (pooled ** 2).sum(axis=1)                       # per sample, every channel
+    var = g.graph["moments"]["p"][1]
+    assert float(var.mean()) == pytest.approx(float(want.mean()), rel=1e-6)
+    diag = compile_model(model, dev, x, options={"mode": "diagonal"})[0].graph["moments"]["p"][1]
+    assert float(diag.mean()) < 0.5 * float(want.mean())                            # the test is sharp
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn"])
 def test_quantization_only_is_exact(name):
     """No programming/read noise: the chip is deterministic; the analysis mean is the programmed chip's
