@@ -49,7 +49,7 @@ def weight_stat_exprs(clip: bool) -> tuple[sp.Expr, sp.Expr]:
     return (_gp - _gm) / _c, (_sp ** 2 + _sm ** 2) / _c ** 2
 
 
-_rect_cache: list[tuple] = []     # the last two (g, s, moments): RectMean and RectVar share one evaluation
+_rect_cache: list[tuple] = []     # within one evaluation: RectMean and RectVar share rectified_moments
 
 
 def _rectified(g, s):
@@ -72,8 +72,15 @@ def _rect_var(g, s):
 @lru_cache(maxsize=None)
 def weight_stat_function(clip: bool):
     """(G+, G-, s+, s-, c) -> (W_bar, S): mean and variance of the programmed effective weight."""
-    return sp.lambdify([_gp, _gm, _sp, _sm, _c], list(weight_stat_exprs(clip)),
-                       modules=[{"RectMean": _rect_mean, "RectVar": _rect_var}, "numpy"], cse=True)
+    fn = sp.lambdify([_gp, _gm, _sp, _sm, _c], list(weight_stat_exprs(clip)),
+                     modules=[{"RectMean": _rect_mean, "RectVar": _rect_var}, "numpy"], cse=True)
+
+    def evaluate(*args):
+        try:
+            return fn(*args)
+        finally:
+            _rect_cache.clear()          # do not keep a layer's conductance arrays alive
+    return evaluate
 
 
 def partial_sum_exprs() -> tuple[sp.Expr, sp.Expr, sp.Expr, sp.Expr]:
