@@ -142,7 +142,10 @@ def noise_scaled_bias2(g: MemseGraph, device, options: dict, k: float) -> dict[s
                                     "programming_noise.relative": pn.relative * k,
                                     "read_noise.sigma": device.read_noise.sigma * k})
     n = batch_subset(g)
-    moments = forward_moments(g, scaled, options, signals=False, samples=n)[0]
+    # the per-layer refinement factors of the full analysis are reused: probing again costs O(layers^2)
+    # backward sweeps per pass, and only the shape of bias^2(V) is taken from these passes
+    moments = forward_moments(g, scaled, options, signals=False, samples=n,
+                              refinement=g.graph.get("refinement"))[0]
     ref = g.graph["reference"]
     return {out: (float(np.mean((moments[out][0] - ref[out][:n]) ** 2)), float(np.mean(moments[out][1])))
             for out in g.graph["outputs"]}

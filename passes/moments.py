@@ -28,11 +28,11 @@ def mse_of(mean: np.ndarray, var: np.ndarray, ref: np.ndarray) -> tuple[float, f
     return b2 + v, b2, v
 
 
-def refined_variance(g: MemseGraph, lin: dict, moments: dict, tensor: str, var: np.ndarray,
-                     rng: np.random.Generator, probes: int) -> np.ndarray:
-    """Rescale a tensor's diagonal variances to the correlation-aware total that Rademacher probes of the
-    sensitivity backward give (so downstream nonlinearities see the right spread). One factor per tensor:
-    pooled over samples, the probe estimate is stable with a few probes."""
+def refinement_factor(g: MemseGraph, lin: dict, moments: dict, tensor: str, var: np.ndarray,
+                      rng: np.random.Generator, probes: int) -> float:
+    """The factor that rescales a tensor's diagonal variances to the correlation-aware total that Rademacher
+    probes of the sensitivity backward give (so downstream nonlinearities see the right spread). One factor
+    per tensor: pooled over samples, the probe estimate is stable with a few probes."""
     from passes.sensitivity import backward
     order = [u for u in schedule(g) if u in lin]
     total = [0.0]
@@ -42,7 +42,7 @@ def refined_variance(g: MemseGraph, lin: dict, moments: dict, tensor: str, var: 
     for _ in range(probes):
         backward(g, order, {tensor: rng.choice([-1.0, 1.0], size=var.shape)}, add, lin=lin, moments=moments)
     diag = float(var.sum())
-    return var * (total[0] / probes / diag) if diag > 0 else var
+    return total[0] / probes / diag if diag > 0 else 1.0
 
 
 def window_correlation(g: MemseGraph, lin: dict, moments: dict, tensor: str, attrs: dict,
@@ -129,11 +129,14 @@ def analysis_options(options: dict) -> dict:
 
 
 def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
-                    samples: int | None = None) -> tuple[dict, dict, dict]:
+                    samples: int | None = None, refinement: dict | None = None) -> tuple[dict, dict, dict]:
     """Moments of every tensor (and every lowered layer's internal signals) on `device`, without touching
     the graph: (moments, linearizations, internal signals (only if `signals`)). Options: `refine_probes` (0 = purely diagonal),
     `residual` ("coherent": a nonlinearity's residual variance follows its input's error, so correlated
-    inputs give correlated residuals; "independent": injected per element), `seed`."""
+    inputs give correlated residuals; "independent": injected per element), `seed`.
+    `refinement`: an empty dict is filled with what the refinement measured (tensor -> variance factor,
+    MaxPool unit -> per-sample window correlation); a filled one is applied instead of probing again, for
+    cheap passes at other noise levels (the closed form's bias law)."""
     ref = g.graph["reference"]
     consts = g.graph["constants"]
     x_name = g.graph["inputs"][0]
@@ -147,6 +150,15 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
         refine = 0     # refinement costs a backward pass per layer and probe: O(layers^2) on large models
     coherent = settings["residual"] == "coherent"
     rng = np.random.default_rng(options.get("seed", 0) + 1)
+    reuse = bool(refinement)
+
+    def refined(key: str, measure):
+        if reuse:
+            return refinement.get(key)
+        value = measure()
+        if refinement is not None:
+            refinement[key] = value
+        return value
     for unit in schedule(g):
         if unit in g.layers:
             layer = g.layers[unit]
@@ -156,8 +168,9 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
             lin[unit] = cm
             moments[layer.output] = (cm.out_mean, cm.out_var)
             if refine:
-                moments[layer.output] = (cm.out_mean, refined_variance(g, lin, moments, layer.output,
-                                                                       cm.out_var, rng, refine))
+                f = refined(layer.output, lambda: refinement_factor(g, lin, moments, layer.output, cm.out_var,
+                                                                     rng, refine))
+                moments[layer.output] = (cm.out_mean, cm.out_var * (1.0 if f is None else f))
             if not signals:
                 continue
             internal.update(tile_signals(layer, cm, ref[layer.input]))
@@ -172,7 +185,9 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
         ins = [moments[t] if t in moments else (consts[t], np.zeros_like(consts[t])) for t in d["inputs"]]
         attrs = d["attrs"]
         if refine and d["op"] == "MaxPool":
-            attrs = dict(attrs, rho=window_correlation(g, lin, moments, d["inputs"][0], attrs, rng, refine))
+            rho = refined(unit, lambda: window_correlation(g, lin, moments, d["inputs"][0], attrs, rng, refine))
+            if rho is not None:
+                attrs = dict(attrs, rho=rho[: moments[d["inputs"][0]][1].shape[0]])
         rule = rule_for(d["op"])
         means, variances, lz = rule.moments(attrs, [a for a, _ in ins], [b for _, b in ins])
         if coherent and isinstance(rule, ElementwiseRule):
@@ -183,7 +198,8 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
             # by every position: ResNet-18's global pool was 5x too low), and there are few such tensors:
             # refined even on large models
             if pool_refine and d["op"] in AVERAGING_OPS and t in g.tensors:
-                v = refined_variance(g, lin, moments, t, v, rng, pool_refine)
+                f = refined(t, lambda: refinement_factor(g, lin, moments, t, v, rng, pool_refine))
+                v = v if f is None else v * f
             moments[t] = (m, v)
     return moments, lin, internal
 
@@ -205,7 +221,9 @@ class EvaluateMoments(Pass):
     def apply(self, g: MemseGraph, ctx: PassContext) -> MemseGraph:
         t0 = time.perf_counter()
         ref = g.graph["reference"]
-        moments, lin, internal = forward_moments(g, ctx.device, ctx.options)
+        refinement: dict = {}
+        moments, lin, internal = forward_moments(g, ctx.device, ctx.options, refinement=refinement)
+        g.graph["refinement"] = refinement
         g.graph["moments"] = moments
         g.graph["linearization"] = lin
         for u, v, data in g.edges(data=True):
