@@ -105,3 +105,18 @@ def test_softmax_moments_small_noise_vs_sampling():
     mean, v = stats.softmax_moments(mu, var, axis=1)
     np.testing.assert_allclose(mean[0], samples.mean(0), rtol=2e-3)
     np.testing.assert_allclose(v[0], samples.var(0), rtol=3e-2)
+
+
+def test_chunked_evaluation_equals_the_whole_array():
+    """The cache-sized chunking of the element-wise moment functions changes nothing: every regime of the
+    quantizer (staircase, uniform, clipped), ReLU and Clark's max on 3 chunks' worth of elements."""
+    rng = np.random.default_rng(5)
+    n = 3 * stats.CHUNK + 17
+    mu, var = rng.normal(0, 40, n), rng.uniform(0, 30, n) ** 2 * (rng.random(n) < 0.9)
+    step = np.broadcast_to(rng.uniform(0.5, 2.0, (1, 16)), (n // 16 + 1, 16)).ravel()[:n]
+    for fn, args in [(stats.quantizer_moments, (mu, var, step, -63, 63)), (stats.relu_moments, (mu, var)),
+                     (stats.clip_moments, (mu, var, -20.0, np.inf)),
+                     (stats.max_moments, (mu, var, mu[::-1], var[::-1], 0.3))]:
+        got, want = fn(*args), fn.__wrapped__(*args)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)

@@ -34,7 +34,7 @@ def chunked(n_arrays: int):
         def run(*args, **kwargs):
             arrays = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in args[:n_arrays]))
             size = arrays[0].size
-            if size <= 2 * CHUNK:
+            if size <= 2 * CHUNK or any(np.size(v) > 1 for v in kwargs.values()):   # array keywords: unsplit
                 return fn(*args, **kwargs)
             shape, rest = arrays[0].shape, args[n_arrays:]
             flat = [a.reshape(-1) for a in arrays]           # copies only the broadcast ones
