@@ -381,11 +381,7 @@ class NoisyExecutor:
             if rng is None or not self.programming:       # float64, then rounded once
                 w = (p.layer.g_plus - p.layer.g_minus) / p.layer.scale_c
             else:       # in place on one float32 buffer: ResNet-18 has 2 x 11 M devices
-                g = np.empty(p.g_target.shape, np.float32)
-                if isinstance(p.std, float):
-                    standard_normal(rng, g, p.std)
-                else:
-                    np.multiply(standard_normal(rng, g), p.std, out=g)
+                g = standard_normal(rng, np.empty(p.g_target.shape, np.float32), p.std)
                 g += p.g_target
                 if clip:            # a conductance is not negative (DESIGN §4.4)
                     np.maximum(g, 0.0, out=g)
@@ -411,10 +407,7 @@ class NoisyExecutor:
                 if buf is None:
                     buf = self._bufs[key] = np.zeros(shp, np.float32)
                 if rng is not None:
-                    if isinstance(std, float):
-                        standard_normal(rng, buf, std)
-                    else:
-                        np.multiply(standard_normal(rng, buf), std, out=buf)
+                    standard_normal(rng, buf, std)
                 feed[name] = buf
         return feed
 

@@ -17,9 +17,9 @@ import numpy as np
 TWO_PI = np.float32(2.0 * np.pi)
 
 
-def standard_normal(rng: np.random.Generator, out: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """Fill the C-contiguous float32 array `out` with independent N(0, scale^2) numbers from `rng` (the scale
-    is folded into the radius: free); returns `out`."""
+def standard_normal(rng: np.random.Generator, out: np.ndarray, scale: float | np.ndarray = 1.0) -> np.ndarray:
+    """Fill the C-contiguous float32 array `out` with independent N(0, scale^2) numbers from `rng`; returns
+    `out`. A scalar scale is folded into the radius (free); an array one (broadcasting to `out`) multiplies."""
     if out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError("standard_normal needs a C-contiguous float32 array")
     flat = out.reshape(-1)
@@ -29,7 +29,8 @@ def standard_normal(rng: np.random.Generator, out: np.ndarray, scale: float = 1.
     radius, angle = u[:half], u[half:]
     np.subtract(np.float32(1.0), radius, out=radius)        # (0, 1]: log is finite
     np.log(radius, out=radius)
-    radius *= np.float32(-2.0 * scale * scale)
+    per_element = np.ndim(scale) > 0
+    radius *= np.float32(-2.0 if per_element else -2.0 * scale * scale)
     np.sqrt(radius, out=radius)
     angle *= TWO_PI
     head, tail = flat[:half], flat[half:]
@@ -37,4 +38,6 @@ def standard_normal(rng: np.random.Generator, out: np.ndarray, scale: float = 1.
     head *= radius
     np.sin(angle[:n - half], out=tail)
     tail *= radius[:n - half]
+    if per_element:
+        np.multiply(out, scale, out=out)
     return out

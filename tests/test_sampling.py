@@ -47,6 +47,9 @@ def test_scale_shape_and_seed():
     np.testing.assert_array_equal(a, b)
     big = standard_normal(np.random.default_rng(2), np.empty(400_000, np.float32), scale=3.0)
     assert abs(big.std() / 3 - 1) < 4 * math.sqrt(0.5 / big.size)
+    scales = np.array([0.5, 2.0, 7.0], np.float32)            # per element: broadcast over the last axis
+    cols = standard_normal(np.random.default_rng(4), np.empty((200_000, 3), np.float32), scales)
+    np.testing.assert_allclose(cols.std(axis=0) / scales, 1.0, atol=4 * np.sqrt(0.5 / 200_000))
     assert standard_normal(np.random.default_rng(3), np.empty(1, np.float32)).shape == (1,)
     assert standard_normal(np.random.default_rng(3), np.empty(0, np.float32)).shape == (0,)
 
