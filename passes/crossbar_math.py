@@ -57,7 +57,7 @@ class CrossbarMoments:
     inj_adc: np.ndarray           # the ADCs' quantization residual
     out_mean: np.ndarray
     out_var: np.ndarray
-    read_unit: np.ndarray | None = None  # inj_read per unit sigma_r^2 (N, P, G, O), filled lazily (sensitivity)
+    read_unit: np.ndarray         # inj_read per unit sigma_r^2 (N, P, G, O)
 
 
 def lattice_dac_moments(layer: CrossbarLayer, prev: CrossbarLayer, prev_cm: "CrossbarMoments",
@@ -120,8 +120,8 @@ def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.nda
     w_bar, w_var = weight_statistics(layer, device)
     read_var = 2 * device.read_noise.sigma ** 2 / layer.scale_c ** 2               # per output: (G, O, 1)
     read_out = np.swapaxes(read_var, -1, -2) if np.ndim(read_var) == 3 else read_var   # (G, 1, O)
-    ps_mean, ps_var, prog2, read = partial_sum_function()(layer.partial_sums, layer.tile_sums, w_bar, w_var,
-                                                          read_out, mu_vec, v_vec)
+    ps_mean, ps_var, prog2, tiles = partial_sum_function()(layer.partial_sums, layer.tile_sums, w_bar, w_var,
+                                                           read_out, mu_vec, v_vec)
     if layer.adc_bits is not None:
         qmin, qmax = converter_levels(layer.adc_bits, True)
         a_mean, a_var, a_gain = stats.quantizer_moments(ps_mean, ps_var, layer.adc_steps(), qmin, qmax)
@@ -131,7 +131,10 @@ def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.nda
     # over row tiles (every row tile of an output has the same sensitivity), in place: on ResNet-sized layers
     # every fresh temporary costs more than the arithmetic.
     g2 = np.square(a_gain)
-    inj_read = (g2 * read).sum(axis=3) if device.read_noise.sigma else np.zeros(ps_var.shape[:3] + ps_var.shape[4:])
+    # read-noise variance per unit sigma_r^2: 2 / c^2 times the tiles' sums of E[x^2] (the closed form's unit)
+    inv_c2 = np.broadcast_to(1.0 / layer.scale_c ** 2, (layer.groups, layer.outs, 1))[..., 0]        # G, O
+    read_unit = 2.0 * (g2 * tiles).sum(axis=3) * inv_c2
+    inj_read = device.read_noise.sigma ** 2 * read_unit
     inj_prog = np.multiply(g2, prog2, out=prog2 if prog2.shape == ps_var.shape else None).sum(axis=3)
     inj_adc = np.multiply(g2, ps_var)
     np.subtract(a_var, inj_adc, out=inj_adc)
@@ -139,4 +142,4 @@ def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.nda
     out_mean = layer.combine(a_mean, shape)
     out_var = layer.geometry.from_vectors(a_var.sum(axis=3), shape)
     return CrossbarMoments(mean, var, m_d, v_d, g_d, dac_resid, mu_vec, v_vec, w_bar, w_var, read_var, ps_mean, ps_var,
-                           a_mean, a_var, a_gain, inj_prog, inj_read, inj_adc, out_mean, out_var)
+                           a_mean, a_var, a_gain, inj_prog, inj_read, inj_adc, out_mean, out_var, read_unit)

@@ -58,9 +58,6 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None)
         c2 = np.broadcast_to(1.0 / layer.scale_c ** 2, layer.g_plus.shape)
         coef("w2", dw2.reshape(n, -1).sum(axis=1))                            # sum_w (dy/dw)^2
         coef("w2_over_c2", np.einsum("ngoj,goj->n", dw2, c2))                  # x 2 sigma^2 (unclipped)
-        if cm.read_unit is None:   # probe-independent: per output, 2 sum_j (mu_j^2 + v_j) / c^2 over its tiles
-            tiles = np.square(cm.adc_gain) * layer.tile_sums(cm.mu_vec ** 2 + cm.v_vec)      # N, P, G, R, O|1
-            cm.read_unit = 2.0 * tiles.sum(axis=3) * c2[:, :, 0]
         coef("read_unit", _sum_per_sample(y2 * cm.read_unit, n))              # x sigma_r^2
         if layer.adc_range is not None:
             adc_r2 = (layer.per_output(layer.adc_range) ** 2).sum(axis=1)     # G, O: summed over row tiles

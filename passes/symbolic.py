@@ -84,14 +84,14 @@ def weight_stat_function(clip: bool):
 
 
 def partial_sum_exprs() -> tuple[sp.Expr, sp.Expr, sp.Expr, sp.Expr]:
-    """(mean, variance, second-order programming term S v, read-noise term) of every tile's partial sums.
+    """(mean, variance, second-order programming term S v, tile sum of E[x^2]) of every tile's partial sums.
     Read noise R depends only on the output's scale c, so its term is R times the tile's sum of E[x^2]: a row
-    sum, not a matrix product."""
+    sum, not a matrix product (returned too: the read-noise injection and its closed-form unit derive from it)."""
     mean = Contract(_K, _wbar, _mu)
     prog2 = Contract(_K, _wvar, _v)
-    read = _rvar * TileSum(_T, _mu ** 2 + _v)
-    var = Contract(_K, _wbar ** 2, _v) + Contract(_K, _wvar, _mu ** 2) + prog2 + read
-    return mean, var, prog2, read
+    tiles = TileSum(_T, _mu ** 2 + _v)
+    var = Contract(_K, _wbar ** 2, _v) + Contract(_K, _wvar, _mu ** 2) + prog2 + _rvar * tiles
+    return mean, var, prog2, tiles
 
 
 @lru_cache(maxsize=None)
