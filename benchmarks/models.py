@@ -6,9 +6,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 
-def resnet18(num_classes: int = 1000, seed: int = 0, width: int = 64) -> onnx.ModelProto:
+def resnet18(num_classes: int = 1000, seed: int = 0, width: int = 64, size: int = 224) -> onnx.ModelProto:
     """ResNet-18 topology (torchvision layout: conv7x7/2, maxpool, 4 stages x 2 basic blocks, global
-    average pool, fc), He-initialised random weights, BatchNorm kept as separate nodes."""
+    average pool, fc) on size x size RGB inputs, He-initialised random weights, BatchNorm kept as separate nodes."""
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     counter = [0]
@@ -65,7 +65,7 @@ def resnet18(num_classes: int = 1000, seed: int = 0, width: int = 64) -> onnx.Mo
     b = const("fc_b", 0.01 * rng.standard_normal(num_classes))
     nodes.append(helper.make_node("Gemm", [flat, w, b], ["logits"], name="fc", transB=1))
     graph = helper.make_graph(
-        nodes, "resnet18", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 3, 224, 224])],
+        nodes, "resnet18", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", num_classes])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)

@@ -143,3 +143,13 @@ def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.nda
     out_var = layer.geometry.from_vectors(a_var.sum(axis=3), shape)
     return CrossbarMoments(mean, var, m_d, v_d, g_d, dac_resid, mu_vec, v_vec, w_bar, w_var, read_var, ps_mean, ps_var,
                            a_mean, a_var, a_gain, inj_prog, inj_read, inj_adc, out_mean, out_var, read_unit)
+
+
+def propagated_variance(layer: CrossbarLayer, cm: CrossbarMoments) -> np.ndarray:
+    """The part of the output variance (tensor layout) that the layer's input error makes: a_gain^2 (W_bar^2 v
+    + S v) over the row tiles, i.e. everything but the layer's own first-order programming noise, read noise
+    and ADC residual. (The backward pass carries exactly this part to the upstream sources; the refinement
+    rescales only it, the rest being exact per element.)"""
+    prop = np.square(cm.adc_gain) * layer.partial_sums(cm.v_vec, np.square(cm.w_bar))
+    return layer.geometry.from_vectors(prop.sum(axis=3) + cm.inj_programming, cm.mean_in.shape)
+

@@ -18,7 +18,7 @@ from memse_compiler.ir.ops import rule_for
 from memse_compiler.ir.pass_base import Pass, PassContext
 from memse_compiler.ir.ops.base import Linearization
 from memse_compiler.ir.ops.elementwise import ElementwiseRule
-from passes.crossbar_math import crossbar_moments
+from passes.crossbar_math import crossbar_moments, propagated_variance
 
 
 def mse_of(mean: np.ndarray, var: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
@@ -29,27 +29,45 @@ def mse_of(mean: np.ndarray, var: np.ndarray, ref: np.ndarray) -> tuple[float, f
 
 
 def refinement_factor(g: MemseGraph, lin: dict, moments: dict, tensor: str, var: np.ndarray,
-                      rng: np.random.Generator, probes: int) -> float:
+                      rng: np.random.Generator, probes: int, own_unit: str | None = None) -> float:
     """The factor that rescales a tensor's diagonal variances to the correlation-aware total that Rademacher
     probes of the sensitivity backward give (so downstream nonlinearities see the right spread). One factor
-    per tensor: pooled over samples, the probe estimate is stable with a few probes."""
-    from passes.sensitivity import backward
+    per tensor: pooled over samples, the probe estimate is stable with a few probes (each probe is two sweeps,
+    through a random chip and its mirror, to carry the second-order programming term: passes/sensitivity.py).
+    own_unit: a crossbar layer whose own noise (first-order programming, read, ADC: exact per element in the
+    forward) is left out of the probes' total; `var` is then the rest (crossbar_math.propagated_variance), and
+    the probes' noise from the layer's own, strongly position-correlated, programming noise is gone."""
+    from passes.sensitivity import chip_backward
     order = [u for u in schedule(g) if u in lin]
     total = [0.0]
 
     def add(unit, source, per_sample):
-        total[0] += float(np.sum(per_sample))
+        if unit != own_unit or source == "dac":
+            total[0] += float(np.sum(per_sample))
     for _ in range(probes):
-        backward(g, order, {tensor: rng.choice([-1.0, 1.0], size=var.shape)}, add, lin=lin, moments=moments)
+        chip_backward(g, order, {tensor: rng.choice([-1.0, 1.0], size=var.shape)}, add, lin=lin, moments=moments,
+                      rng=rng)
     diag = float(var.sum())
     return total[0] / probes / diag if diag > 0 else 1.0
+
+
+PROBE_BLOCKS = 2048   # refinement probes x independent blocks: ~3 % noise at most on a refinement factor
+
+
+def probes_for_tensor(shape: tuple, base: int) -> int:
+    """Refinement probes for a tensor: at least `base`, more (up to 8x) when it has few (sample, channel)
+    blocks. A Rademacher probe's error comes from the covariances inside a block (the errors of one channel
+    are correlated across positions), so its relative noise is ~sqrt(2 / blocks); small tensors are also
+    cheap to sweep, so the cost per tensor stays about the same."""
+    blocks = int(np.prod(shape[:2])) if len(shape) >= 2 else int(np.prod(shape))
+    return max(base, min(8 * base, -(-PROBE_BLOCKS // max(blocks, 1))))
 
 
 def window_correlation(g: MemseGraph, lin: dict, moments: dict, tensor: str, attrs: dict,
                        rng: np.random.Generator, probes: int) -> np.ndarray:
     """Mean correlation (per sample) of the errors inside a pooling window: probes with one random sign
     per window measure sum_w Var(sum_{i in w} x_i); the excess over sum_i Var(x_i) is the covariance."""
-    from passes.sensitivity import backward, spread_per_sample
+    from passes.sensitivity import chip_backward, spread_per_sample
     windows, one_d = attrs["windows"], attrs["one_d"]
     var = moments[tensor][1]
     n = var.shape[0]
@@ -63,7 +81,7 @@ def window_correlation(g: MemseGraph, lin: dict, moments: dict, tensor: str, att
     for _ in range(probes):
         sign = rng.choice([-1.0, 1.0], size=out_shape)
         u = windows.scatter(np.broadcast_to(sign[..., None, None], out_shape + windows.kernel))
-        backward(g, order, {tensor: u[:, :, 0, :] if one_d else u}, add, lin=lin, moments=moments)
+        chip_backward(g, order, {tensor: u[:, :, 0, :] if one_d else u}, add, lin=lin, moments=moments, rng=rng)
     s = np.sqrt(windows.extract(v4, fill=0.0))
     s = s.reshape(s.shape[:4] + (-1,))
     cross = (s.sum(axis=-1) ** 2 - (s * s).sum(axis=-1)).reshape(n, -1).sum(axis=1)
@@ -104,8 +122,10 @@ def tile_signals(layer, cm, x_ref: np.ndarray) -> dict[str, tuple]:
 MODES = {  # analysis modes (CLI --mode): how much of the error correlation the forward pass accounts for
     "diagonal": {"refine_probes": 0, "residual": "independent", "sensitivity": False},
     "sensitivity": {"refine_probes": 0, "residual": "coherent", "sensitivity": True},
-    "refined": {"refine_probes": 4, "residual": "coherent", "sensitivity": True},
+    # a probe is two backward sweeps (a random chip and its mirror); 2 probes matched 4 on the accuracy grid
+    "refined": {"refine_probes": 2, "residual": "coherent", "sensitivity": True},
 }
+RESIDUALS = {"coherent": 1.0, "independent": 0.0}
 DEFAULT_MODE = "refined"
 
 
@@ -125,7 +145,11 @@ def analysis_options(options: dict) -> dict:
     mode = options.get("mode", DEFAULT_MODE)
     if mode not in MODES:
         raise ValueError(f"unknown analysis mode '{mode}' (choose from {', '.join(MODES)})")
-    return {**MODES[mode], **{k: v for k, v in options.items() if k in MODES[mode]}}
+    settings = {**MODES[mode], **{k: v for k, v in options.items() if k in MODES[mode]}}
+    r = settings["residual"]
+    if r not in RESIDUALS and not (isinstance(r, (int, float)) and 0.0 <= r <= 1.0):
+        raise ValueError(f"residual must be 'coherent', 'independent' or a fraction in [0, 1], not {r!r}")
+    return settings
 
 
 def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
@@ -133,7 +157,9 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
     """Moments of every tensor (and every lowered layer's internal signals) on `device`, without touching
     the graph: (moments, linearizations, internal signals (only if `signals`)). Options: `refine_probes` (0 = purely diagonal),
     `residual` ("coherent": a nonlinearity's residual variance follows its input's error, so correlated
-    inputs give correlated residuals; "independent": injected per element), `seed`.
+    inputs give correlated residuals; "independent": injected per element; a number in [0, 1]: that fraction
+    coherent. The true correlation of the residuals of two inputs of correlation rho is ~rho^2 (Hermite),
+    between the two), `seed`.
     `refinement`: an empty dict is filled with what the refinement measured (tensor -> variance factor,
     MaxPool unit -> per-sample window correlation); a filled one is applied instead of probing again, for
     cheap passes at other noise levels (the closed form's bias law)."""
@@ -148,7 +174,7 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
     refine = pool_refine = int(settings["refine_probes"])
     if refine and "refine_probes" not in options and model_macs(g) > LARGE_MODEL_MACS:
         refine = 0     # refinement costs a backward pass per layer and probe: O(layers^2) on large models
-    coherent = settings["residual"] == "coherent"
+    coherent = float(RESIDUALS.get(settings["residual"], settings["residual"]))
     rng = np.random.default_rng(options.get("seed", 0) + 1)
     reuse = bool(refinement)
 
@@ -168,9 +194,13 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
             lin[unit] = cm
             moments[layer.output] = (cm.out_mean, cm.out_var)
             if refine:
-                f = refined(layer.output, lambda: refinement_factor(g, lin, moments, layer.output, cm.out_var,
-                                                                     rng, refine))
-                moments[layer.output] = (cm.out_mean, cm.out_var * (1.0 if f is None else f))
+                # only the part the input error makes is rescaled: the layer's own noise is exact per element
+                prop = propagated_variance(layer, cm)
+                f = refined(layer.output, lambda: refinement_factor(
+                    g, lin, moments, layer.output, prop, rng, probes_for_tensor(prop.shape, refine),
+                    own_unit=unit) if prop.any() else 1.0)
+                var = cm.out_var if f is None else np.maximum(cm.out_var + (f - 1.0) * prop, 0.0)
+                moments[layer.output] = (cm.out_mean, var)
             if not signals:
                 continue
             internal.update(tile_signals(layer, cm, ref[layer.input]))
@@ -191,28 +221,30 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
         rule = rule_for(d["op"])
         means, variances, lz = rule.moments(attrs, [a for a, _ in ins], [b for _, b in ins])
         if coherent and isinstance(rule, ElementwiseRule):
-            lz = coherent_residual(lz, ins[0][1])
+            lz = coherent_residual(lz, ins[0][1], coherent)
         lin[unit] = lz
         for t, m, v in zip(d["outputs"], means, variances):
             # an average over positions is where the diagonal model fails most (programming noise is shared
             # by every position: ResNet-18's global pool was 5x too low), and there are few such tensors:
             # refined even on large models
             if pool_refine and d["op"] in AVERAGING_OPS and t in g.tensors:
-                f = refined(t, lambda: refinement_factor(g, lin, moments, t, v, rng, pool_refine))
+                f = refined(t, lambda: refinement_factor(g, lin, moments, t, v, rng,
+                                                         probes_for_tensor(v.shape, pool_refine)))
                 v = v if f is None else v * f
             moments[t] = (m, v)
     return moments, lin, internal
 
 
-def coherent_residual(lz: Linearization, var_in: np.ndarray) -> Linearization:
-    """Fold an element-wise nonlinearity's residual variance into its gain: |gain_eff|^2 var_in =
-    gain^2 var_in + residual. Its own variance is unchanged, but the residual now carries the input's
-    correlations (Hermite terms of strongly correlated inputs are strongly correlated too)."""
+def coherent_residual(lz: Linearization, var_in: np.ndarray, fraction: float = 1.0) -> Linearization:
+    """Fold `fraction` of an element-wise nonlinearity's residual variance into its gain: |gain_eff|^2 var_in =
+    gain^2 var_in + fraction * residual; the rest stays an independent injection. Its own variance is
+    unchanged, but that part of the residual now carries the input's correlations."""
     gain, resid = lz.gains[0], lz.residual[0]
     pos = var_in > 0
-    eff = np.sign(gain) * np.sqrt(gain ** 2 + np.where(pos, resid / np.where(pos, var_in, 1.0), 0.0))
-    eff = np.where(gain == 0, np.sqrt(np.where(pos, resid / np.where(pos, var_in, 1.0), 0.0)), eff)
-    return Linearization(gains=[eff], residual=[np.where(pos, 0.0, resid)])
+    extra = np.where(pos, fraction * resid / np.where(pos, var_in, 1.0), 0.0)
+    eff = np.sign(gain) * np.sqrt(gain ** 2 + extra)
+    eff = np.where(gain == 0, np.sqrt(extra), eff)
+    return Linearization(gains=[eff], residual=[np.where(pos, (1.0 - fraction) * resid, resid)])
 
 
 class EvaluateMoments(Pass):

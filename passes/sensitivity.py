@@ -11,7 +11,11 @@ each graph output, for one input sample, as a linear response to every independe
                                                                       second-order S*v, nonlinear residuals
 
 with dy_k/dw the per-sample weight gradient (sum over conv positions of output sensitivity x input mean):
-every shared-weight correlation is captured, and no covariance matrix is ever formed. Sensitivities come
+every shared-weight correlation is captured, and no covariance matrix is ever formed. The second-order
+programming term dW * (input error) is coherent across positions too (dW is shared, and the input error is
+correlated across positions): with `rng`, the backward runs through a random chip, W_bar + r sqrt(S) with
+Rademacher r, so each probe also carries b = (r sqrt(S))^T g to the layer input, and E_r[Var((g + b)^T e)] =
+Var(g^T e) + sum_{o,j} S_oj Var(sum_p g_po e_pj): the exact second-order term, without a nested sweep. Sensitivities come
 from one backward pass per output element through the Bussgang gains E[f'(X)] of the forward pass, or,
 when an output has more than `max_exact` elements per sample, from Rademacher probes u (E_u (u^T J)^2 =
 sum_k J_k^2) that estimate the mean variance without bias.
@@ -41,9 +45,40 @@ def _sum_per_sample(a: np.ndarray, n: int) -> np.ndarray:
     return a.reshape(n, -1).sum(axis=1)
 
 
-def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None) -> np.ndarray:
+def needs_chip(cm: CrossbarMoments) -> bool:
+    """Whether a layer's second-order programming term needs the random chip: when its weights are shared by
+    several positions. With one position per vector the forward's independent S v is right, given the
+    input variance v (in the refined mode, v carries the correlation-aware refinement), so a network of
+    such layers (an MLP) keeps one sweep per probe; otherwise every layer runs through the chip, which is
+    exact in the linear model whatever v the forward has."""
+    return cm.mu_vec.shape[1] > 1 and bool(np.any(cm.w_var))
+
+
+class RandomChip:
+    """The weights a backward sweep runs through to carry the second-order programming term: W_bar + r sqrt(S),
+    r = +-1 per weight, drawn once per layer; `mirrored()` is the same chip with -r."""
+
+    def __init__(self, rng: np.random.Generator, signs: dict | None = None, sign: float = 1.0):
+        self.rng, self.signs, self.sign = rng, {} if signs is None else signs, sign
+
+    def matrix(self, unit: str, cm: CrossbarMoments) -> np.ndarray:
+        bits = self.signs.get(unit)
+        if bits is None:
+            raw = np.frombuffer(self.rng.bytes(-(-cm.w_bar.size // 8)), np.uint8)
+            bits = self.signs[unit] = np.unpackbits(raw, count=cm.w_bar.size).reshape(cm.w_bar.shape)
+        r = bits.astype(cm.w_bar.dtype) * (2.0 * self.sign) - self.sign
+        return cm.w_bar + r * np.sqrt(cm.w_var)
+
+    def mirrored(self) -> "RandomChip":
+        return RandomChip(self.rng, self.signs, -self.sign)
+
+
+def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None,
+                   chip: np.ndarray | None = None) -> np.ndarray:
     """Sensitivity of one output probe through a crossbar layer. Adds the variance each source of the
-    layer contributes (per sample) via `add(source, per_sample)`; returns the input sensitivity."""
+    layer contributes (per sample) via `add(source, per_sample)`; returns the input sensitivity.
+    chip: the random chip's weights to run through (the coherent second-order term); None: W_bar, and that
+    term is taken as independent per position (the forward's S v)."""
     g_y = layer.geometry.from_vectors_T(gout)                              # N, P, G, O
     n = g_y.shape[0]          # vectors' leading axis: the batch, except for W @ x (columns of x)
     g_ps = g_y[:, :, :, None, :] * cm.adc_gain                             # N, P, G, R, O
@@ -64,12 +99,14 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None)
             coef("adc_unit", _sum_per_sample(y2 * adc_r2 / 12.0, n))           # x 1 / (2^(b-1) - 1)^2
         else:
             coef("adc_unit", np.zeros(n))
-    add("programming", _sum_per_sample(y2 * cm.inj_programming, n))
+    through = cm.w_bar if chip is None else chip
+    if chip is None:
+        add("programming", _sum_per_sample(y2 * cm.inj_programming, n))
     if np.any(cm.inj_read):
         add("read", _sum_per_sample(y2 * cm.inj_read, n))
     if np.any(cm.inj_adc):
         add("adc", _sum_per_sample(y2 * cm.inj_adc, n))
-    g_vec = layer.partial_sums_T(np.ascontiguousarray(g_ps), cm.w_bar)[..., : layer.weight.shape[2]]
+    g_vec = layer.partial_sums_T(np.ascontiguousarray(g_ps), through)[..., : layer.weight.shape[2]]
     g_dac = layer.geometry.to_vectors_T(g_vec, cm.mean_in.shape)
     if np.any(cm.dac_resid):
         add("dac", _sum_per_sample(g_dac * g_dac * cm.dac_resid, g_dac.shape[0]))
@@ -79,10 +116,10 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None)
 
 
 def backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add, coef=None,
-             lin: dict | None = None, moments: dict | None = None) -> None:
+             lin: dict | None = None, moments: dict | None = None, chip: RandomChip | None = None) -> None:
     """One backward sweep from `probe` (tensor -> sensitivity) through the units in reverse `order`.
     `add(unit, source, per_sample_variance)`; `coef(unit, name, per_sample)` receives the closed form's
-    unit coefficients (None: not computed)."""
+    unit coefficients (None: not computed); `chip`: run through that random chip (see `layer_backward`)."""
     lin = g.graph["linearization"] if lin is None else lin
     moments = g.graph["moments"] if moments is None else moments
     consts = g.graph["constants"]
@@ -94,7 +131,8 @@ def backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add,
             if gout is None:
                 continue
             gin = layer_backward(layer, lin[unit], gout, lambda s, v, u=unit: add(u, s, v),
-                                 None if coef is None else (lambda s, v, u=unit: coef(u, s, v)))
+                                 None if coef is None else (lambda s, v, u=unit: coef(u, s, v)),
+                                 chip.matrix(unit, lin[unit]) if chip is not None and np.any(lin[unit].w_var) else None)
             grads[layer.input] = grads[layer.input] + gin if layer.input in grads else gin
             continue
         d = g.nodes[unit]
@@ -111,6 +149,24 @@ def backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add,
             if gi is None or t in consts:
                 continue
             grads[t] = grads[t] + gi if t in grads else gi
+
+
+def chip_backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add, coef=None,
+                  lin: dict | None = None, moments: dict | None = None,
+                  rng: np.random.Generator | None = None) -> None:
+    """`backward` through a random chip and through its mirror (-r), each weighted 1/2: the cross terms
+    between the probe's sensitivity and the second-order part cancel exactly, leaving Var(g^T e) + Var(b^T e)
+    (module docstring). rng None, or no layer shares its weights across positions: one sweep through W_bar."""
+    lin = g.graph["linearization"] if lin is None else lin
+    if rng is None or not any(needs_chip(lin[u]) for u in order if u in g.layers):
+        backward(g, order, probe, add, coef, lin=lin, moments=moments)
+        return
+    chip = RandomChip(rng)
+
+    def half(f):
+        return lambda unit, name, per_sample: f(unit, name, 0.5 * per_sample)
+    for c in (chip, chip.mirrored()):
+        backward(g, order, probe, half(add), None if coef is None else half(coef), lin=lin, moments=moments, chip=c)
 
 
 def probes_for(shape: tuple, max_exact: int, n_probes: int, rng: np.random.Generator):
@@ -132,16 +188,17 @@ class Sensitivity(Pass):
     name = "sensitivity"
 
     def __init__(self, max_exact: int = 64, probes: int | None = None):
-        # probes=None: 16 Rademacher probes (one backward pass each); 4 on large models, where 4 seeds
-        # of the ResNet-18 shape agreed within 3.5%
+        # probes=None: 16 Rademacher probes (each a backward pass, or two through a random chip and its
+        # mirror); 4 on large models, where 4 seeds of the ResNet-18 shape agreed within 3.5%; more on an
+        # output with few (sample, channel) blocks (moments.probes_for_tensor), whose probes are noisier
         self.max_exact, self.probes_option = max_exact, probes
 
     def apply(self, g: MemseGraph, ctx: PassContext) -> MemseGraph:
-        from passes.moments import LARGE_MODEL_MACS, analysis_options, model_macs
+        from passes.moments import LARGE_MODEL_MACS, analysis_options, model_macs, probes_for_tensor
         if not analysis_options(ctx.options)["sensitivity"]:
             return g
-        self.probes = self.probes_option or int(ctx.options.get("probes") or
-                                                (16 if model_macs(g) < LARGE_MODEL_MACS else 4))
+        fixed = self.probes_option or ctx.options.get("probes")
+        self.probes = int(fixed or (16 if model_macs(g) < LARGE_MODEL_MACS else 4))
         t0 = time.perf_counter()
         rng = np.random.default_rng(ctx.options.get("seed", 0))
         lin, moments, ref = g.graph["linearization"], g.graph["moments"], g.graph["reference"]
@@ -158,7 +215,8 @@ class Sensitivity(Pass):
             by_unit: dict[str, float] = defaultdict(float)
             by_unit_source: dict[tuple, float] = defaultdict(float)
 
-            for probe, idx in probes_for(mean.shape, self.max_exact, self.probes, rng):
+            n_probes = self.probes if fixed else probes_for_tensor(mean.shape, self.probes)
+            for probe, idx in probes_for(mean.shape, self.max_exact, n_probes, rng):
                 acc = np.zeros(n)
 
                 def add(unit, source, per_sample, acc=acc):
@@ -170,16 +228,16 @@ class Sensitivity(Pass):
 
                 def coef(unit, name, per_sample):
                     by_unit_source[unit, "_" + name] += float(per_sample.sum())
-                backward(g, order, {out: probe}, add, coef)
+                chip_backward(g, order, {out: probe}, add, coef, rng=rng)
                 total += acc
                 if exact:
                     per_elem[:, idx] = acc
-            norm = n * k if exact else n * k * self.probes   # -> mean over samples and elements
+            norm = n * k if exact else n * k * n_probes   # -> mean over samples and elements
             variance = float(total.sum() / norm)
             b2 = float(np.mean((mean - ref[out]) ** 2))
             entry = analysis["outputs"][out]
             entry.update(mse=b2 + variance, bias2=b2, variance=variance, method="sensitivity",
-                         probes=None if exact else self.probes,
+                         probes=None if exact else n_probes,
                          sources={s: by_source.get(s, 0.0) / norm for s in SOURCES},
                          layer_shares={u: v / norm for u, v in by_unit.items()})
             g.graph.setdefault("sensitivity", {})[out] = {f"{u}|{src}": v / norm

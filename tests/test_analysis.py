@@ -74,6 +74,21 @@ def test_refined_mode_gets_the_inner_layers_right():
     assert sens["/conv2/Conv"] < 0.85 * mc["layers"]["/conv2/Conv"]
 
 
+def test_refinement_leaves_a_layers_own_noise_exact():
+    """The refinement rescales only the part of a layer's output variance that its input error makes (the
+    probes' estimate of it); the layer's own noise is exact per element. So the first layer (exact input, no
+    DAC) keeps exactly the diagonal variance, and every layer's variance is at least its own noise."""
+    from passes.crossbar_math import propagated_variance
+    g, _ = analyse("cnn", [], n=8)
+    diag, _ = analyse("cnn", [], n=8, mode="diagonal")
+    first, *rest = g.layers.values()
+    np.testing.assert_array_equal(g.graph["moments"][first.output][1], diag.graph["moments"][first.output][1])
+    for layer in rest:
+        cm = g.graph["linearization"][layer.name]
+        own = cm.out_var - propagated_variance(layer, cm)
+        assert np.all(g.graph["moments"][layer.output][1] >= own - 1e-15)
+
+
 def _single_gemm(w: np.ndarray, b: np.ndarray) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", w.shape[1]])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", w.shape[0]])
@@ -134,6 +149,42 @@ def test_global_average_pool_of_a_conv_by_hand():
     assert float(var.mean()) == pytest.approx(float(want.mean()), rel=1e-6)
     diag = compile_model(model, dev, x, options={"mode": "diagonal"})[0].graph["moments"]["p"][1]
     assert float(diag.mean()) < 0.5 * float(want.mean())                            # the test is sharp
+
+
+def test_second_order_programming_term_by_hand():
+    """1x1 conv -> 1x1 conv -> GlobalAveragePool: the pooled output is (W2 + d2)(W1 + d1) xbar, so
+    Var(y_o) = S2 |W1 xbar|^2 + S1 |xbar|^2 sum_j W2_oj^2 + C1 S1 S2 |xbar|^2 exactly (S = 2 sigma^2 / c^2,
+    continuous levels, no clipping). The last, second-order term is coherent over positions: d2 is shared and
+    so is the input error d1 x_p. The sensitivity backward through a random chip and its mirror gives it
+    exactly (Rademacher signs, one-hot output probes); taken as independent per position it is ~P times
+    too small."""
+    rng = np.random.default_rng(2)
+    c0, c1, c2 = 3, 6, 4
+    w1, w2 = rng.standard_normal((c1, c0, 1, 1)), rng.standard_normal((c2, c1, 1, 1))
+    x = rng.random((3, c0, 5, 5))
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["h"], name="conv1"),
+             helper.make_node("Conv", ["h", "W2"], ["c"], name="conv2"),
+             helper.make_node("GlobalAveragePool", ["c"], ["p"], name="gap"),
+             helper.make_node("Flatten", ["p"], ["y"], name="flat")]
+    graph = helper.make_graph(nodes, "two_convs", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                                  ["N", c0, 5, 5])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", c2])],
+                              [numpy_helper.from_array(w1.astype(np.float32), "W1"),
+                               numpy_helper.from_array(w2.astype(np.float32), "W2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sigma = 2e-5                          # 20% of the window: the second-order term is a sizeable share
+    dev = load_device("ideal", ["conductance.levels=null", f"programming_noise.sigma={sigma}",
+                                "programming_noise.clip_at_zero=false"])
+    g, _ = compile_model(model, dev, x)
+    s1, s2 = (2 * sigma ** 2 / float(layer.scale_c.ravel()[0]) ** 2 for layer in g.layers.values())
+    a, b = (w.astype(np.float32).astype(float)[:, :, 0, 0] for w in (w1, w2))
+    xbar = x.astype(np.float32).astype(float).mean(axis=(2, 3))                     # N, C0
+    xx = (xbar ** 2).sum(axis=1)[:, None]
+    second = c1 * s1 * s2 * xx
+    want = s2 * ((xbar @ a.T) ** 2).sum(axis=1)[:, None] + s1 * xx * (b ** 2).sum(axis=1)[None, :] + second
+    out = g.graph["analysis"]["outputs"]["y"]
+    assert out["variance"] == pytest.approx(float(want.mean()), rel=1e-6)
+    assert float(second.mean()) > 0.1 * float(want.mean())                          # the test is sharp
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn"])
