@@ -116,6 +116,15 @@ def run_point(model: str, point: str, sets: list[str], x: np.ndarray, args) -> d
     mc = run_montecarlo(g, dev, x, chips=args.max_chips, precision=args.precision, seed=args.seed,
                         min_chips=args.min_chips, progress=False, signals=[])
     o = mc["outputs"][OUTPUT]
+    layers = []
+    if point == LAYER_POINT:     # every crossbar layer's output MSE, in the three modes, against the same MC
+        gs, _ = compile_model(str(path), dev, x, options={"mode": "sensitivity"})
+        for name, layer in g.layers.items():
+            m = mc["signals"][layer.output]
+            layers.append({"layer": name, "output": layer.output == OUTPUT, "mc": m["mse"],
+                           "hw": (m["ci95"][1] - m["ci95"][0]) / 2, "refined": g.graph["analysis"]["layers"][name],
+                           "sensitivity": gs.graph["analysis"]["layers"][name],
+                           "diagonal": gd.graph["analysis"]["layers"][name]})
     lo, hi = o["ci95"]
     hw = (hi - lo) / 2
     rel = an["mse"] / o["mse"] - 1.0
@@ -125,7 +134,33 @@ def run_point(model: str, point: str, sets: list[str], x: np.ndarray, args) -> d
             "hi": hi, "hw_rel": hw / o["mse"], "chips": mc["chips"],
             "capped": mc["chips"] >= args.max_chips and hw > args.precision * o["mse"],
             "rel": rel, "rel_d": rel_d, "ok": abs(rel) <= 0.10, "ok_d": abs(rel_d) <= 0.10,
-            "an_s": an_s, "mc_s": mc["mc_s"], "wall_s": time.perf_counter() - t}
+            "an_s": an_s, "mc_s": mc["mc_s"], "wall_s": time.perf_counter() - t, "layers": layers}
+
+
+LAYER_POINT = "rram"
+MODES = ("refined", "sensitivity", "diagonal")
+
+
+def layer_table(rows: list[dict]) -> list[str]:
+    """Per crossbar layer at LAYER_POINT: each mode's output MSE and its error against the Monte-Carlo."""
+    sel = [(r["model"], lr) for r in rows for lr in r["layers"]]
+    if not sel:
+        return []
+    out = ["", f"## Every crossbar layer's output MSE at the `{LAYER_POINT}` point", "",
+           "| model | layer | MC MSE | CI hw | " + " | ".join(f"{m} (rel err)" for m in MODES) + " |",
+           "|" + "|".join(["---"] * (4 + len(MODES))) + "|"]
+    for model, lr in sel:
+        cells = " | ".join(f"{lr[m]:.4g} ({(lr[m] / lr['mc'] - 1) * 100:+.1f}%)" for m in MODES)
+        out.append(f"| {model} | {lr['layer']}{' (output)' if lr['output'] else ''} | {lr['mc']:.4g} "
+                   f"| {lr['hw'] / lr['mc'] * 100:.1f}% | {cells} |")
+    out.append("")
+    for kind, pick in (("output layers", True), ("inner layers", False)):
+        part = [lr for _, lr in sel if lr["output"] == pick]
+        if part:
+            rng = "; ".join(f"{m} {min(lr[m] / lr['mc'] - 1 for lr in part) * 100:+.1f} to "
+                            f"{max(lr[m] / lr['mc'] - 1 for lr in part) * 100:+.1f}%" for m in MODES)
+            out.append(f"- {kind} ({len(part)}): {rng}")
+    return out
 
 
 HEAD = ("| model | point | sigma/G | analysis MSE | MC MSE | MC 95% CI | CI hw | chips | rel err | <=10% "
@@ -212,7 +247,7 @@ def main() -> None:
     total = time.perf_counter() - t_all
     summ = summary(rows)
     bad = [r for r in rows if not r["ok"]]
-    tail = ["", "## Summary", ""] + summ + [f"- total run time {total / 60:.1f} min", ""]
+    tail = layer_table(rows) + ["", "## Summary", ""] + summ + [f"- total run time {total / 60:.1f} min", ""]
     if bad:
         tail += ["## Cases where the analysis is off by more than 10%", "",
                  "| model | point | analysis MSE | MC MSE | MC 95% CI | rel err | chips |", "|---|---|---|---|---|---|---|"]

@@ -62,6 +62,14 @@ def test_rectified_keeps_precision_far_above_zero():
     assert var == pytest.approx(4 * (0.5 - 1 / (2 * math.pi)), rel=1e-6)
 
 
+def test_rectified_with_a_vanishing_spread_is_the_constant():
+    """A spread 1e-200 of the mean (rounding left over by a variance correction): no overflow, no NaN."""
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        mean, var = stats.rectified_moments(np.array([1.5, -1.5, 0.0]), np.array([1e-200, 1e-200, 0.0]))
+    np.testing.assert_array_equal(mean, [1.5, 0.0, 0.0])
+    np.testing.assert_array_equal(var, [0.0, 0.0, 0.0])          # 1e-400 underflows to 0
+
+
 @pytest.mark.parametrize("mu,var", [(0.33, 1e-3), (0.33, 0.02), (1.3, 0.05), (0.37, 0.0121), (0.37, 0.3),
                                     (0.5, 0.04), (-0.66, 0.002), (0.02, 0.5)])
 def test_quantizer_moments(mu, var):

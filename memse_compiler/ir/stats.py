@@ -109,8 +109,8 @@ def rectified_moments(m: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndar
     """Mean and variance of max(X, 0), X ~ N(m, s^2). Written in the upper-tail probability Q so the
     variance keeps its precision when m >> s (a programmed conductance far above 0)."""
     m, s = np.broadcast_arrays(np.asarray(m, float), np.asarray(s, float))
-    pos = s > 0
-    t = _safe_div(m, s)
+    pos = s > 1e-30 * np.abs(m)          # a spread below 1e-30 of the mean: a constant (t^2 would overflow)
+    t = _safe_div(m, np.where(pos, s, 0.0))
     q = norm_sf(t)                       # P(X < 0)
     phi = norm_pdf(t)
     # standardised moments of max(Z + t, 0): mean = t(1-q) + phi, var below is that of E[.^2] - mean^2
@@ -121,7 +121,7 @@ def rectified_moments(m: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndar
     ex2 = (t * t + 1.0) * (1.0 - q) + t * phi
     var_std = np.where(neg, ex2 - mean_std ** 2, var_std)
     mean = np.where(pos, s * mean_std, np.maximum(m, 0.0))
-    var = np.where(pos, s * s * np.maximum(var_std, 0.0), 0.0)
+    var = np.where(pos, s * s * np.maximum(var_std, 0.0), np.where(m > 0, s * s, 0.0))
     return mean, var
 
 
