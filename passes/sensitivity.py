@@ -169,17 +169,35 @@ def chip_backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray],
         backward(g, order, probe, half(add), None if coef is None else half(coef), lin=lin, moments=moments, chip=c)
 
 
-def probes_for(shape: tuple, max_exact: int, n_probes: int, rng: np.random.Generator):
-    """Yield (probe array, weight): one-hot per output element, or Rademacher vectors."""
+def probes_for(shape: tuple, max_exact: int, n_probes: int, rng: np.random.Generator) -> tuple[list, int]:
+    """Output probes and how many estimates of the whole trace they sum to: ([(probe, element index or
+    None)], traces).
+
+    * at most `max_exact` elements per sample: one-hot per element (exact, one trace);
+    * positions (axes 2+) at most `n_probes`: one probe per position, random signs over samples and
+      channels there, repeated n_probes // positions times. The errors of one channel are strongly
+      correlated across positions (shared weights), which is what makes Rademacher probes noisy; these
+      probes never pair two positions;
+    * otherwise `n_probes` Rademacher vectors."""
     k = int(np.prod(shape[1:]))
     if k <= max_exact:
+        out = []
         for i in range(k):
             p = np.zeros((shape[0], k))
             p[:, i] = 1.0
-            yield p.reshape(shape), i
-    else:
-        for _ in range(n_probes):
-            yield rng.choice([-1.0, 1.0], size=shape), None
+            out.append((p.reshape(shape), i))
+        return out, 1
+    positions = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    if 1 < positions <= n_probes:
+        rounds = n_probes // positions
+        out = []
+        for _ in range(rounds):
+            for pos in range(positions):
+                p = np.zeros(shape[:2] + (positions,))
+                p[:, :, pos] = rng.choice([-1.0, 1.0], size=shape[:2])
+                out.append((p.reshape(shape), None))
+        return out, rounds
+    return [(rng.choice([-1.0, 1.0], size=shape), None) for _ in range(n_probes)], n_probes
 
 
 class Sensitivity(Pass):
@@ -216,7 +234,8 @@ class Sensitivity(Pass):
             by_unit_source: dict[tuple, float] = defaultdict(float)
 
             n_probes = self.probes if fixed else probes_for_tensor(mean.shape, self.probes)
-            for probe, idx in probes_for(mean.shape, self.max_exact, n_probes, rng):
+            probes, traces = probes_for(mean.shape, self.max_exact, n_probes, rng)
+            for probe, idx in probes:
                 acc = np.zeros(n)
 
                 def add(unit, source, per_sample, acc=acc):
@@ -232,12 +251,12 @@ class Sensitivity(Pass):
                 total += acc
                 if exact:
                     per_elem[:, idx] = acc
-            norm = n * k if exact else n * k * n_probes   # -> mean over samples and elements
+            norm = n * k * traces   # -> mean over samples and elements
             variance = float(total.sum() / norm)
             b2 = float(np.mean((mean - ref[out]) ** 2))
             entry = analysis["outputs"][out]
             entry.update(mse=b2 + variance, bias2=b2, variance=variance, method="sensitivity",
-                         probes=None if exact else n_probes,
+                         probes=None if exact else len(probes),
                          sources={s: by_source.get(s, 0.0) / norm for s in SOURCES},
                          layer_shares={u: v / norm for u, v in by_unit.items()})
             g.graph.setdefault("sensitivity", {})[out] = {f"{u}|{src}": v / norm

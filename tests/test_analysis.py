@@ -89,6 +89,30 @@ def test_refinement_leaves_a_layers_own_noise_exact():
         assert np.all(g.graph["moments"][layer.output][1] >= own - 1e-15)
 
 
+def test_conv_output_probes_never_pair_positions():
+    """A conv layer as the graph output (6 x 8 x 8 elements per sample: probes, not one-hot): its errors are
+    correlated across positions (shared weights) but not across channels (independent weight rows, exact
+    input). One probe per position with random channel signs is then exact, where Rademacher probes over
+    all elements are off by ~10 % here."""
+    from passes.sensitivity import probes_for
+    rng = np.random.default_rng(4)
+    w, x = rng.standard_normal((6, 2, 3, 3)), rng.random((3, 2, 8, 8))
+    node = helper.make_node("Conv", ["x", "W"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                            ["N", 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 6, 8, 8])],
+                              [numpy_helper.from_array(w.astype(np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    dev = load_device("rram", ["adc.bits=null", "read_noise.sigma=0"])
+    g, _ = compile_model(model, dev, x)
+    out = g.graph["analysis"]["outputs"]["y"]
+    assert out["probes"] == 64
+    assert out["variance"] == pytest.approx(out["variance_diagonal"], rel=1e-9)
+    probes, traces = probes_for((3, 6, 8, 8), 64, 128, rng)
+    assert len(probes) == 128 and traces == 2
+    assert np.array_equal(sum(np.abs(p) for p, _ in probes), np.full((3, 6, 8, 8), 2.0))   # each element twice
+
+
 def _single_gemm(w: np.ndarray, b: np.ndarray) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", w.shape[1]])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", w.shape[0]])
