@@ -113,6 +113,24 @@ def test_conv_output_probes_never_pair_positions():
     assert np.array_equal(sum(np.abs(p) for p, _ in probes), np.full((3, 6, 8, 8), 2.0))   # each element twice
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_residual_fraction_keeps_each_elements_variance(fraction):
+    """A ReLU's residual (its variance beyond the Bussgang gain) split into a coherent part, folded into the
+    gain, and an independent injection: the element's own variance is unchanged whatever the split."""
+    from memse_compiler.ir import stats
+    from memse_compiler.ir.ops.base import Linearization
+    from passes.moments import analysis_options, coherent_residual
+    mu, var = np.array([-0.3, 0.0, 0.2, 1.5, 0.4]), np.array([0.04, 0.09, 0.01, 0.2, 0.0])
+    m = stats.relu_moments(mu, var)
+    resid = np.maximum(m.var - m.gain ** 2 * var, 0.0)
+    lz = coherent_residual(Linearization(gains=[m.gain], residual=[resid]), var, fraction)
+    np.testing.assert_allclose(lz.gains[0] ** 2 * var + lz.residual[0], m.gain ** 2 * var + resid, rtol=1e-12)
+    np.testing.assert_allclose(lz.residual[0][var > 0], (1 - fraction) * resid[var > 0], rtol=1e-12)
+    assert analysis_options({"residual": fraction})["residual"] == fraction
+    with pytest.raises(ValueError, match="residual"):
+        analysis_options({"residual": 1.5})
+
+
 def _single_gemm(w: np.ndarray, b: np.ndarray) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", w.shape[1]])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", w.shape[0]])
