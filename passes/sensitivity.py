@@ -106,7 +106,7 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None,
         add("read", _sum_per_sample(y2 * cm.inj_read, n))
     if np.any(cm.inj_adc):
         add("adc", _sum_per_sample(y2 * cm.inj_adc, n))
-    g_vec = layer.partial_sums_T(np.ascontiguousarray(g_ps), through)[..., : layer.weight.shape[2]]
+    g_vec = layer.partial_sums_T(np.ascontiguousarray(g_ps), through, rows=layer.weight.shape[2])
     g_dac = layer.geometry.to_vectors_T(g_vec, cm.mean_in.shape)
     if np.any(cm.dac_resid):
         add("dac", _sum_per_sample(g_dac * g_dac * cm.dac_resid, g_dac.shape[0]))

@@ -144,20 +144,24 @@ class CrossbarLayer:
         starts = np.arange(0, self.rows, self.rows_per_tile)
         return np.add.reduceat(vec, starts, axis=-1)[..., None]
 
-    def partial_sums_T(self, dps: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-        """Transpose of `partial_sums` in its vector argument: (N, P, G, R, O) -> (N, P, G, Jb)."""
+    def partial_sums_T(self, dps: np.ndarray, matrix: np.ndarray, rows: int | None = None) -> np.ndarray:
+        """Transpose of `partial_sums` in its vector argument: (N, P, G, R, O) -> (N, P, G, Jb), or only its
+        first `rows` rows (e.g. without the bias row)."""
         n, p, g, r, o = dps.shape
         matrix = np.broadcast_to(matrix, (g, self.outs, self.rows))
+        if g == 1 and r == 1:    # one product straight into its own (contiguous) result: no copy
+            a = np.ascontiguousarray(dps).reshape(n * p, o)
+            return (a @ np.ascontiguousarray(matrix[0, :, :rows])).reshape(n, p, 1, -1)
         if g == 1:
             out = np.empty((n, p, 1, self.rows), dtype=np.result_type(dps, matrix))
             for t, sl in enumerate(self._row_slices()):
                 a = np.ascontiguousarray(dps[:, :, 0, t, :]).reshape(n * p, o)
                 out[:, :, 0, sl] = (a @ np.ascontiguousarray(matrix[0, :, sl])).reshape(n, p, -1)
-            return out
+            return out[..., :rows]
         wt = np.ascontiguousarray(self.split_rows(matrix).transpose(0, 2, 1, 3))          # G, R, O, rows
         d = np.matmul(np.ascontiguousarray(dps.reshape(n * p, g, r, o).transpose(1, 2, 0, 3)), wt)  # G, R, NP, rows
         d = d.transpose(2, 0, 1, 3).reshape(n, p, g, r * self.rows_per_tile)
-        return d[..., : self.rows]
+        return d[..., : self.rows if rows is None else rows]
 
     def weight_grads(self, dps: np.ndarray, vec: np.ndarray) -> np.ndarray:
         """Per-sample gradient of sum(dps * partial_sums(vec, W)) in W: sums over positions.
