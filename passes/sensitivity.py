@@ -8,17 +8,20 @@ each graph output, for one input sample, as a linear response to every independe
     Var(y_k) ~= sum_layers sum_w S_w (dy_k/dw)^2                    programming noise (shared weights)
               + sum_e inj_e (dy_k/dz_e)^2                              sources independent per element:
                                                                       read noise, ADC/DAC quantization,
-                                                                      second-order S*v, nonlinear residuals
+                                                                      nonlinear residuals (and second-order
+                                                                      S*v when there is no random chip)
 
 with dy_k/dw the per-sample weight gradient (sum over conv positions of output sensitivity x input mean):
 every shared-weight correlation is captured, and no covariance matrix is ever formed. The second-order
 programming term dW * (input error) is coherent across positions too (dW is shared, and the input error is
-correlated across positions): with `rng`, the backward runs through a random chip, W_bar + r sqrt(S) with
-Rademacher r, so each probe also carries b = (r sqrt(S))^T g to the layer input, and E_r[Var((g + b)^T e)] =
-Var(g^T e) + sum_{o,j} S_oj Var(sum_p g_po e_pj): the exact second-order term, without a nested sweep. Sensitivities come
-from one backward pass per output element through the Bussgang gains E[f'(X)] of the forward pass, or,
-when an output has more than `max_exact` elements per sample, from Rademacher probes u (E_u (u^T J)^2 =
-sum_k J_k^2) that estimate the mean variance without bias.
+correlated across positions): `chip_backward` runs each probe through a random chip, W_bar + r sqrt(S) with
+Rademacher r, and through its mirror (-r). A probe then also carries b = (r sqrt(S))^T g to the layer input,
+and the pair gives Var(g^T e) + sum_{o,j} S_oj Var(sum_p g_po e_pj) (the cross terms cancel): the exact
+second-order term, without a nested sweep. Sensitivities come from one backward pass per output element
+through the Bussgang gains E[f'(X)] of the forward pass, or, when an output has more than `max_exact`
+elements per sample, from probes u that estimate the mean variance without bias (E_u (u^T J)^2 = sum_k
+J_k^2): one per position with random signs over samples and channels when the positions are few enough,
+else Rademacher vectors.
 """
 from __future__ import annotations
 
