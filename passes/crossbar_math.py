@@ -133,10 +133,11 @@ def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.nda
     g2 = np.square(a_gain)
     # read-noise variance per unit sigma_r^2: 2 / c^2 times the tiles' sums of E[x^2] (the closed form's unit)
     inv_c2 = np.broadcast_to(1.0 / layer.scale_c ** 2, (layer.groups, layer.outs, 1))[..., 0]        # G, O
-    read_unit = 2.0 * (g2 * tiles).sum(axis=3) * inv_c2
+    read_unit = 2.0 * np.einsum("npgro,npgr->npgo", np.broadcast_to(g2, ps_var.shape), tiles[..., 0]) * inv_c2
     inj_read = device.read_noise.sigma ** 2 * read_unit
-    inj_prog = np.multiply(g2, prog2, out=prog2 if prog2.shape == ps_var.shape else None).sum(axis=3)
-    inj_adc = np.multiply(g2, ps_var)
+    own = prog2.shape == ps_var.shape and prog2 is not ps_var      # prog2's buffer is free after this
+    inj_prog = np.multiply(g2, prog2, out=prog2 if own else None).sum(axis=3)
+    inj_adc = np.multiply(g2, ps_var, out=prog2 if own else None)
     np.subtract(a_var, inj_adc, out=inj_adc)
     inj_adc = np.maximum(inj_adc, 0.0, out=inj_adc).sum(axis=3)
     out_mean = layer.combine(a_mean, shape)

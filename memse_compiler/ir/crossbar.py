@@ -127,11 +127,10 @@ class CrossbarLayer:
         n, p, g, _ = vec.shape
         matrix = np.broadcast_to(matrix, (g, self.outs, self.rows))
         out = np.empty((n, p, g, self.row_tiles, self.outs), dtype=np.result_type(vec, matrix))
-        if g == 1:   # one BLAS product per row tile (few, large): no padded copies of the activations
-            flat = vec.reshape(n * p, -1)
+        if g == 1:   # one BLAS product per row tile (few, large), on strided views: no copies at all
+            flat, out2 = vec.reshape(n * p, -1), out.reshape(n * p, self.row_tiles, self.outs)
             for r, sl in enumerate(self._row_slices()):
-                w = np.ascontiguousarray(matrix[0, :, sl].T)
-                out[:, :, 0, r, :] = (np.ascontiguousarray(flat[:, sl]) @ w).reshape(n, p, self.outs)
+                np.matmul(flat[:, sl], matrix[0, :, sl].T, out=out2[:, r, :])
             return out
         xv = np.ascontiguousarray(
             self.split_rows(vec).reshape(n * p, g, self.row_tiles, self.rows_per_tile).transpose(1, 2, 0, 3))
@@ -154,9 +153,9 @@ class CrossbarLayer:
             return (a @ np.ascontiguousarray(matrix[0, :, :rows])).reshape(n, p, 1, -1)
         if g == 1:
             out = np.empty((n, p, 1, self.rows), dtype=np.result_type(dps, matrix))
+            flat, out2 = dps.reshape(n * p, r, o), out.reshape(n * p, self.rows)
             for t, sl in enumerate(self._row_slices()):
-                a = np.ascontiguousarray(dps[:, :, 0, t, :]).reshape(n * p, o)
-                out[:, :, 0, sl] = (a @ np.ascontiguousarray(matrix[0, :, sl])).reshape(n, p, -1)
+                np.matmul(flat[:, t, :], matrix[0, :, sl], out=out2[:, sl])
             return out[..., :rows]
         wt = np.ascontiguousarray(self.split_rows(matrix).transpose(0, 2, 1, 3))          # G, R, O, rows
         d = np.matmul(np.ascontiguousarray(dps.reshape(n * p, g, r, o).transpose(1, 2, 0, 3)), wt)  # G, R, NP, rows
