@@ -146,11 +146,12 @@ def crossbar_moments(layer: CrossbarLayer, device, mean: np.ndarray, var: np.nda
                            a_mean, a_var, a_gain, inj_prog, inj_read, inj_adc, out_mean, out_var, read_unit)
 
 
-def propagated_variance(layer: CrossbarLayer, cm: CrossbarMoments) -> np.ndarray:
+def propagated_variance(layer: CrossbarLayer, cm: CrossbarMoments, second_order: bool = True) -> np.ndarray:
     """The part of the output variance (tensor layout) that the layer's input error makes: a_gain^2 (W_bar^2 v
     + S v) over the row tiles, i.e. everything but the layer's own first-order programming noise, read noise
-    and ADC residual. (The backward pass carries exactly this part to the upstream sources; the refinement
-    rescales only it, the rest being exact per element.)"""
-    prop = np.square(cm.adc_gain) * layer.partial_sums(cm.v_vec, np.square(cm.w_bar))
-    return layer.geometry.from_vectors(prop.sum(axis=3) + cm.inj_programming, cm.mean_in.shape)
+    and ADC residual. The backward pass through a random chip carries exactly this part to the upstream
+    sources; the refinement rescales only it, the rest being exact per element. second_order=False: without
+    S v, which a backward without the chip injects at the layer itself."""
+    prop = (np.square(cm.adc_gain) * layer.partial_sums(cm.v_vec, np.square(cm.w_bar))).sum(axis=3)
+    return layer.geometry.from_vectors(prop + cm.inj_programming if second_order else prop, cm.mean_in.shape)
 

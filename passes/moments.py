@@ -188,6 +188,7 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
         if refinement is not None:
             refinement[key] = value
         return value
+    from passes.sensitivity import needs_chip
     for unit in schedule(g):
         if unit in g.layers:
             layer = g.layers[unit]
@@ -198,7 +199,8 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
             moments[layer.output] = (cm.out_mean, cm.out_var)
             if refine:
                 # only the part the input error makes is rescaled: the layer's own noise is exact per element
-                prop = propagated_variance(layer, cm)
+                # S v goes upstream through the random chip, when the sweeps run through one
+                prop = propagated_variance(layer, cm, any(needs_chip(lin[u]) for u in lin if u in g.layers))
                 f = refined(layer.output, lambda: refinement_factor(
                     g, lin, moments, layer.output, prop, rng, probes_for_tensor(prop.shape, refine),
                     own_unit=unit) if prop.any() else 1.0)
