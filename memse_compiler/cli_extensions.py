@@ -16,8 +16,9 @@ class AnalysisExtension(Extension):
                             "'sensitivity' (sensitivities on a diagonal forward, faster), 'diagonal' "
                             "(independent elements, fastest, underestimates deep nets)")
         p.add_argument("--probes", type=int, metavar="N",
-                       help="Rademacher probes for outputs with more than 64 elements per sample "
-                            "(default 16; 4 on models above 1e9 MACs)")
+                       help="probe budget for outputs with more than 64 elements per sample (default 16, up "
+                            "to 8x that on outputs with few sample x channel blocks; 4 on models above 1e9 MACs); "
+                            "conv outputs whose positions fit get one probe per position")
         p.add_argument("--explain", action="store_true",
                        help="print the closed form of the output MSE in the device parameters and check it "
                             "against the full analysis at a few other device points")
