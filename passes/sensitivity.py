@@ -87,8 +87,8 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None,
     g_ps = g_y[:, :, :, None, :] * cm.adc_gain                             # N, P, G, R, O
     g_ps = np.broadcast_to(g_ps, g_y.shape[:3] + (layer.row_tiles, layer.outs))
     # per-sample weight gradient: sum over positions of sensitivity x mean input, per row tile
-    dw = layer.weight_grads(g_ps, cm.mu_vec)                               # N, G, O, Jb
-    dw2 = dw * dw
+    dw2 = layer.weight_grads(g_ps, cm.mu_vec)                              # N, G, O, Jb
+    np.square(dw2, out=dw2)                  # in place: on ResNet-sized layers a fresh temporary costs more
     add("programming", np.einsum("ngoj,goj->n", dw2, np.broadcast_to(cm.w_var, layer.g_plus.shape)))
     y2 = g_y * g_y                 # every row tile of an output has its sensitivity: injections are tile sums
     if coef is not None:

@@ -34,6 +34,9 @@ def quantize(v: np.ndarray, step: np.ndarray | float, qmin: int, qmax: int) -> n
     return step * np.clip(np.round(v / step), qmin, qmax)
 
 
+SMALL_BATCH = 16     # weight gradients per sample (no copies of the activations) up to this batch
+
+
 @dataclass
 class CrossbarLayer:
     name: str
@@ -167,6 +170,11 @@ class CrossbarLayer:
         dps (N, P, G, R, O), vec (N, P, G, Jb) -> (N, G, O, Jb)."""
         n, p, g, r, o = dps.shape
         out = np.empty((n, g, o, self.rows), dtype=np.result_type(dps, vec))
+        if g == 1 and n <= SMALL_BATCH:   # a few samples: one 2-D BLAS product per sample and tile, on views
+            for i in range(n):
+                for t, sl in enumerate(self._row_slices()):
+                    np.matmul(dps[i, :, 0, t, :].T, vec[i, :, 0, sl], out=out[i, 0, :, sl])
+            return out
         for t, sl in enumerate(self._row_slices()):   # few row tiles; each a batched BLAS product
             # C-contiguous operands: on strided/transposed stacks numpy's matmul leaves BLAS (30x slower)
             a = np.ascontiguousarray(dps[:, :, :, t, :].transpose(0, 2, 3, 1))       # N, G, O, P
