@@ -88,3 +88,32 @@ def test_quantized_conductances_on_levels():
         assert layer.g_plus.min() >= layer.g_min and layer.g_plus.max() <= layer.g_min + layer.g_range.max() * (1 + 1e-12)
         # the differential pair: one side at g_min
         assert np.all(np.minimum(layer.g_plus, layer.g_minus) == layer.g_min)
+
+
+@pytest.mark.parametrize("rows", [128, 32])          # one row tile, several
+def test_tile_products_and_their_transposes_agree_with_einsum(rows, monkeypatch):
+    """The layer's per-row-tile products (strided BLAS on views) against plain einsums on the split tiles, and
+    the two weight-gradient paths (per sample for small batches, batched otherwise) against each other."""
+    import memse_compiler.ir.crossbar as crossbar
+    x = np.load(Path(__file__).resolve().parent.parent / "examples" / "digits_inputs.npy")[:6]
+    g, _ = compile_model(str(Path(__file__).resolve().parent.parent / "examples" / "rescnn_digits.onnx"),
+                         load_device("rram", [f"crossbar.rows={rows}"]), x)
+    rng = np.random.default_rng(0)
+    for layer in g.layers.values():
+        cm = g.graph["linearization"][layer.name]
+        w = rng.standard_normal(layer.g_plus.shape)
+        vec, dps = cm.mu_vec, rng.standard_normal(cm.ps_mean.shape)
+        tiles_v, tiles_w = layer.split_rows(vec), layer.split_rows(w)           # (..., R, rows_per_tile)
+        want = np.einsum("npgrj,gorj->npgro", tiles_v, tiles_w)
+        np.testing.assert_allclose(layer.partial_sums(vec, w), want, rtol=1e-12, atol=1e-12)
+        back = np.einsum("npgro,gorj->npgrj", dps, tiles_w).reshape(vec.shape[:3] + (-1,))[..., : layer.rows]
+        j = layer.weight.shape[2]
+        np.testing.assert_allclose(layer.partial_sums_T(dps, w, rows=j), back[..., :j], rtol=1e-12, atol=1e-12)
+        grads = np.einsum("npgro,npgrj->ngorj", dps, tiles_v)
+        grads = grads.reshape(grads.shape[:3] + (-1,))[..., : layer.rows]
+        small = layer.weight_grads(dps, vec)
+        monkeypatch.setattr(crossbar, "SMALL_BATCH", 0)
+        batched = layer.weight_grads(dps, vec)
+        monkeypatch.setattr(crossbar, "SMALL_BATCH", 16)
+        np.testing.assert_allclose(small, grads, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(batched, grads, rtol=1e-12, atol=1e-12)
