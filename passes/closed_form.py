@@ -5,9 +5,10 @@
 
 A_l: programming noise (the clipping factor kappa_l = A_l / A_l(unclipped) and the second-order S*v term
 measured at the compiled point), B_l: read noise, Q_l: conductance quantization as uniform error
-(Delta = Wmax/(L-1) per weight), D_l/E_l: ADC/DAC quantization (uniform model, calibrated ranges). C holds
-the rest (bias from nonlinear mean shifts, nonlinear residuals) and anchors the form so it equals the full
-analysis at the compiled point. `check_closed_form` re-runs the full analysis at other points to report how
+(Delta = Wmax/(L-1) per weight), D_l/E_l: ADC/DAC quantization (uniform model, calibrated ranges). The
+noise-driven part V = sum A + B terms also carries the nonlinearities' independent residual variance (in
+proportion to V), a fitted growth exponent and the mean shift beta V^p. C holds the rest and anchors the form
+so it equals the full analysis at the compiled point. `check_closed_form` re-runs the full analysis at other points to report how
 far the form is off when the parameters move.
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ class ClosedForm:
     bias_law: tuple[float, float] = (0.0, 1.0)         # mean shift: beta * V^p, V = noise variance terms
     var_exponent: float = 1.0                          # variance grows as V0 (V/V0)^e (nonlinear gains)
     v0: float = 0.0
+    nonlinear: float = 0.0                             # nonlinear residual variance at V0; scales like V
     expression: sp.Expr = field(default=None)
 
     def build_expression(self) -> sp.Expr:
@@ -65,6 +67,8 @@ class ClosedForm:
         beta, p = self.bias_law
         e = self.var_exponent
         var_part = v if e == 1.0 or self.v0 <= 0 else sp.Float(self.v0 ** (1 - e), 6) * v ** sp.Float(e, 4)
+        if self.v0 > 0 and self.nonlinear:
+            var_part = sp.Float(1.0 + self.nonlinear / self.v0, 6) * var_part
         self.expression = sp.Add(*terms) + var_part + sp.Float(beta, 6) * v ** sp.Float(p, 4)
         return self.expression
 
@@ -87,7 +91,8 @@ class ClosedForm:
         lv = p["levels"] if levels_v == "keep" else levels_v
         ab = p["adc_bits"] if adc_bits == "keep" else adc_bits
         db = p["dac_bits"] if dac_bits == "keep" else dac_bits
-        out = {"programming": 0.0, "read": 0.0, "quantization": 0.0, "adc": 0.0, "dac": 0.0, "mean_shift": 0.0}
+        out = {"programming": 0.0, "read": 0.0, "quantization": 0.0, "adc": 0.0, "dac": 0.0, "nonlinearity": 0.0,
+               "mean_shift": 0.0}
         for name, c in self.coefficients.items():
             ratio = self.wmax[name] / (g_ranges or self.g0)[name]
             out["programming"] += c["A"] * (s * ratio) ** 2
@@ -100,6 +105,8 @@ class ClosedForm:
             scale = (v / self.v0) ** (self.var_exponent - 1.0)   # nonlinear growth of the variance
             out["programming"] *= scale
             out["read"] *= scale
+        if self.v0 > 0:     # the nonlinearities' residual variance is driven by the same noise
+            out["nonlinearity"] = self.nonlinear * (out["programming"] + out["read"]) / self.v0
         out["mean_shift"] = self.bias_law[0] * v ** self.bias_law[1]
         return out
 
@@ -184,6 +191,8 @@ def fit_closed_form(g: MemseGraph, device, out: str, extra_bias: dict[float, dic
                               "kappa": a / unclipped if unclipped > 0 else 1.0}
     cf = ClosedForm(out, 0.0, coefficients, g0, wmax, signed, point)
     v0 = cf.terms()["programming"] + cf.terms()["read"]
+    cf.v0 = v0
+    cf.nonlinear = sum(v for k, v in sens.items() if k.endswith("|nonlinearity"))
     if extra_bias:
         (_, lo), (_, mid), (k_hi, hi) = sorted(extra_bias.items())
         _, beta, p = fit_bias_law(v0, lo[out][0], mid[out][0], hi[out][0], k_hi)
@@ -191,7 +200,6 @@ def fit_closed_form(g: MemseGraph, device, out: str, extra_bias: dict[float, dic
         # the same three points give the growth exponent of the noise-driven variance (diagonal pass)
         _, gamma, e = fit_bias_law(v0, lo[out][1], mid[out][1], hi[out][1], k_hi)
         cf.var_exponent = e if gamma > 0 else 1.0
-        cf.v0 = v0
     cf.constant = float(entry["mse"]) - sum(cf.terms().values())
     cf.build_expression()
     return cf
