@@ -1,8 +1,9 @@
 """Numeric evaluation of the moments: every edge gets `mean`, `var` (per sample and element) and `mse`.
 
 One forward sweep in schedule order. Each unit's moments treat its input elements as independent; in the
-`refined` mode (default) each crossbar layer's output variance is then rescaled to the correlation-aware
-total measured by a few Rademacher probes of the sensitivity backward (passes/sensitivity.py), and
+`refined` mode (default) the part of each crossbar layer's output variance that its input error makes is
+then rescaled to the correlation-aware total measured by a few Rademacher probes of the sensitivity
+backward (passes/sensitivity.py; the layer's own noise is exact per element), and
 MaxPool is given the measured within-window correlation, so the nonlinearities downstream see the right
 spread. The linearisation of every unit is kept in ``g.graph["linearization"]`` for the sensitivity
 pass, which then rebuilds the graph outputs' variances with every shared-weight correlation.
@@ -188,7 +189,7 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
         if refinement is not None:
             refinement[key] = value
         return value
-    from passes.sensitivity import needs_chip
+    from passes.sensitivity import sweeps_use_chip
     for unit in schedule(g):
         if unit in g.layers:
             layer = g.layers[unit]
@@ -200,7 +201,7 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
             if refine:
                 # only the part the input error makes is rescaled: the layer's own noise is exact per element
                 # S v goes upstream through the random chip, when the sweeps run through one
-                prop = propagated_variance(layer, cm, any(needs_chip(lin[u]) for u in lin if u in g.layers))
+                prop = propagated_variance(layer, cm, sweeps_use_chip(g, lin))
                 f = refined(layer.output, lambda: refinement_factor(
                     g, lin, moments, layer.output, prop, rng, probes_for_tensor(prop.shape, refine),
                     own_unit=unit) if prop.any() else 1.0)

@@ -57,6 +57,11 @@ def needs_chip(cm: CrossbarMoments) -> bool:
     return cm.mu_vec.shape[1] > 1 and bool(np.any(cm.w_var))
 
 
+def sweeps_use_chip(g: MemseGraph, lin: dict) -> bool:
+    """Whether `chip_backward` runs its sweeps through a random chip: some linearized layer needs one."""
+    return any(needs_chip(lin[u]) for u in lin if u in g.layers)
+
+
 class RandomChip:
     """The weights a backward sweep runs through to carry the second-order programming term: W_bar + r sqrt(S),
     r = +-1 per weight, drawn once per layer; `mirrored()` is the same chip with -r."""
@@ -161,7 +166,7 @@ def chip_backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray],
     between the probe's sensitivity and the second-order part cancel exactly, leaving Var(g^T e) + Var(b^T e)
     (module docstring). rng None, or no layer shares its weights across positions: one sweep through W_bar."""
     lin = g.graph["linearization"] if lin is None else lin
-    if rng is None or not any(needs_chip(lin[u]) for u in order if u in g.layers):
+    if rng is None or not sweeps_use_chip(g, lin):
         backward(g, order, probe, add, coef, lin=lin, moments=moments)
         return
     chip = RandomChip(rng)
