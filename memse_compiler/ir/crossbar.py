@@ -151,15 +151,15 @@ class CrossbarLayer:
         first `rows` rows (e.g. without the bias row)."""
         n, p, g, r, o = dps.shape
         matrix = np.broadcast_to(matrix, (g, self.outs, self.rows))
-        if g == 1 and r == 1:    # one product straight into its own (contiguous) result: no copy
-            a = np.ascontiguousarray(dps).reshape(n * p, o)
-            return (a @ np.ascontiguousarray(matrix[0, :, :rows])).reshape(n, p, 1, -1)
-        if g == 1:
-            out = np.empty((n, p, 1, self.rows), dtype=np.result_type(dps, matrix))
-            flat, out2 = dps.reshape(n * p, r, o), out.reshape(n * p, self.rows)
+        if g == 1:   # one BLAS product per row tile, on views, straight into the (contiguous) result
+            keep = self.rows if rows is None else rows
+            out = np.empty((n, p, 1, keep), dtype=np.result_type(dps, matrix))
+            flat, out2 = dps.reshape(n * p, r, o), out.reshape(n * p, keep)
             for t, sl in enumerate(self._row_slices()):
-                np.matmul(flat[:, t, :], matrix[0, :, sl], out=out2[:, sl])
-            return out[..., :rows]
+                sl = slice(sl.start, min(sl.stop, keep))
+                if sl.stop > sl.start:
+                    np.matmul(flat[:, t, :], matrix[0, :, sl], out=out2[:, sl])
+            return out
         wt = np.ascontiguousarray(self.split_rows(matrix).transpose(0, 2, 1, 3))          # G, R, O, rows
         d = np.matmul(np.ascontiguousarray(dps.reshape(n * p, g, r, o).transpose(1, 2, 0, 3)), wt)  # G, R, NP, rows
         d = d.transpose(2, 0, 1, 3).reshape(n, p, g, r * self.rows_per_tile)
