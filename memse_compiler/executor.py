@@ -379,7 +379,7 @@ class NoisyExecutor:
         feed = {}
         for p in self.plans:
             if rng is None or not self.programming:       # float64, then rounded once
-                w = (p.layer.g_plus - p.layer.g_minus) / p.layer.scale_c
+                w = p.layer.quantized_weight()
             else:       # in place on one float32 buffer: ResNet-18 has 2 x 11 M devices
                 g = standard_normal(rng, np.empty(p.g_target.shape, np.float32), p.std)
                 g += p.g_target
