@@ -8,8 +8,8 @@ measured at the compiled point), B_l: read noise, Q_l: conductance quantization 
 (Delta = Wmax/(L-1) per weight), D_l/E_l: ADC/DAC quantization (uniform model, calibrated ranges). The
 noise-driven part V = sum A + B terms also carries the nonlinearities' independent residual variance (in
 proportion to V), a fitted growth exponent and the mean shift beta V^p. C holds the rest and anchors the form
-so it equals the full analysis at the compiled point. `check_closed_form` re-runs the full analysis at other points to report how
-far the form is off when the parameters move.
+so it equals the full analysis at the compiled point. `check_closed_form` re-runs the full analysis at other
+points to report how far the form is off when the parameters move.
 """
 from __future__ import annotations
 
