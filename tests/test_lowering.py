@@ -117,3 +117,37 @@ def test_tile_products_and_their_transposes_agree_with_einsum(rows, monkeypatch)
         monkeypatch.setattr(crossbar, "SMALL_BATCH", 16)
         np.testing.assert_allclose(small, grads, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(batched, grads, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("kernel,stride,dilation,pad,size", [
+    ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), (8, 8)),       # few positions: channel-last accumulation
+    ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), (20, 20)),     # many: taps copied to rows first
+    ((7, 5), (2, 3), (1, 1), (3, 2, 2, 1), (33, 29)),
+    ((3, 2), (1, 2), (2, 3), (0, 1, 2, 0), (17, 30)),
+    ((2, 2), (2, 2), (1, 1), (0, 0, 0, 0), (6, 6)),       # no overlap, no padding
+])
+def test_conv_vectors_transpose_is_the_adjoint(groups, kernel, stride, dilation, pad, size):
+    """<to_vectors(x), v> == <x, to_vectors_T(v)> for random x, v (both layouts of the col2im scatter), and the
+    scatter against an explicit loop over output positions and taps."""
+    from memse_compiler.ir.geometry import ConvGeometry, Windows, conv_pads
+    c = 4
+    pads, out = conv_pads(size, kernel, stride, dilation, pad, "NOTSET")
+    geo = ConvGeometry(Windows(kernel, stride, dilation, tuple(pads), size, tuple(out)), groups, c)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, c) + size)
+    vec = geo.to_vectors(x)
+    v = rng.standard_normal(vec.shape)
+    back = geo.to_vectors_T(v, x.shape)
+    assert back.shape == x.shape
+    np.testing.assert_allclose(np.sum(vec * v), np.sum(x * back), rtol=1e-12)
+    # by hand: every (position, channel, tap) adds its entry to the input pixel it reads
+    want = np.zeros((3, c, size[0] + pads[0] + pads[2], size[1] + pads[1] + pads[3]))
+    cols = v.reshape(3, out[0], out[1], c, kernel[0], kernel[1])      # rows in (cin, kh, kw) order per group
+    for a in range(out[0]):
+        for b in range(out[1]):
+            for i in range(kernel[0]):
+                for j in range(kernel[1]):
+                    want[:, :, a * stride[0] + i * dilation[0], b * stride[1] + j * dilation[1]] += cols[:, a, b, :, i, j]
+    want = want[:, :, pads[0]: pads[0] + size[0], pads[1]: pads[1] + size[1]]
+    np.testing.assert_allclose(back, want, rtol=1e-12, atol=1e-12)

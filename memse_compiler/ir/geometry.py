@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# output positions below which `Windows.scatter` accumulates channel-last (measured crossover on the reference VM)
+SCATTER_CHANNEL_LAST = 256
+
 
 def conv_pads(in_spatial, kernel, strides, dilations, pads, auto_pad):
     """Explicit (begin..., end...) pads and output spatial shape, following the ONNX Conv/Pool spec."""
@@ -53,16 +56,30 @@ class Windows:
         return win[:, :, : (ho - 1) * sh + 1: sh, : (wo - 1) * sw + 1: sw, ::dh, ::dw]
 
     def scatter(self, cols: np.ndarray) -> np.ndarray:
-        """Transpose of `extract`: (N, C, Ho, Wo, kh, kw) -> (N, C, H, W), summing overlaps."""
+        """Transpose of `extract`: (N, C, Ho, Wo, kh, kw) -> (N, C, H, W), summing overlaps.
+
+        One strided add per kernel tap. `cols` is usually a transposed view of (N, Ho, Wo, C, kh, kw) vectors,
+        whose tap slices are strided in every axis; two layouts make the adds stream memory instead
+        (`benchmarks/bench_scatter.py`): few positions (< SCATTER_CHANNEL_LAST): accumulate channel-last,
+        where a tap slice of the vectors is contiguous over channels but for the taps' stride; otherwise copy
+        the taps to (N, C, kh, kw, Ho, Wo) once, so that each tap adds whole rows. Same sums either way."""
         n, c = cols.shape[:2]
         t, l, b, r = self.pads
         h, w = self.in_hw
         (kh, kw), (sh, sw), (dh, dw), (ho, wo) = self.kernel, self.strides, self.dilations, self.out_hw
+        rows = [(slice(i * dh, i * dh + (ho - 1) * sh + 1, sh), slice(j * dw, j * dw + (wo - 1) * sw + 1, sw), i, j)
+                for i in range(kh) for j in range(kw)]
+        if ho * wo < SCATTER_CHANNEL_LAST:
+            out = np.zeros((n, h + t + b, w + l + r, c), dtype=cols.dtype)
+            taps = cols.transpose(0, 2, 3, 1, 4, 5)                       # N, Ho, Wo, C, kh, kw
+            for hs, ws, i, j in rows:
+                out[:, hs, ws, :] += taps[..., i, j]
+            return np.ascontiguousarray(out[:, t: t + h, l: l + w, :].transpose(0, 3, 1, 2))
+        taps = np.empty((n, c, kh, kw, ho, wo), dtype=cols.dtype)
+        taps[...] = cols.transpose(0, 1, 4, 5, 2, 3)
         out = np.zeros((n, c, h + t + b, w + l + r), dtype=cols.dtype)
-        for i in range(kh):          # loop over kernel taps only; each step is one strided array op
-            for j in range(kw):
-                out[:, :, i * dh: i * dh + (ho - 1) * sh + 1: sh,
-                    j * dw: j * dw + (wo - 1) * sw + 1: sw] += cols[:, :, :, :, i, j]
+        for hs, ws, i, j in rows:
+            out[:, :, hs, ws] += taps[:, :, i, j]
         return out[:, :, t: t + h, l: l + w]
 
 
