@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import sympy as sp
 
 from memse_compiler.ir import MemseGraph
 from passes.closed_form import ClosedForm, closed_form_summary
@@ -56,13 +57,20 @@ def explain_text(g: MemseGraph) -> str:
     for out, cf in g.graph.get("closed_form", {}).items():
         s = closed_form_summary(cf)
         lines.append(f"closed form of MSE[{out}] (device symbols; Wmax[l], G[l] per layer):")
-        for term in str(cf.expression).split(" + "):
+        v = cf.noise_expression
+        shown = cf.expression.xreplace({v: sp.Symbol("V")}) if v is not None else cf.expression
+        for term in str(shown).split(" + "):
             lines.append(f"    + {term}")
+        if v is not None and shown != cf.expression:
+            lines.append("  where V (the noise variance terms) =")
+            lines.extend(f"    + {term}" for term in str(v).split(" + "))
         lines.append("  at the compiled point: " + ", ".join(f"{k} {v:.3e}" for k, v in s["terms"].items())
                      + f", rest {cf.constant:.3e}")
         kappa = {k: c["kappa"] for k, c in cf.coefficients.items()}
-        lines.append("  clipping/second-order factor kappa per layer: "
+        lines.append("  clipping/second-order factor at the compiled point per layer: "
                      + ", ".join(f"{k} {v:.3f}" for k, v in kappa.items()))
+        for fn, meaning in s["functions"].items():
+            lines.append(f"  {fn}(sigma, G): {meaning}")
     rows = g.graph.get("closed_form_validity")
     if rows:
         lines.append("validity of the closed form (re-analysed in full at each point):")

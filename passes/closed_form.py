@@ -3,12 +3,18 @@
     MSE = C + sum_l A_l (sigma Wmax_l / G_l)^2 + sum_l B_l (sigma_r Wmax_l / G_l)^2
             + sum_l Q_l (Wmax_l / (L - 1))^2 + sum_l D_l / (2^(b_adc - 1) - 1)^2 + sum_l E_l / n_dac(b_dac)^2
 
-A_l: programming noise (the clipping factor kappa_l = A_l / A_l(unclipped) and the second-order S*v term
-measured at the compiled point), B_l: read noise, Q_l: conductance quantization as uniform error
+A_l: programming noise (with the second-order S*v term, measured at the compiled point), times kappa_l(sigma,
+G_l): how clipping at 0 changes the devices' variance away from the compiled point (1 there), B_l: read noise, Q_l: conductance quantization as uniform error
 (Delta = Wmax/(L-1) per weight), D_l/E_l: ADC/DAC quantization (uniform model, calibrated ranges). The
 noise-driven part V = sum A + B terms also carries the nonlinearities' independent residual variance (in
-proportion to V), a fitted growth exponent and the mean shift beta V^p. C holds the rest and anchors the form
-so it equals the full analysis at the compiled point. `check_closed_form` re-runs the full analysis at other
+proportion to V), a fitted growth exponent and the mean shift beta V^p. Clipping also shrinks every weight
+toward 0 (a device near g_min reads high on average): an output bias that follows the shrink s = sum_l
+shrink_l(sigma, G_l), not V, so it has its own term, 2 X s + E s^2 (its overlap X with the other mean shifts
+and its own size E, both measured at the compiled point). kappa_l and shrink_l come from `ClipModel`, a
+histogram of the layer's weights over the level of the active device of each pair (the other one sits at
+g_min), with the device's clipped Gaussian statistics evaluated per bin: exact for any sigma and G (levels
+are fractions of G). C holds the rest and anchors the form so it equals the full analysis at the compiled
+point. `check_closed_form` re-runs the full analysis at other
 points to report how far the form is off when the parameters move.
 """
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from memse_compiler.ir import MemseGraph
+from memse_compiler.ir import MemseGraph, stats
 from memse_compiler.ir.pass_base import Pass, PassContext
 from passes.symbolic import b_adc, b_dac, levels, sigma, sigma_r
 
@@ -36,6 +42,93 @@ def dac_levels(bits, signed: bool):
     return 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
 
 
+LEVEL_BINS = 64     # histogram bins of the active device's level when the conductances are not quantized
+
+
+@dataclass
+class ClipModel:
+    """One layer's programmed weights as a histogram over the level of each pair's active device (the other one
+    sits at g_min, DESIGN §4.2), each weight counted with the mean power E[x^2] of the crossbar row it
+    multiplies. A device's clipped statistics depend only on its conductance and a level is a fixed fraction
+    of G, so sums over the bins are the sums over the weights at any sigma and G."""
+    weight: np.ndarray          # (B,) summed row power of the weights in each bin
+    fraction: np.ndarray        # (B,) their mean level fraction (g_active - g_min) / G
+    wmax: float
+    g_min: float
+    relative: float             # state-dependent programming noise: std = sqrt(sigma^2 + (relative g)^2)
+    clip: bool
+    at_point: tuple[float, float] = (0.0, 0.0)      # `stats` at the compiled point
+
+    @classmethod
+    def of_layer(cls, layer, cm, device) -> "ClipModel":
+        n_levels = device.conductance.levels
+        g_range = np.broadcast_to(layer.g_range, layer.g_plus.shape)
+        active = np.maximum(layer.g_plus, layer.g_minus) - layer.g_min
+        frac = np.clip(active / np.where(g_range > 0, g_range, 1.0), 0.0, 1.0)
+        if n_levels and n_levels <= 4096:
+            bins, idx = n_levels, np.rint(frac * (n_levels - 1)).astype(np.intp)
+        else:
+            bins, idx = LEVEL_BINS, np.minimum((frac * LEVEL_BINS).astype(np.intp), LEVEL_BINS - 1)
+        power = np.mean(cm.mu_vec ** 2 + cm.v_vec, axis=(0, 1))             # (G, Jb); the bias row's is 1
+        w = np.broadcast_to(power[:, None, :], idx.shape).ravel()
+        weight = np.bincount(idx.ravel(), weights=w, minlength=bins)
+        frac_sum = np.bincount(idx.ravel(), weights=w * frac.ravel(), minlength=bins)
+        keep = weight > 0
+        pn = device.programming_noise
+        model = cls(weight[keep], frac_sum[keep] / weight[keep], float(np.max(layer.w_max)), float(layer.g_min),
+                    float(pn.relative), bool(pn.clip_at_zero))
+        model.at_point = model.stats(pn.sigma, float(np.mean(layer.g_range)))
+        return model
+
+    def stats(self, sigma_v: float, g_range: float) -> tuple[float, float]:
+        """(sum over the weights of row power x Var(w), shrink) at (sigma, G): see `clip_stats`."""
+        return clip_stats([self], sigma_v, [g_range])[0]
+
+    def kappa(self, sigma_v: float, g_range: float, sigma0: float, g0: float) -> float:
+        """The programming variance at (sigma, G) relative to the clip-free scaling (sigma G0 / (sigma0 G))^2 of
+        the one at the compiled point (sigma0, G0): 1 there, < 1 where clipping bites harder."""
+        base = self.at_point[0]
+        if base <= 0 or sigma_v <= 0:
+            return 1.0
+        return self.stats(sigma_v, g_range)[0] / base * (sigma0 * g_range / (sigma_v * g0)) ** 2
+
+
+def clip_stats(models: list[ClipModel], sigma_v: float, g_ranges) -> list[tuple[float, float]]:
+    """Per model: (sum over the weights of row power x Var(w), shrink) at (sigma, G), w the programmed
+    effective weight (DESIGN §4.4, as passes.crossbar_math.weight_statistics). The shrink is how far E[w] falls
+    short of w, relative, as one least-squares factor (weights: row power x w^2); clipping makes it > 0.
+    All models in one vectorised evaluation of the rectified moments (the closed form calls this per point)."""
+    if not models:
+        return []
+    sizes = [len(m.weight) for m in models]
+    at = np.repeat(np.arange(len(models)), sizes)
+    G = np.asarray(g_ranges, dtype=float)
+    wmax = np.array([m.wmax for m in models])
+    g_min = np.array([m.g_min for m in models])
+    rel = np.array([m.relative for m in models])
+    frac, weight = np.concatenate([m.fraction for m in models]), np.concatenate([m.weight for m in models])
+    c = np.where(wmax > 0, G / np.where(wmax > 0, wmax, 1.0), 1.0)
+    # the active device of every bin, then the g_min device of every model
+    g = np.concatenate([g_min[at] + frac * G[at], g_min])
+    std = np.sqrt(sigma_v ** 2 + (np.concatenate([rel[at], rel]) * g) ** 2)
+    if all(m.clip for m in models):
+        mean, var = stats.rectified_moments(g, std)[:2]
+    elif not any(m.clip for m in models):
+        mean, var = g, std ** 2
+    else:
+        raise ValueError("clip_stats: models disagree on clipping")
+    n = len(frac)
+    w_bar = (mean[:n] - mean[n:][at]) / c[at]
+    w_var = (var[:n] + var[n:][at]) / c[at] ** 2
+    w = frac * wmax[at]
+    k = len(models)
+    var_sum = np.bincount(at, weights=weight * w_var, minlength=k)
+    energy = np.bincount(at, weights=weight * w * w, minlength=k)
+    short = np.bincount(at, weights=weight * w * (w - w_bar), minlength=k)
+    shrink = np.where(energy > 0, short / np.where(energy > 0, energy, 1.0), 0.0)
+    return [(float(a), float(b)) for a, b in zip(var_sum, shrink)]
+
+
 @dataclass
 class ClosedForm:
     """The fitted form of one output: coefficients per layer and the sympy expression."""
@@ -50,26 +143,60 @@ class ClosedForm:
     var_exponent: float = 1.0                          # variance grows as V0 (V/V0)^e (nonlinear gains)
     v0: float = 0.0
     nonlinear: float = 0.0                             # nonlinear residual variance at V0; scales like V
+    clip: dict[str, ClipModel] = field(default_factory=dict)
+    shift: tuple[float, float, float] = (0.0, 0.0, 0.0)   # clipping's output bias: overlap X, size E, shrink s0
+    bias_floor: float = 0.0                            # bias^2 of the other mean shifts without noise
+    series: dict[str, list[str]] = field(default_factory=dict)   # layer -> layers in series (`series_layers`)
     expression: sp.Expr = field(default=None)
+    noise_expression: sp.Expr = field(default=None)      # V, the noise variance terms (a subtree of expression)
+
+    def _clip_functions(self, index: int, name: str):
+        """kappa_i(sigma, G) and shrink_i(sigma, G) of layer i as sympy functions implemented by its clip model
+        (numbered: a layer name is not a valid function name; `explain` prints the legend)."""
+        from sympy.utilities.lambdify import implemented_function
+        model, s0, g0 = self.clip[name], self.point["sigma"], self.g0[name]
+        kappa = implemented_function(f"kappa_{index}", lambda s, g: model.kappa(float(s), float(g), s0, g0))
+        shrink = implemented_function(f"shrink_{index}", lambda s, g: model.stats(float(s), float(g))[1])
+        return kappa, shrink
+
+    def _uses_clip(self, name: str) -> bool:
+        model = self.clip.get(name)
+        return model is not None and model.at_point[0] > 0 and self.point["sigma"] > 0
 
     def build_expression(self) -> sp.Expr:
         terms = [sp.Float(self.constant, 6)]
-        noise = []
+        noise, shrink, keep, kappas = [], [], {}, {}
+        for i, name in enumerate(self.coefficients):
+            if self._uses_clip(name):
+                kappas[name], shrink_fn = self._clip_functions(i, name)
+                shrink.append(shrink_fn(sigma, g_symbol(name)))
+                keep[name] = (1 - shrink[-1]) / sp.Float(1.0 - self.clip[name].at_point[1], 8)
         for name, c in self.coefficients.items():
             G, W = g_symbol(name), wmax_symbol(name)
-            noise.append(sp.Float(c["A"], 6) * (sigma * W / G) ** 2)
+            gain = sp.Mul(*[keep[m] for m in self.series.get(name, ()) if m in keep]) ** 2
+            prog = sp.Float(c["A"], 6) * (sigma * W / G) ** 2
+            if name in kappas:
+                prog = prog * kappas[name](sigma, G)
+            noise.append(gain * prog)
             if c["B"]:
-                noise.append(sp.Float(c["B"], 6) * (sigma_r * W / G) ** 2)
+                noise.append(gain * sp.Float(c["B"], 6) * (sigma_r * W / G) ** 2)
             terms.append(sp.Float(c["Q"], 6) * (W / (levels - 1)) ** 2)
             terms.append(sp.Float(c["D"], 6) / (2 ** (b_adc - 1) - 1) ** 2)
             terms.append(sp.Float(c["E"], 6) / dac_levels(b_dac, self.dac_signed[name]) ** 2)
-        v = sp.Add(*noise)
+        v = self.noise_expression = sp.Add(*noise)
         beta, p = self.bias_law
         e = self.var_exponent
         var_part = v if e == 1.0 or self.v0 <= 0 else sp.Float(self.v0 ** (1 - e), 6) * v ** sp.Float(e, 4)
         if self.v0 > 0 and self.nonlinear:
             var_part = sp.Float(1.0 + self.nonlinear / self.v0, 6) * var_part
-        self.expression = sp.Add(*terms) + var_part + sp.Float(beta, 6) * v ** sp.Float(p, 4)
+        law = sp.Float(beta, 6) * v ** sp.Float(p, 4)
+        self.expression = sp.Add(*terms) + var_part + law
+        x_over, e_own, s0 = self.shift
+        if s0 > 0 and shrink:
+            r = sp.Add(*shrink) / sp.Float(s0, 6)
+            at_v0 = self.bias_floor + beta * self.v0 ** p
+            grow = sp.sqrt((sp.Float(self.bias_floor, 6) + law) / sp.Float(at_v0, 6)) if at_v0 > 0 else 1
+            self.expression += sp.Float(2 * x_over, 6) * r * grow + sp.Float(e_own, 6) * r ** 2
         return self.expression
 
     def point_symbols(self) -> dict[sp.Symbol, float]:
@@ -93,10 +220,23 @@ class ClosedForm:
         db = p["dac_bits"] if dac_bits == "keep" else dac_bits
         out = {"programming": 0.0, "read": 0.0, "quantization": 0.0, "adc": 0.0, "dac": 0.0, "nonlinearity": 0.0,
                "mean_shift": 0.0}
+        clipped = [name for name in self.coefficients if self._uses_clip(name)]
+        layer_stats = dict(zip(clipped, clip_stats([self.clip[n] for n in clipped], s,
+                                             [(g_ranges or self.g0)[n] for n in clipped])))
+        keep = {name: (1.0 - st[1]) / (1.0 - self.clip[name].at_point[1]) for name, st in layer_stats.items()}
+        shrink = sum(st[1] for st in layer_stats.values())
         for name, c in self.coefficients.items():
-            ratio = self.wmax[name] / (g_ranges or self.g0)[name]
-            out["programming"] += c["A"] * (s * ratio) ** 2
-            out["read"] += c["B"] * (sr * ratio) ** 2
+            G = (g_ranges or self.g0)[name]
+            ratio = self.wmax[name] / G
+            # the shrink of the layers in series scales this layer's inputs (upstream) and sensitivities
+            # (downstream); relative to the compiled point
+            gain = float(np.prod([keep[m] for m in self.series.get(name, ()) if m in keep])) ** 2
+            if name in layer_stats:
+                out["programming"] += gain * c["A"] * (p["sigma"] * self.wmax[name] / self.g0[name]) ** 2 * (
+                    layer_stats[name][0] / self.clip[name].at_point[0])
+            else:
+                out["programming"] += gain * c["A"] * (s * ratio) ** 2
+            out["read"] += gain * c["B"] * (sr * ratio) ** 2
             out["quantization"] += c["Q"] * (self.wmax[name] / (lv - 1)) ** 2 if lv else 0.0
             out["adc"] += c["D"] / (2 ** (ab - 1) - 1) ** 2 if ab else 0.0
             out["dac"] += c["E"] / dac_levels(db, self.dac_signed[name]) ** 2 if db else 0.0
@@ -107,7 +247,15 @@ class ClosedForm:
             out["read"] *= scale
         if self.v0 > 0:     # the nonlinearities' residual variance is driven by the same noise
             out["nonlinearity"] = self.nonlinear * (out["programming"] + out["read"]) / self.v0
-        out["mean_shift"] = self.bias_law[0] * v ** self.bias_law[1]
+        beta, p_law = self.bias_law
+        law = beta * v ** p_law
+        out["mean_shift"] = law
+        x_over, e_own, s0 = self.shift
+        if s0 > 0:      # clipping's shrink bias, and its overlap with the other mean shifts (grown with them)
+            r = shrink / s0
+            at_v0 = self.bias_floor + beta * self.v0 ** p_law
+            grow = np.sqrt(max(self.bias_floor + law, 0.0) / at_v0) if at_v0 > 0 else 1.0
+            out["mean_shift"] += 2.0 * x_over * r * grow + e_own * r * r
         return out
 
     def mse(self, **point) -> float:
@@ -140,43 +288,60 @@ def batch_subset(g: MemseGraph, limit: int = 32) -> int | None:
     return limit
 
 
-def noise_scaled_bias2(g: MemseGraph, device, options: dict, k: float) -> dict[str, float]:
-    """bias^2 of every output with every noise std multiplied by k (one cheap forward moment pass: the
-    closed form takes only the shape of bias^2(V) from these, anchored at the full analysis)."""
+def noise_scaled_bias(g: MemseGraph, device, options: dict, k: float, clip: bool | None = None
+                      ) -> dict[str, tuple[np.ndarray, float]]:
+    """Per output: (mean - reference, mean variance) with every noise std multiplied by k, on a subset of the
+    samples (one cheap forward moment pass: the closed form takes only the shape of the bias(V) law from these,
+    anchored at the full analysis). clip: override `programming_noise.clip_at_zero`."""
     from passes.moments import forward_moments
     pn = device.programming_noise
-    scaled = device.with_overrides({"programming_noise.sigma": pn.sigma * k,
-                                    "programming_noise.relative": pn.relative * k,
-                                    "read_noise.sigma": device.read_noise.sigma * k})
+    over = {"programming_noise.sigma": pn.sigma * k, "programming_noise.relative": pn.relative * k,
+            "read_noise.sigma": device.read_noise.sigma * k}
+    if clip is not None:
+        over["programming_noise.clip_at_zero"] = clip
     n = batch_subset(g)
     # the per-layer refinement factors of the full analysis are reused: probing again costs O(layers^2)
-    # backward sweeps per pass, and only the shape of bias^2(V) is taken from these passes
-    moments = forward_moments(g, scaled, options, signals=False, samples=n,
+    # backward sweeps per pass, and only the shape of bias(V) is taken from these passes
+    moments = forward_moments(g, device.with_overrides(over), options, signals=False, samples=n,
                               refinement=g.graph.get("refinement"))[0]
     ref = g.graph["reference"]
-    return {out: (float(np.mean((moments[out][0] - ref[out][:n]) ** 2)), float(np.mean(moments[out][1])))
-            for out in g.graph["outputs"]}
+    return {out: (moments[out][0] - ref[out][:n], float(np.mean(moments[out][1]))) for out in g.graph["outputs"]}
 
 
-def fit_bias_law(v0: float, low: float, mid: float, high: float, k: float) -> tuple[float, float, float]:
-    """(b0, beta, p) of bias^2(V) = b0 + beta V^p through bias^2 at V0/k^2, V0, V0 k^2 (noise std scaled
-    by 1/k, 1, k): the noise-induced mean shift grows like V (smooth nonlinearities, p = 2 for bias^2) to
-    sqrt(V) (ReLU kinks near zero), so the exponent is fitted, within [0.5, 2]."""
-    d1, d2 = mid - low, high - mid
-    if v0 <= 0 or d1 <= 0 or d2 <= 0:
-        return mid, 0.0, 1.0
-    p = float(np.clip(np.log(d2 / d1) / np.log(k * k), 0.5, 2.5))
-    beta = (d1 + d2) / (v0 ** p * (k ** (2 * p) - k ** (-2 * p)))
-    return mid - beta * v0 ** p, float(beta), p
+def fit_power_law(vs, ys) -> tuple[float, float, float]:
+    """(b0, beta, p) of y(V) = b0 + beta V^p through three points (V ascending): the noise-induced mean shift
+    grows like V (smooth nonlinearities, p = 2 for bias^2) to sqrt(V) (ReLU kinks near zero), the variance
+    about like V; p is found by bisection within [0.5, 2.5]. No growth: (y at the middle point, 0, 1)."""
+    (v1, v2, v3), (y1, y2, y3) = vs, ys
+    d1, d2 = y2 - y1, y3 - y2
+    if v1 <= 0 or not v1 < v2 < v3 or d1 <= 0 or d2 <= 0:
+        return y2, 0.0, 1.0
+    target = np.log(d2 / d1)
+
+    def excess(q):   # log((v3^q - v2^q) / (v2^q - v1^q)) - target, increasing in q
+        return np.log((v3 ** q - v2 ** q) / (v2 ** q - v1 ** q)) - target
+    lo, hi = 0.5, 2.5
+    if excess(lo) >= 0 or excess(hi) <= 0:
+        q = lo if excess(lo) >= 0 else hi
+    else:
+        for _ in range(60):
+            q = 0.5 * (lo + hi)
+            lo, hi = (q, hi) if excess(q) < 0 else (lo, q)
+        q = 0.5 * (lo + hi)
+    beta = (d1 + d2) / (v3 ** q - v1 ** q)
+    return y2 - beta * v2 ** q, float(beta), float(q)
 
 
-def fit_closed_form(g: MemseGraph, device, out: str, extra_bias: dict[float, dict] | None = None) -> ClosedForm:
+def fit_closed_form(g: MemseGraph, device, out: str, extra: dict | None = None) -> ClosedForm:
+    """extra: {"clip": {k: noise_scaled_bias(.., k)}, "free": the same with clipping off (absent when the device
+    does not clip)} at three noise scales k, for the laws of the mean shift and the variance growth."""
     sens = g.graph["sensitivity"][out]
     entry = g.graph["analysis"]["outputs"][out]
     pn = device.programming_noise
     point = {"sigma": pn.sigma, "sigma_r": device.read_noise.sigma, "levels": device.conductance.levels,
              "adc_bits": device.adc.bits, "dac_bits": device.dac.bits}
-    coefficients, g0, wmax, signed = {}, {}, {}, {}
+    lin = g.graph.get("linearization", {})
+    coefficients, g0, wmax, signed, clip = {}, {}, {}, {}, {}
     for name, layer in g.layers.items():
         def val(key):
             return sens.get(f"{name}|{key}", 0.0)
@@ -189,20 +354,77 @@ def fit_closed_form(g: MemseGraph, device, out: str, extra_bias: dict[float, dic
         q = val("_w2_over_c2") * G ** 2 / W ** 2 / 12.0
         coefficients[name] = {"A": a, "B": b, "Q": q, "D": val("_adc_unit"), "E": val("_dac_unit"),
                               "kappa": a / unclipped if unclipped > 0 else 1.0}
-    cf = ClosedForm(out, 0.0, coefficients, g0, wmax, signed, point)
-    v0 = cf.terms()["programming"] + cf.terms()["read"]
+        if name in lin and W > 0:
+            clip[name] = ClipModel.of_layer(layer, lin[name], device)
+    cf = ClosedForm(out, 0.0, coefficients, g0, wmax, signed, point, clip=clip, series=series_layers(g, out))
+    at_point = cf.terms()
+    v0 = at_point["programming"] + at_point["read"]
     cf.v0 = v0
     cf.nonlinear = sum(v for k, v in sens.items() if k.endswith("|nonlinearity"))
-    if extra_bias:
-        (_, lo), (_, mid), (k_hi, hi) = sorted(extra_bias.items())
-        _, beta, p = fit_bias_law(v0, lo[out][0], mid[out][0], hi[out][0], k_hi)
-        cf.bias_law = (beta, p)
-        # the same three points give the growth exponent of the noise-driven variance (diagonal pass)
-        _, gamma, e = fit_bias_law(v0, lo[out][1], mid[out][1], hi[out][1], k_hi)
+    if extra:
+        # the laws in V come from the passes without clipping when the device clips: along sigma, clipping
+        # changes with the noise, but not along G; the clip models carry it in both directions
+        free = extra.get("free") or extra["clip"]
+        v_free = v0           # the noise variance terms of the passes without clipping, at k = 1
+        if extra.get("free"):
+            v_free = at_point["read"] + sum(
+                c["A"] * (pn.sigma * wmax[n] / g0[n]) ** 2 * (_unclipped_ratio(clip[n], pn.sigma, g0[n])
+                                                              if cf._uses_clip(n) else 1.0)
+                for n, c in coefficients.items())
+        scales = sorted(free)
+        floor, beta, p = fit_power_law([k * k * v_free for k in scales],
+                                       [float(np.mean(free[k][out][0] ** 2)) for k in scales])
+        cf.bias_law, cf.bias_floor = (beta, p), max(floor, 0.0)
+        # the same passes give the growth exponent of the noise-driven variance (diagonal passes)
+        _, gamma, e = fit_power_law([k * k * v_free for k in scales], [free[k][out][1] for k in scales])
         cf.var_exponent = e if gamma > 0 else 1.0
+        if extra.get("free"):
+            b_free, b_clip = free[1.0][out][0], extra["clip"][1.0][out][0]
+            shift = b_clip - b_free
+            s0 = sum(m.at_point[1] for n, m in clip.items() if cf._uses_clip(n))
+            if s0 > 0:
+                cf.shift = (float(np.mean(b_free * shift)), float(np.mean(shift * shift)), s0)
     cf.constant = float(entry["mse"]) - sum(cf.terms().values())
     cf.build_expression()
     return cf
+
+
+def series_layers(g: MemseGraph, out: str) -> dict[str, list[str]]:
+    """For every crossbar layer, the other layers that every signal path through it to `out` also crosses: its
+    dominators from the input and its post-dominators toward `out`, in the dataflow of the analysed units. In a
+    chain that is every other layer; a residual branch is in series with neither the skip's layers nor ..."""
+    import networkx as nx
+    from memse_compiler.ir import schedule
+    lin = g.graph.get("linearization", {})
+    producer = {t: "<input>" for t in g.graph["inputs"]}
+    dag = nx.DiGraph()
+    dag.add_node("<input>")
+    for u in (u for u in schedule(g) if u in lin):
+        ins, outs = (([g.layers[u].input], [g.layers[u].output]) if u in g.layers
+                     else (g.nodes[u]["inputs"], g.nodes[u]["outputs"]))
+        dag.add_node(u)
+        dag.add_edges_from((producer[t], u) for t in ins if t in producer)
+        producer.update((t, u) for t in outs)
+    if out not in producer:
+        return {}
+    dag.add_edge(producer[out], "<output>")
+    live = nx.ancestors(dag, "<output>") & nx.descendants(dag, "<input>")
+    sub = dag.subgraph(live | {"<input>", "<output>"})
+    dom, post = nx.immediate_dominators(sub, "<input>"), nx.immediate_dominators(sub.reverse(copy=False), "<output>")
+
+    def chain(idom, node):
+        while idom.get(node, node) != node:
+            node = idom[node]
+            yield node
+    return {name: [m for m in (*chain(dom, name), *chain(post, name)) if m in g.layers]
+            for name in g.layers if name in live}
+
+
+def _unclipped_ratio(model: ClipModel, sigma_v: float, g_range: float) -> float:
+    """A layer's programming variance without clipping over the clipped one, at (sigma, G)."""
+    free = ClipModel(model.weight, model.fraction, model.wmax, model.g_min, model.relative, False)
+    clipped = model.stats(sigma_v, g_range)[0]
+    return free.stats(sigma_v, g_range)[0] / clipped if clipped > 0 else 1.0
 
 
 class ClosedFormPass(Pass):
@@ -217,10 +439,15 @@ class ClosedFormPass(Pass):
             return g
         t0 = time.perf_counter()
         from passes.moments import LARGE_MODEL_MACS, model_macs
-        # the mean-shift law costs three cheap forward passes: skipped on large models (bias^2 then
-        # stays in the constant)
-        extra = None if model_macs(g) > LARGE_MODEL_MACS else {
-            k: noise_scaled_bias2(g, ctx.device, ctx.options, k) for k in self.noise_scales + (1.0,)}
+        # the laws cost three cheap forward passes (six when the device clips): skipped on large models
+        # (bias^2 then stays in the constant)
+        extra = None
+        if model_macs(g) <= LARGE_MODEL_MACS:
+            scales = self.noise_scales + (1.0,)
+            clips = ctx.device.programming_noise.clip_at_zero and ctx.device.programming_noise.sigma > 0
+            extra = {"clip": {k: noise_scaled_bias(g, ctx.device, ctx.options, k) for k in scales}}
+            if clips:
+                extra["free"] = {k: noise_scaled_bias(g, ctx.device, ctx.options, k, clip=False) for k in scales}
         forms = {out: fit_closed_form(g, ctx.device, out, extra) for out in g.graph["sensitivity"]}
         g.graph["closed_form"] = forms
         timing = g.graph.setdefault("timing", {})
@@ -228,9 +455,20 @@ class ClosedFormPass(Pass):
         return g
 
 
+def function_legend(cf: ClosedForm) -> dict[str, str]:
+    """What the closed form's functions kappa_i / shrink_i stand for (i: the layer's index)."""
+    legend = {}
+    for i, name in enumerate(cf.coefficients):
+        if cf._uses_clip(name):
+            legend[f"kappa_{i}"] = (f"{name}: its devices' programming variance with clipping at 0, relative to "
+                                    f"sigma^2 and to the compiled point")
+            legend[f"shrink_{i}"] = f"{name}: relative shrink of its mean weights by clipping"
+    return legend
+
+
 def closed_form_summary(cf: ClosedForm) -> dict:
     """JSON-ready view for the report."""
-    return {"expression": str(cf.expression), "constant": cf.constant,
+    return {"expression": str(cf.expression), "constant": cf.constant, "functions": function_legend(cf),
             "terms": cf.terms(), "layers": cf.coefficients,
             "symbols": {str(wmax_symbol(k)): v for k, v in cf.wmax.items()}
             | {str(g_symbol(k)): v for k, v in cf.g0.items()},
