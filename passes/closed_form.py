@@ -1,21 +1,28 @@
 """Closed form of each output's MSE in the device parameters (DESIGN §5), from the sensitivity pass:
 
-    MSE = C + sum_l A_l (sigma Wmax_l / G_l)^2 + sum_l B_l (sigma_r Wmax_l / G_l)^2
+    MSE = C + V + beta V^p + 2 X s + E s^2
             + sum_l Q_l (Wmax_l / (L - 1))^2 + sum_l D_l / (2^(b_adc - 1) - 1)^2 + sum_l E_l / n_dac(b_dac)^2
+    V   = sum_l g_l [A_l (sigma Wmax_l / G_l)^2 kappa_l(sigma, G_l) + B_l (sigma_r Wmax_l / G_l)^2]
+    s   = sum_l shrink_l(sigma, G_l)
 
-A_l: programming noise (with the second-order S*v term, measured at the compiled point), times kappa_l(sigma,
-G_l): how clipping at 0 changes the devices' variance away from the compiled point (1 there), B_l: read noise, Q_l: conductance quantization as uniform error
-(Delta = Wmax/(L-1) per weight), D_l/E_l: ADC/DAC quantization (uniform model, calibrated ranges). The
-noise-driven part V = sum A + B terms also carries the nonlinearities' independent residual variance (in
-proportion to V), a fitted growth exponent and the mean shift beta V^p. Clipping also shrinks every weight
-toward 0 (a device near g_min reads high on average): an output bias that follows the shrink s = sum_l
-shrink_l(sigma, G_l), not V, so it has its own term, 2 X s + E s^2 (its overlap X with the other mean shifts
-and its own size E, both measured at the compiled point). kappa_l and shrink_l come from `ClipModel`, a
-histogram of the layer's weights over the level of the active device of each pair (the other one sits at
-g_min), with the device's clipped Gaussian statistics evaluated per bin: exact for any sigma and G (levels
-are fractions of G). C holds the rest and anchors the form so it equals the full analysis at the compiled
-point. `check_closed_form` re-runs the full analysis at other
-points to report how far the form is off when the parameters move.
+A_l: programming noise (with the second-order S*v term) and B_l: read noise, measured at the compiled point;
+Q_l: conductance quantization as uniform error (Delta = Wmax/(L-1) per weight); D_l/E_l: ADC/DAC quantization
+(uniform model, calibrated ranges). V also carries the nonlinearities' independent residual variance (in
+proportion to V) and a fitted growth exponent; beta V^p is the nonlinearities' mean shift.
+
+Clipping at 0 (DESIGN §4.4) is modelled per layer by `ClipModel`, a histogram of the layer's weights over the
+level of each pair's active device (the other one sits at g_min), with the clipped Gaussian statistics of the
+devices evaluated per bin: exact sums over the weights at any sigma and G, since levels are fractions of G.
+kappa_l: the clipped variance relative to sigma^2 and to the compiled point (1 there). shrink_l: clipping also
+shrinks the mean weights toward 0 (a device near g_min reads high on average). That biases the output in
+proportion to s, not V: 2 X s + E s^2, its overlap X with the other mean shifts and its own size E, both
+measured at the compiled point against forward passes without clipping. It also scales the noise of every layer
+in series with the shrinking one (g_l: the product of (1 - shrink_m)^2 over the layers every path through l also
+crosses, `series_layers`, relative to the compiled point). The laws in V (beta, p, the growth exponent) are
+fitted on forward passes without clipping at noise x0.5, x1, x2, so that clipping, which changes along sigma
+but also along G, is carried by the clip models alone. C holds the rest and anchors the form so it equals the
+full analysis at the compiled point. `check_closed_form` (memse_compiler/explain.py) and
+benchmarks/closed_form.py re-run the full analysis at other points to report how far the form is off.
 """
 from __future__ import annotations
 
@@ -81,8 +88,8 @@ class ClipModel:
         return model
 
     def stats(self, sigma_v: float, g_range: float) -> tuple[float, float]:
-        """(sum over the weights of row power x Var(w), shrink) at (sigma, G): see `clip_stats`."""
-        return clip_stats([self], sigma_v, [g_range])[0]
+        """(sum over the weights of row power x Var(w), shrink) at (sigma, G): see `ClipStack.stats`."""
+        return ClipStack([self]).stats(sigma_v, [g_range])[0]
 
     def kappa(self, sigma_v: float, g_range: float, sigma0: float, g0: float) -> float:
         """The programming variance at (sigma, G) relative to the clip-free scaling (sigma G0 / (sigma0 G))^2 of
@@ -93,40 +100,42 @@ class ClipModel:
         return self.stats(sigma_v, g_range)[0] / base * (sigma0 * g_range / (sigma_v * g0)) ** 2
 
 
-def clip_stats(models: list[ClipModel], sigma_v: float, g_ranges) -> list[tuple[float, float]]:
-    """Per model: (sum over the weights of row power x Var(w), shrink) at (sigma, G), w the programmed
-    effective weight (DESIGN §4.4, as passes.crossbar_math.weight_statistics). The shrink is how far E[w] falls
-    short of w, relative, as one least-squares factor (weights: row power x w^2); clipping makes it > 0.
-    All models in one vectorised evaluation of the rectified moments (the closed form calls this per point)."""
-    if not models:
-        return []
-    sizes = [len(m.weight) for m in models]
-    at = np.repeat(np.arange(len(models)), sizes)
-    G = np.asarray(g_ranges, dtype=float)
-    wmax = np.array([m.wmax for m in models])
-    g_min = np.array([m.g_min for m in models])
-    rel = np.array([m.relative for m in models])
-    frac, weight = np.concatenate([m.fraction for m in models]), np.concatenate([m.weight for m in models])
-    c = np.where(wmax > 0, G / np.where(wmax > 0, wmax, 1.0), 1.0)
-    # the active device of every bin, then the g_min device of every model
-    g = np.concatenate([g_min[at] + frac * G[at], g_min])
-    std = np.sqrt(sigma_v ** 2 + (np.concatenate([rel[at], rel]) * g) ** 2)
-    if all(m.clip for m in models):
-        mean, var = stats.rectified_moments(g, std)[:2]
-    elif not any(m.clip for m in models):
-        mean, var = g, std ** 2
-    else:
-        raise ValueError("clip_stats: models disagree on clipping")
-    n = len(frac)
-    w_bar = (mean[:n] - mean[n:][at]) / c[at]
-    w_var = (var[:n] + var[n:][at]) / c[at] ** 2
-    w = frac * wmax[at]
-    k = len(models)
-    var_sum = np.bincount(at, weights=weight * w_var, minlength=k)
-    energy = np.bincount(at, weights=weight * w * w, minlength=k)
-    short = np.bincount(at, weights=weight * w * (w - w_bar), minlength=k)
-    shrink = np.where(energy > 0, short / np.where(energy > 0, energy, 1.0), 0.0)
-    return [(float(a), float(b)) for a, b in zip(var_sum, shrink)]
+class ClipStack:
+    """Several layers' clip models stacked, so that one vectorised evaluation of the rectified moments serves
+    them all (the closed form evaluates every layer at each device point)."""
+
+    def __init__(self, models: list[ClipModel]):
+        if len({m.clip for m in models}) > 1:
+            raise ValueError("ClipStack: the models disagree on clipping")
+        self.size, self.clip = len(models), bool(models and models[0].clip)
+        self.at = np.repeat(np.arange(len(models)), [len(m.weight) for m in models])
+        self.frac = np.concatenate([m.fraction for m in models]) if models else np.zeros(0)
+        self.weight = np.concatenate([m.weight for m in models]) if models else np.zeros(0)
+        self.wmax = np.array([m.wmax for m in models])
+        self.g_min = np.array([m.g_min for m in models])
+        self.rel = np.concatenate([np.array([m.relative for m in models])[self.at], [m.relative for m in models]])
+        self.w = self.frac * self.wmax[self.at]
+        self.energy = np.bincount(self.at, weights=self.weight * self.w * self.w, minlength=self.size)
+
+    def stats(self, sigma_v: float, g_ranges) -> list[tuple[float, float]]:
+        """Per model: (sum over the weights of row power x Var(w), shrink) at (sigma, G), w the programmed
+        effective weight (DESIGN §4.4, as passes.crossbar_math.weight_statistics does it). The shrink is how far
+        E[w] falls short of w, relative, as one least-squares factor (weights: row power x w^2); clipping makes
+        it > 0."""
+        if not self.size:
+            return []
+        at, n = self.at, len(self.frac)
+        G = np.asarray(g_ranges, dtype=float)
+        c = np.where(self.wmax > 0, G / np.where(self.wmax > 0, self.wmax, 1.0), 1.0)
+        g = np.concatenate([self.g_min[at] + self.frac * G[at], self.g_min])  # active devices, then g_min ones
+        std = np.sqrt(sigma_v ** 2 + (self.rel * g) ** 2)
+        mean, var = stats.rectified_moments(g, std)[:2] if self.clip else (g, std ** 2)
+        w_bar = (mean[:n] - mean[n:][at]) / c[at]
+        w_var = (var[:n] + var[n:][at]) / c[at] ** 2
+        var_sum = np.bincount(at, weights=self.weight * w_var, minlength=self.size)
+        short = np.bincount(at, weights=self.weight * self.w * (self.w - w_bar), minlength=self.size)
+        shrink = np.where(self.energy > 0, short / np.where(self.energy > 0, self.energy, 1.0), 0.0)
+        return [(float(a), float(b)) for a, b in zip(var_sum, shrink)]
 
 
 @dataclass
@@ -220,9 +229,10 @@ class ClosedForm:
         db = p["dac_bits"] if dac_bits == "keep" else dac_bits
         out = {"programming": 0.0, "read": 0.0, "quantization": 0.0, "adc": 0.0, "dac": 0.0, "nonlinearity": 0.0,
                "mean_shift": 0.0}
-        clipped = [name for name in self.coefficients if self._uses_clip(name)]
-        layer_stats = dict(zip(clipped, clip_stats([self.clip[n] for n in clipped], s,
-                                             [(g_ranges or self.g0)[n] for n in clipped])))
+        if getattr(self, "_stack", None) is None:      # built once: the models do not change
+            self._clipped = [name for name in self.coefficients if self._uses_clip(name)]
+            self._stack = ClipStack([self.clip[n] for n in self._clipped])
+        layer_stats = dict(zip(self._clipped, self._stack.stats(s, [(g_ranges or self.g0)[n] for n in self._clipped])))
         keep = {name: (1.0 - st[1]) / (1.0 - self.clip[name].at_point[1]) for name, st in layer_stats.items()}
         shrink = sum(st[1] for st in layer_stats.values())
         for name, c in self.coefficients.items():
@@ -333,8 +343,9 @@ def fit_power_law(vs, ys) -> tuple[float, float, float]:
 
 
 def fit_closed_form(g: MemseGraph, device, out: str, extra: dict | None = None) -> ClosedForm:
-    """extra: {"clip": {k: noise_scaled_bias(.., k)}, "free": the same with clipping off (absent when the device
-    does not clip)} at three noise scales k, for the laws of the mean shift and the variance growth."""
+    """extra: {"free": {k: noise_scaled_bias(.., k, clip=False)} at three noise scales k, for the laws of the mean
+    shift and the variance growth, and "clip": the same as the device is at k = 1} when the device clips; else
+    only "clip", at the three scales."""
     sens = g.graph["sensitivity"][out]
     entry = g.graph["analysis"]["outputs"][out]
     pn = device.programming_noise
@@ -392,7 +403,8 @@ def fit_closed_form(g: MemseGraph, device, out: str, extra: dict | None = None) 
 def series_layers(g: MemseGraph, out: str) -> dict[str, list[str]]:
     """For every crossbar layer, the other layers that every signal path through it to `out` also crosses: its
     dominators from the input and its post-dominators toward `out`, in the dataflow of the analysed units. In a
-    chain that is every other layer; a residual branch is in series with neither the skip's layers nor ..."""
+    chain that is every other layer; the layers of a residual branch are in series with the stem and the head,
+    which are not in series with them (the skip bypasses the branch)."""
     import networkx as nx
     from memse_compiler.ir import schedule
     lin = g.graph.get("linearization", {})
@@ -439,13 +451,14 @@ class ClosedFormPass(Pass):
             return g
         t0 = time.perf_counter()
         from passes.moments import LARGE_MODEL_MACS, model_macs
-        # the laws cost three cheap forward passes (six when the device clips): skipped on large models
+        # the laws cost three cheap forward passes (four when the device clips): skipped on large models
         # (bias^2 then stays in the constant)
         extra = None
         if model_macs(g) <= LARGE_MODEL_MACS:
             scales = self.noise_scales + (1.0,)
             clips = ctx.device.programming_noise.clip_at_zero and ctx.device.programming_noise.sigma > 0
-            extra = {"clip": {k: noise_scaled_bias(g, ctx.device, ctx.options, k) for k in scales}}
+            # with clipping the laws come from passes without it; the one with it gives the shrink's bias
+            extra = {"clip": {k: noise_scaled_bias(g, ctx.device, ctx.options, k) for k in ((1.0,) if clips else scales)}}
             if clips:
                 extra["free"] = {k: noise_scaled_bias(g, ctx.device, ctx.options, k, clip=False) for k in scales}
         forms = {out: fit_closed_form(g, ctx.device, out, extra) for out in g.graph["sensitivity"]}
