@@ -4,7 +4,8 @@
 Run by hand:  python benchmarks/closed_form.py [--inputs 200] [--set KEY=VALUE ...] [--out FILE]
 
 Points: programming sigma x0.5 .. x3, every layer's G x0.25 .. x0.75 (same levels: the weights' level indices
-stay, clipping changes), and sigma and G both x0.5 (the same sigma/G; only clipping changes). Prints the relative error per point and its mean / max, and writes a markdown table.
+stay, clipping changes), sigma and G both x0.5 (the same sigma/G; only clipping changes), and the conductance
+levels x0.5 and x0.25 (the quantization term is the uniform Delta^2/12 model: the weak direction). Prints the relative error per point and its mean / max, and writes a markdown table.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from memse_compiler import compile_model  # noqa: E402
 
 MODELS = ("mlp", "cnn", "rescnn")
 POINTS = [("sigma", 0.5), ("sigma", 0.75), ("sigma", 1.5), ("sigma", 2.0), ("sigma", 3.0),
-          ("G", 0.25), ("G", 0.5), ("G", 0.75), ("sigma & G", 0.5)]
+          ("G", 0.25), ("G", 0.5), ("G", 0.75), ("sigma & G", 0.5), ("levels", 0.5), ("levels", 0.25)]
 
 
 def point(dev, cf, kind: str, k: float) -> tuple[dict, dict]:
@@ -34,6 +35,9 @@ def point(dev, cf, kind: str, k: float) -> tuple[dict, dict]:
         return {"programming_noise.sigma": s0 * k}, {"sigma_v": s0 * k}
     if kind == "G":
         return {"conductance.g_max": cond.g_min + k * (cond.g_max - cond.g_min)}, g_args
+    if kind == "levels":
+        n = int(cond.levels * k)
+        return {"conductance.levels": n}, {"levels_v": n}
     # both: sigma and G scaled together, sigma/G kept
     return ({"programming_noise.sigma": s0 * k, "conductance.g_max": cond.g_min + k * (cond.g_max - cond.g_min)},
             {"sigma_v": s0 * k, **g_args})
@@ -58,12 +62,16 @@ def main() -> None:
             over, cf_args = point(dev, cf, kind, k)
             g2, _ = compile_model(path, dev.with_overrides(over), x)
             errs.append(cf.mse(**cf_args) / g2.graph["analysis"]["outputs"]["logits"]["mse"] - 1)
-        errors += errs
+        errors.append(errs)
         a = np.abs(errs)
         rows.append([name] + [f"{100 * e:+.1f} %" for e in errs] + [f"{100 * a.mean():.1f} %", f"{100 * a.max():.1f} %"])
         print(" ".join(f"{c:>12}" for c in rows[-1]))
-    a = np.abs(errors)
-    summary = f"all {len(errors)} points: mean abs {100 * a.mean():.1f} %, max abs {100 * a.max():.1f} %"
+    a = np.abs(np.array(errors))
+    noise = [i for i, (kind, _) in enumerate(POINTS) if kind != "levels"]
+    lv = [i for i, (kind, _) in enumerate(POINTS) if kind == "levels"]
+    summary = (f"sigma and G, {a[:, noise].size} points: mean abs {100 * a[:, noise].mean():.1f} %, max abs "
+               f"{100 * a[:, noise].max():.1f} %; levels, {a[:, lv].size} points: mean abs {100 * a[:, lv].mean():.1f} %, "
+               f"max abs {100 * a[:, lv].max():.1f} %")
     print(summary)
     lines = ["# Closed form vs full re-analysis away from the compiled point", "",
              f"- Command: `python benchmarks/closed_form.py{''.join(' --set ' + s for s in args.set)}` "

@@ -26,6 +26,7 @@ benchmarks/closed_form.py re-run the full analysis at other points to report how
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -49,7 +50,8 @@ def dac_levels(bits, signed: bool):
     return 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
 
 
-LEVEL_BINS = 64     # histogram bins of the active device's level when the conductances are not quantized
+LEVEL_BINS = 64       # histogram bins of the active device's level when the conductances are not quantized
+WEIGHT_BINS = 256     # bins of the float weight |w| / Wmax, to re-quantize at another number of levels
 
 
 @dataclass
@@ -57,47 +59,63 @@ class ClipModel:
     """One layer's programmed weights as a histogram over the level of each pair's active device (the other one
     sits at g_min, DESIGN §4.2), each weight counted with the mean power E[x^2] of the crossbar row it
     multiplies. A device's clipped statistics depend only on its conductance and a level is a fixed fraction
-    of G, so sums over the bins are the sums over the weights at any sigma and G."""
+    of G, so sums over the bins are the sums over the weights at any sigma and G. The bins also split by the
+    float weight's fraction of Wmax (WEIGHT_BINS), which is re-quantized for another number of levels (there
+    the sums are those of the bins' mean weights)."""
     weight: np.ndarray          # (B,) summed row power of the weights in each bin
     fraction: np.ndarray        # (B,) their mean level fraction (g_active - g_min) / G
+    unquantized: np.ndarray     # (B,) their mean float fraction |w| / Wmax (of the scale group)
     wmax: float
     g_min: float
     relative: float             # state-dependent programming noise: std = sqrt(sigma^2 + (relative g)^2)
     clip: bool
+    levels: int | None = None   # the compiled conductance levels (None: continuous)
+    rounding: str = "nearest"
     at_point: tuple[float, float] = (0.0, 0.0)      # `stats` at the compiled point
 
     @classmethod
     def of_layer(cls, layer, cm, device) -> "ClipModel":
-        n_levels = device.conductance.levels
+        cond = device.conductance
         g_range = np.broadcast_to(layer.g_range, layer.g_plus.shape)
         active = np.maximum(layer.g_plus, layer.g_minus) - layer.g_min
-        frac = np.clip(active / np.where(g_range > 0, g_range, 1.0), 0.0, 1.0)
-        if n_levels and n_levels <= 4096:
-            bins, idx = n_levels, np.rint(frac * (n_levels - 1)).astype(np.intp)
+        frac = np.clip(active / np.where(g_range > 0, g_range, 1.0), 0.0, 1.0).ravel()
+        w_max = np.broadcast_to(layer.w_max, layer.g_plus.shape)
+        u = np.clip(np.abs(layer.augmented_weight()) / np.where(w_max > 0, w_max, 1.0), 0.0, 1.0).ravel()
+        if cond.levels and cond.levels <= 4096:
+            level = np.rint(frac * (cond.levels - 1)).astype(np.intp)
         else:
-            bins, idx = LEVEL_BINS, np.minimum((frac * LEVEL_BINS).astype(np.intp), LEVEL_BINS - 1)
+            level = np.minimum((frac * LEVEL_BINS).astype(np.intp), LEVEL_BINS - 1)
+        key = level * WEIGHT_BINS + np.minimum((u * WEIGHT_BINS).astype(np.intp), WEIGHT_BINS - 1)
+        keys, idx = np.unique(key, return_inverse=True)
         power = np.mean(cm.mu_vec ** 2 + cm.v_vec, axis=(0, 1))             # (G, Jb); the bias row's is 1
-        w = np.broadcast_to(power[:, None, :], idx.shape).ravel()
-        weight = np.bincount(idx.ravel(), weights=w, minlength=bins)
-        frac_sum = np.bincount(idx.ravel(), weights=w * frac.ravel(), minlength=bins)
+        w = np.broadcast_to(power[:, None, :], layer.g_plus.shape).ravel()
+        weight = np.bincount(idx, weights=w, minlength=len(keys))
         keep = weight > 0
+        mean_of = lambda a: np.bincount(idx, weights=w * a, minlength=len(keys))[keep] / weight[keep]  # noqa: E731
         pn = device.programming_noise
-        model = cls(weight[keep], frac_sum[keep] / weight[keep], float(np.max(layer.w_max)), float(layer.g_min),
-                    float(pn.relative), bool(pn.clip_at_zero))
+        model = cls(weight[keep], mean_of(frac), mean_of(u), float(np.max(layer.w_max)), float(layer.g_min),
+                    float(pn.relative), bool(pn.clip_at_zero), cond.levels, cond.rounding)
         model.at_point = model.stats(pn.sigma, float(np.mean(layer.g_range)))
         return model
 
-    def stats(self, sigma_v: float, g_range: float) -> tuple[float, float]:
-        """(sum over the weights of row power x Var(w), shrink) at (sigma, G): see `ClipStack.stats`."""
-        return ClipStack([self]).stats(sigma_v, [g_range])[0]
+    def fractions(self, levels="keep") -> np.ndarray:
+        """The bins' level fractions at `levels` ("keep": the compiled ones, exact)."""
+        if levels == "keep" or levels == self.levels:
+            return self.fraction
+        from passes.map_conductances import quantize_conductance
+        return quantize_conductance(self.unquantized, np.float64(1.0), levels, self.rounding)
 
-    def kappa(self, sigma_v: float, g_range: float, sigma0: float, g0: float) -> float:
-        """The programming variance at (sigma, G) relative to the clip-free scaling (sigma G0 / (sigma0 G))^2 of
-        the one at the compiled point (sigma0, G0): 1 there, < 1 where clipping bites harder."""
+    def stats(self, sigma_v: float, g_range: float, levels="keep") -> tuple[float, float]:
+        """(sum over the weights of row power x Var(w), shrink) at (sigma, G): see `ClipStack.stats`."""
+        return ClipStack([self]).stats(sigma_v, [g_range], levels)[0]
+
+    def kappa(self, sigma_v: float, g_range: float, sigma0: float, g0: float, levels="keep") -> float:
+        """The programming variance at (sigma, G, levels) relative to the clip-free scaling (sigma G0 / (sigma0
+        G))^2 of the one at the compiled point (sigma0, G0): 1 there, < 1 where clipping bites harder."""
         base = self.at_point[0]
         if base <= 0 or sigma_v <= 0:
             return 1.0
-        return self.stats(sigma_v, g_range)[0] / base * (sigma0 * g_range / (sigma_v * g0)) ** 2
+        return self.stats(sigma_v, g_range, levels)[0] / base * (sigma0 * g_range / (sigma_v * g0)) ** 2
 
 
 class ClipStack:
@@ -107,7 +125,7 @@ class ClipStack:
     def __init__(self, models: list[ClipModel]):
         if len({m.clip for m in models}) > 1:
             raise ValueError("ClipStack: the models disagree on clipping")
-        self.size, self.clip = len(models), bool(models and models[0].clip)
+        self.models, self.size, self.clip = models, len(models), bool(models and models[0].clip)
         self.at = np.repeat(np.arange(len(models)), [len(m.weight) for m in models])
         self.frac = np.concatenate([m.fraction for m in models]) if models else np.zeros(0)
         self.weight = np.concatenate([m.weight for m in models]) if models else np.zeros(0)
@@ -117,24 +135,29 @@ class ClipStack:
         self.w = self.frac * self.wmax[self.at]
         self.energy = np.bincount(self.at, weights=self.weight * self.w * self.w, minlength=self.size)
 
-    def stats(self, sigma_v: float, g_ranges) -> list[tuple[float, float]]:
+    def stats(self, sigma_v: float, g_ranges, levels="keep") -> list[tuple[float, float]]:
         """Per model: (sum over the weights of row power x Var(w), shrink) at (sigma, G), w the programmed
         effective weight (DESIGN §4.4, as passes.crossbar_math.weight_statistics does it). The shrink is how far
         E[w] falls short of w, relative, as one least-squares factor (weights: row power x w^2); clipping makes
-        it > 0."""
+        it > 0. levels: the number of conductance levels ("keep": as compiled)."""
         if not self.size:
             return []
         at, n = self.at, len(self.frac)
+        frac, w = self.frac, self.w
+        if levels != "keep" and any(m.levels != levels for m in self.models):
+            frac = np.concatenate([m.fractions(levels) for m in self.models])
+            w = frac * self.wmax[at]
         G = np.asarray(g_ranges, dtype=float)
         c = np.where(self.wmax > 0, G / np.where(self.wmax > 0, self.wmax, 1.0), 1.0)
-        g = np.concatenate([self.g_min[at] + self.frac * G[at], self.g_min])  # active devices, then g_min ones
+        g = np.concatenate([self.g_min[at] + frac * G[at], self.g_min])       # active devices, then g_min ones
         std = np.sqrt(sigma_v ** 2 + (self.rel * g) ** 2)
         mean, var = stats.rectified_moments(g, std)[:2] if self.clip else (g, std ** 2)
         w_bar = (mean[:n] - mean[n:][at]) / c[at]
         w_var = (var[:n] + var[n:][at]) / c[at] ** 2
         var_sum = np.bincount(at, weights=self.weight * w_var, minlength=self.size)
-        short = np.bincount(at, weights=self.weight * self.w * (self.w - w_bar), minlength=self.size)
-        shrink = np.where(self.energy > 0, short / np.where(self.energy > 0, self.energy, 1.0), 0.0)
+        short = np.bincount(at, weights=self.weight * w * (w - w_bar), minlength=self.size)
+        energy = self.energy if w is self.w else np.bincount(at, weights=self.weight * w * w, minlength=self.size)
+        shrink = np.where(energy > 0, short / np.where(energy > 0, energy, 1.0), 0.0)
         return [(float(a), float(b)) for a, b in zip(var_sum, shrink)]
 
 
@@ -164,8 +187,11 @@ class ClosedForm:
         (numbered: a layer name is not a valid function name; `explain` prints the legend)."""
         from sympy.utilities.lambdify import implemented_function
         model, s0, g0 = self.clip[name], self.point["sigma"], self.g0[name]
-        kappa = implemented_function(f"kappa_{index}", lambda s, g: model.kappa(float(s), float(g), s0, g0))
-        shrink = implemented_function(f"shrink_{index}", lambda s, g: model.stats(float(s), float(g))[1])
+
+        def lv(n):      # the levels symbol: infinite for continuous conductances
+            return None if not np.isfinite(float(n)) else int(round(float(n)))
+        kappa = implemented_function(f"kappa_{index}", lambda s, g, n: model.kappa(float(s), float(g), s0, g0, lv(n)))
+        shrink = implemented_function(f"shrink_{index}", lambda s, g, n: model.stats(float(s), float(g), lv(n))[1])
         return kappa, shrink
 
     def _uses_clip(self, name: str) -> bool:
@@ -178,14 +204,14 @@ class ClosedForm:
         for i, name in enumerate(self.coefficients):
             if self._uses_clip(name):
                 kappas[name], shrink_fn = self._clip_functions(i, name)
-                shrink.append(shrink_fn(sigma, g_symbol(name)))
+                shrink.append(shrink_fn(sigma, g_symbol(name), levels))
                 keep[name] = (1 - shrink[-1]) / sp.Float(1.0 - self.clip[name].at_point[1], 8)
         for name, c in self.coefficients.items():
             G, W = g_symbol(name), wmax_symbol(name)
             gain = sp.Mul(*[keep[m] for m in self.series.get(name, ()) if m in keep]) ** 2
             prog = sp.Float(c["A"], 6) * (sigma * W / G) ** 2
             if name in kappas:
-                prog = prog * kappas[name](sigma, G)
+                prog = prog * kappas[name](sigma, G, levels)
             noise.append(gain * prog)
             if c["B"]:
                 noise.append(gain * sp.Float(c["B"], 6) * (sigma_r * W / G) ** 2)
@@ -232,7 +258,8 @@ class ClosedForm:
         if getattr(self, "_stack", None) is None:      # built once: the models do not change
             self._clipped = [name for name in self.coefficients if self._uses_clip(name)]
             self._stack = ClipStack([self.clip[n] for n in self._clipped])
-        layer_stats = dict(zip(self._clipped, self._stack.stats(s, [(g_ranges or self.g0)[n] for n in self._clipped])))
+        layer_stats = dict(zip(self._clipped, self._stack.stats(s, [(g_ranges or self.g0)[n] for n in self._clipped],
+                                                                levels_v)))
         keep = {name: (1.0 - st[1]) / (1.0 - self.clip[name].at_point[1]) for name, st in layer_stats.items()}
         shrink = sum(st[1] for st in layer_stats.values())
         for name, c in self.coefficients.items():
@@ -434,7 +461,7 @@ def series_layers(g: MemseGraph, out: str) -> dict[str, list[str]]:
 
 def _unclipped_ratio(model: ClipModel, sigma_v: float, g_range: float) -> float:
     """A layer's programming variance without clipping over the clipped one, at (sigma, G)."""
-    free = ClipModel(model.weight, model.fraction, model.wmax, model.g_min, model.relative, False)
+    free = dataclasses.replace(model, clip=False)
     clipped = model.stats(sigma_v, g_range)[0]
     return free.stats(sigma_v, g_range)[0] / clipped if clipped > 0 else 1.0
 
@@ -475,7 +502,7 @@ def function_legend(cf: ClosedForm) -> dict[str, str]:
         if cf._uses_clip(name):
             legend[f"kappa_{i}"] = (f"{name}: its devices' programming variance with clipping at 0, relative to "
                                     f"sigma^2 and to the compiled point")
-            legend[f"shrink_{i}"] = f"{name}: relative shrink of its mean weights by clipping"
+            legend[f"shrink_{i}"] = f"{name}: relative shrink of its mean weights by clipping at 0"
     return legend
 
 
