@@ -19,10 +19,12 @@ costs are not counted):
   (signals=[] = the cheapest tracking), until the 95% CI half-width <= 5% of the output MSE.
   "MC total" = build + loop. The ratios are MC / analysis.
 - For the ResNet-18 shape the +-5% MC time is ESTIMATED from a pilot of --pilot chips:
-  chips needed = (1.96 * std/mean / 0.05)^2 (std over the pilot's per-chip MSEs), times the pilot's measured
-  time per chip. The small models get the same pilot estimate beside the measured run, to show how well the
-  estimate agrees with a real sequential run.
-- MC per chip = MC loop time / chips; executor chip = one `NoisyExecutor.run_chip` (noise drawn in line +
+  chips needed = (1.96 * std/mean / 0.05)^2 (std over the pilot's per-chip MSEs), times the steady-state time per
+  chip (a second run of --steady chips on the same executor), plus the pilot's excess over that steady state (the
+  one-time warm-up: first use of the noise buffers and of onnxruntime's arena). The small models get the same
+  pilot estimate beside the measured run, to show how well the estimate agrees with a real sequential run.
+- MC per chip = MC loop time / chips (warm-up included); MC steady = the steady-state run's time per chip;
+  executor chip = one `NoisyExecutor.run_chip` (noise drawn in line +
   session run); plain ORT = one `InferenceSession.run` of the original ONNX model on the same
   batch with the same number of intra-op threads as the executor (min over --repeat-ort runs).
 """
@@ -124,13 +126,20 @@ def bench(label: str, model, x: np.ndarray, dev, args, resnet: bool) -> dict:
                            signals=[], executor=ex)
     cv, need, n_p = pilot_estimate(pilot)
     per_chip_p = pilot["mc_s"] / pilot["chips"]
-    r.update(pilot_chips=n_p, cv=cv, est_chips=max(math.ceil(need), 2), est_loop_s=max(math.ceil(need), 2) * per_chip_p,
-             pilot_per_chip_ms=1e3 * per_chip_p, pilot_mse=pilot["outputs"][OUTPUT]["mse"])
+    # steady state: the same executor again (its noise buffers and onnxruntime's arena already there); the
+    # pilot's excess over it is the one-time warm-up, counted once in the estimate
+    steady = run_montecarlo(g, dev, x, chips=args.steady, precision=None, seed=args.seed + 3, progress=False,
+                            signals=[], executor=ex)
+    per_chip_s = steady["mc_s"] / steady["chips"]
+    warmup = max(pilot["mc_s"] - n_p * per_chip_s, 0.0)
+    est = max(math.ceil(need), 2)
+    r.update(pilot_chips=n_p, cv=cv, est_chips=est, est_loop_s=warmup + est * per_chip_s, warmup_s=warmup,
+             pilot_per_chip_ms=1e3 * per_chip_p, steady_ms=1e3 * per_chip_s, pilot_mse=pilot["outputs"][OUTPUT]["mse"])
     print(f"  [{label}] pilot {n_p} chips: {per_chip_p * 1e3:.1f} ms/chip, std/mean {cv:.3f} -> "
           f"{r['est_chips']} chips", file=sys.stderr, flush=True)
     if resnet:
-        r.update(measured=False, chips=r["est_chips"], loop_s=r["est_loop_s"], per_chip_ms=1e3 * per_chip_p,
-                 mc_mse=r["pilot_mse"], ci_rel=None)
+        r.update(measured=False, chips=r["est_chips"], loop_s=r["est_loop_s"],
+                 per_chip_ms=1e3 * r["est_loop_s"] / r["est_chips"], mc_mse=r["pilot_mse"], ci_rel=None)
     else:
         mc = run_montecarlo(g, dev, x, chips=args.max_chips, precision=TARGET, min_chips=args.min_chips,
                             seed=args.seed, progress=False, signals=[], executor=ex)
@@ -142,14 +151,15 @@ def bench(label: str, model, x: np.ndarray, dev, args, resnet: bool) -> dict:
     r["ratio_loop"] = r["loop_s"] / r["an_s"]
     r["ratio_total"] = r["total_s"] / r["an_s"]
     r["chip_plain"] = r["per_chip_ms"] / r["plain_ms"]
+    r["steady_plain"] = r["steady_ms"] / r["plain_ms"]
     r["ratio_cf"] = r["loop_s"] / r["cf_s"]
     r["exec_plain"] = r["chip_ms"] / r["plain_ms"]
     return r
 
 
 HEAD = ("| model | batch | analysis s | compile s | MC chips to ±5% | MC loop s | MC build s | MC total s "
-        "| MC loop / analysis | MC total / analysis | MC per chip ms | executor chip ms | plain ORT ms "
-        "| MC chip / plain | executor chip / plain |")
+        "| MC loop / analysis | MC total / analysis | MC per chip ms | MC steady ms/chip | executor chip ms "
+        "| plain ORT ms | MC chip / plain | MC steady / plain | executor chip / plain |")
 SEP = "|" + "|".join(["---"] * (HEAD.count("|") - 1)) + "|"
 HEAD2 = ("| model | pilot chips | pilot std/mean | est. chips to ±5% | est. MC loop s | measured chips "
          "| measured MC loop s | analysis MSE | MC MSE |")
@@ -162,8 +172,8 @@ def row(r: dict) -> str:
     est = "" if r["measured"] else " (est.)"
     return (f"| {r['model']} | {r['batch']} | {r['an_s']:.3g} | {r['comp_s']:.3g} | {chips} | {r['loop_s']:.3g}{est} "
             f"| {r['build_s']:.3g} | {r['total_s']:.3g}{est} | {r['ratio_loop']:.3g}x{est} | {r['ratio_total']:.3g}x{est} "
-            f"| {r['per_chip_ms']:.3g} | {r['chip_ms']:.3g} | {r['plain_ms']:.3g} | {r['chip_plain']:.3g} "
-            f"| {r['exec_plain']:.3g} |")
+            f"| {r['per_chip_ms']:.3g} | {r['steady_ms']:.3g} | {r['chip_ms']:.3g} | {r['plain_ms']:.3g} "
+            f"| {r['chip_plain']:.3g} | {r['steady_plain']:.3g} | {r['exec_plain']:.3g} |")
 
 
 def row2(r: dict) -> str:
@@ -181,6 +191,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=None, help="compiles per small model, min taken (default 3)")
     ap.add_argument("--repeat-ort", type=int, default=20, help="plain ORT runs, min taken")
     ap.add_argument("--pilot", type=int, default=20, help="pilot chips for the estimate (default 20)")
+    ap.add_argument("--steady", type=int, default=8, help="chips of the steady-state run (default 8)")
     ap.add_argument("--min-chips", type=int, default=20, help="min chips of the measured sequential MC run")
     ap.add_argument("--max-chips", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
@@ -207,11 +218,12 @@ def main() -> None:
         f"{args.repeat} compile(s) for the digits models, 1 for ResNet); compile s = the whole `compile_model` call",
         f"- MC chips/loop: measured sequential run (`precision=0.05, min_chips={args.min_chips}`, prebuilt executor, "
         "`signals=[]`) for the digits models; for ResNet-18 ESTIMATED as (1.96*std/mean/0.05)^2 chips from a "
-        f"{args.pilot}-chip pilot times the pilot's measured time per chip, its warm-up included (marked est.)",
+        f"{args.pilot}-chip pilot, times the steady-state time per chip, plus the pilot's warm-up once (marked est.)",
         "- MC build = NoisyExecutor construction (run_montecarlo includes it in `mc_s` when it builds the executor "
         "itself); MC total = build + loop; ratios = MC time / analysis time (the §9 bar asks >= 100x)",
         "- MC per chip = MC loop / chips (pipelined: onnxruntime runs chip n while one thread draws chip n+1's noise "
         "and another reduces chip n-1's outputs and layer outputs to MSEs; the first chip is not overlapped); "
+        f"MC steady = a second run of {args.steady} chips on the same executor (buffers and arena warm), per chip; "
         "executor chip = one `NoisyExecutor.run_chip(x, rng)` (draw the "
         "chip's programming and read noise in line + one session run, no MSE bookkeeping); plain ORT = one run of "
         f"the original model on the same batch; the last two are the min over {args.repeat_ort} runs (3 for ResNet)",
@@ -254,7 +266,7 @@ def main() -> None:
             f"{len(bar)}/{len(rows)} models" + (f" ({', '.join(r['model'] for r in bar)})" if bar else "")]
     summ += [f"- {r['model']}: MC loop / analysis = {r['ratio_loop']:.3g}x{'' if r['measured'] else ' (estimated)'}, "
              f"incl. executor build {r['ratio_total']:.3g}x; one executor chip = {r['exec_plain']:.3g}x a plain ORT run "
-             f"(MC per chip incl. bookkeeping {r['chip_plain']:.3g}x)"
+             f"(MC per chip incl. bookkeeping {r['chip_plain']:.3g}x, steady state {r['steady_plain']:.3g}x)"
              for r in rows]
     summ.append(f"- load average at the end of the run: {os.getloadavg()[0]:.2f} (other jobs share this machine; "
                 "times are single measurements except where a min is stated)")

@@ -145,14 +145,19 @@ class _LayerPlan:
     # read-noise inputs: (name, shape with None = batch, std per output: a float or an array broadcasting to shape)
     noise: list[tuple[str, tuple, float | np.ndarray]] = field(default_factory=list)
 
-    def feed(self, w: np.ndarray) -> dict[str, np.ndarray]:
-        """Effective weights (G, O, Jb) -> this layer's weight (and bias-row) graph inputs, float32."""
+    def feed(self, w: np.ndarray, buffer=None) -> dict[str, np.ndarray]:
+        """Effective weights (G, O, Jb) -> this layer's weight (and bias-row) graph inputs, float32.
+        buffer(name, shape): a float32 array to write an input into (None: fresh arrays)."""
         lay = self.layer
         j = lay.weight.shape[2]
         m = w[0, :, :j].T if self.transpose else w[:, :, :j]
-        out = {self.w_input: np.ascontiguousarray(m, dtype=np.float32).reshape(self.w_shape)}
+        if buffer is None:
+            buffer = lambda name, shape: np.empty(shape, np.float32)  # noqa: E731
+        out = {self.w_input: buffer(self.w_input, self.w_shape)}
+        np.copyto(out[self.w_input].reshape(m.shape), m)
         if self.b_input:
-            out[self.b_input] = np.ascontiguousarray(w[:, :, j], dtype=np.float32).reshape(-1)
+            out[self.b_input] = buffer(self.b_input, (w.shape[0] * w.shape[1],))
+            np.copyto(out[self.b_input].reshape(w.shape[:2]), w[:, :, j])
         return out
 
 
@@ -373,21 +378,33 @@ class NoisyExecutor:
         return name
 
     # ---- chips ------------------------------------------------------------------------------------
-    def _weights(self, rng: np.random.Generator | None) -> dict[str, np.ndarray]:
-        """One chip's programmed weights (rng=None: the noiseless programmed chip), as graph inputs."""
+    def _buffer(self, key: tuple, shape: tuple) -> np.ndarray:
+        """A reused float32 array (allocated once: on ResNet-18 a chip's inputs are ~0.4 GB, and fresh pages
+        cost more than the arithmetic that fills them)."""
+        buf = self._bufs.get(key)
+        if buf is None or buf.shape != tuple(shape):
+            buf = self._bufs[key] = np.zeros(shape, np.float32)
+        return buf
+
+    def _weights(self, rng: np.random.Generator | None, slot: int | None = None) -> dict[str, np.ndarray]:
+        """One chip's programmed weights (rng=None: the noiseless programmed chip), as graph inputs. slot: write
+        them into that set of reused buffers (see `_read_noise`); None: fresh arrays the caller may keep."""
         clip = self.device.programming_noise.clip_at_zero
         feed = {}
+        buffer = None if slot is None else (lambda name, shape: self._buffer(("w", name, slot), shape))
         for p in self.plans:
             if rng is None or not self.programming:       # float64, then rounded once
                 w = p.layer.quantized_weight()
             else:       # in place on one float32 buffer: ResNet-18 has 2 x 11 M devices
-                g = standard_normal(rng, np.empty(p.g_target.shape, np.float32), p.std)
+                out = (np.empty(p.g_target.shape, np.float32) if slot is None
+                       else self._buffer(("g", p.w_input, slot), p.g_target.shape))
+                g = standard_normal(rng, out, p.std)
                 g += p.g_target
                 if clip:            # a conductance is not negative (DESIGN §4.4)
                     np.maximum(g, 0.0, out=g)
                 w = np.subtract(g[0], g[1], out=g[0])
                 w *= p.inv_c
-            feed.update(p.feed(w))
+            feed.update(p.feed(w, buffer))
         return feed
 
     def draw_chip(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -402,10 +419,7 @@ class NoisyExecutor:
         for p in self.plans:
             for name, shape, std in p.noise:
                 shp = tuple(n if d is None else d for d in shape)
-                key = (name, shp, slot) if rng is not None else ("zeros", shp)
-                buf = self._bufs.get(key)
-                if buf is None:
-                    buf = self._bufs[key] = np.zeros(shp, np.float32)
+                buf = self._buffer((name, shp, slot) if rng is not None else ("zeros", shp), shp)
                 if rng is not None:
                     standard_normal(rng, buf, std)
                 feed[name] = buf
@@ -414,7 +428,8 @@ class NoisyExecutor:
     def chip_feed(self, n: int, rng: np.random.Generator, slot: int = 0) -> dict[str, np.ndarray]:
         """All the noise of one chip on a batch of n: programmed weights, then read noise (the order
         `run_chip` draws in, so prefetching the feed in another thread gives the same numbers)."""
-        return {**self.draw_chip(rng), **self._read_noise(n, rng if self.read_sigma > 0 else None, slot)}
+        weights = self._weights(rng, slot) if self.programming else self._noiseless
+        return {**weights, **self._read_noise(n, rng if self.read_sigma > 0 else None, slot)}
 
     def run_feed(self, x: np.ndarray, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every exposed signal for the batch `x` with a complete noise feed (see `chip_feed`)."""
