@@ -390,3 +390,25 @@ def test_every_op_coverage_model_against_the_executor():
             if abs(o["mse"] - m["mse"]) > 0.12 * m["mse"] + half:
                 misses.append((zm.name, out, o["mse"], m["mse"], half))
     assert not misses, misses
+
+
+@pytest.mark.parametrize("overrides", [[], ["programming_noise.relative=0.05"], ["programming_noise.clip_at_zero=false"],
+                                       ["conductance.levels=16", "mapping.scale=column"], ["conductance.g_min=0"]])
+def test_weight_statistics_by_level_pairs_equal_the_per_weight_ones(overrides):
+    """With quantized levels the clipped pair statistics are evaluated once per pair of levels and gathered:
+    bitwise the numbers of the per-weight evaluation (the same function on the same conductances)."""
+    from passes.crossbar_math import device_std, level_pairs, weight_statistics
+    from passes.symbolic import weight_stat_function
+    dev = load_device("rram", overrides)
+    used = 0
+    for name in ("rescnn", "mlp"):
+        g, _ = compile_model(str(EXAMPLES / f"{name}_digits.onnx"), dev, X[:4])
+        for layer in g.layers.values():
+            want = weight_stat_function(dev.programming_noise.clip_at_zero)(
+                layer.g_plus, layer.g_minus, device_std(layer.g_plus, dev), device_std(layer.g_minus, dev),
+                layer.scale_c)
+            got = weight_statistics(layer, dev)
+            used += level_pairs(layer, dev.conductance.levels) is not None
+            for a, b in zip(want, got):
+                np.testing.assert_array_equal(np.broadcast_to(a, layer.g_plus.shape), b)
+    assert used > 0
