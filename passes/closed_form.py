@@ -85,13 +85,12 @@ class ClipModel:
             level = np.rint(frac * (cond.levels - 1)).astype(np.intp)
         else:
             level = np.minimum((frac * LEVEL_BINS).astype(np.intp), LEVEL_BINS - 1)
-        key = level * WEIGHT_BINS + np.minimum((u * WEIGHT_BINS).astype(np.intp), WEIGHT_BINS - 1)
-        keys, idx = np.unique(key, return_inverse=True)
+        idx = level * WEIGHT_BINS + np.minimum((u * WEIGHT_BINS).astype(np.intp), WEIGHT_BINS - 1)
         power = np.mean(cm.mu_vec ** 2 + cm.v_vec, axis=(0, 1))             # (G, Jb); the bias row's is 1
         w = np.broadcast_to(power[:, None, :], layer.g_plus.shape).ravel()
-        weight = np.bincount(idx, weights=w, minlength=len(keys))
+        weight = np.bincount(idx, weights=w)
         keep = weight > 0
-        mean_of = lambda a: np.bincount(idx, weights=w * a, minlength=len(keys))[keep] / weight[keep]  # noqa: E731
+        mean_of = lambda a: np.bincount(idx, weights=w * a, minlength=len(weight))[keep] / weight[keep]  # noqa: E731
         pn = device.programming_noise
         model = cls(weight[keep], mean_of(frac), mean_of(u), float(np.max(layer.w_max)), float(layer.g_min),
                     float(pn.relative), bool(pn.clip_at_zero), cond.levels, cond.rounding)

@@ -113,10 +113,10 @@ def layer_symbols(name: str) -> dict[str, sp.Symbol]:
             "W": sp.Symbol(f"W_{name}"), "R_dac": sp.Symbol(f"R_dac_{name}", positive=True)}
 
 
-@lru_cache(maxsize=4096)
-def _layer_crossbar_exprs(name: str, relative: bool, clip: bool, x: str) -> tuple[sp.Expr, sp.Expr]:
-    """A layer's partial-sum moments with the tile's matrix product as the symbol K (the same for every tile
-    of the layer: built once, then only K is replaced per tile; ResNet-18 has 1514 tiles)."""
+@lru_cache(maxsize=1024)
+def _layer_weight_exprs(name: str, relative: bool, clip: bool) -> tuple[sp.Expr, sp.Expr, sp.Expr]:
+    """(W_bar, S, R) of a layer in device symbols: the same for every tile of the layer, so built once
+    (ResNet-18 has 1514 tiles); each tile only substitutes them into the small partial-sum template."""
     s = layer_symbols(name)
     g_plus = g_min + Quant(s["G"] * Pos(s["W"]) / s["Wmax"], levels)
     g_minus = g_min + Quant(s["G"] * Pos(-s["W"]) / s["Wmax"], levels)
@@ -125,19 +125,18 @@ def _layer_crossbar_exprs(name: str, relative: bool, clip: bool, x: str) -> tupl
     w_bar, w_var = weight_stat_exprs(clip)
     c = s["G"] / s["Wmax"]
     subs = {_gp: g_plus, _gm: g_minus, _sp: std, _sm: std_m, _c: c}
-    w_bar, w_var = w_bar.xreplace(subs), w_var.xreplace(subs)
-    mean, var, _, _ = partial_sum_exprs()
-    mu, v = _tensor_syms(x)
-    subs = {_wbar: w_bar, _wvar: w_var, _rvar: 2 * sigma_r ** 2 / c ** 2, _mu: mu, _v: v}
-    return mean.xreplace(subs), var.xreplace(subs)
+    return w_bar.xreplace(subs), w_var.xreplace(subs), 2 * sigma_r ** 2 / c ** 2
 
 
 def crossbar_exprs(layer, device, x: str, tile: tuple[int, int, int]) -> tuple[sp.Expr, sp.Expr]:
     """Partial-sum moments of one tile, in device symbols."""
     pn = device.programming_noise
-    mean, var = _layer_crossbar_exprs(layer.name, bool(pn.relative), bool(pn.clip_at_zero), x)
+    w_bar, w_var, r = _layer_weight_exprs(layer.name, bool(pn.relative), bool(pn.clip_at_zero))
+    mean, var, _, _ = partial_sum_exprs()
+    mu, v = _tensor_syms(x)
     k = sp.Symbol(f"K_{layer.name}[{tile[0]},{tile[1]},{tile[2]}]")
-    return mean.xreplace({_K: k, _T: k}), var.xreplace({_K: k, _T: k})
+    subs = {_K: k, _T: k, _wbar: w_bar, _wvar: w_var, _rvar: r, _mu: mu, _v: v}
+    return mean.xreplace(subs), var.xreplace(subs)
 
 
 def quantizer_exprs(x: str, full_range: sp.Expr, bits: sp.Expr, signed: bool) -> tuple[sp.Expr, sp.Expr]:
