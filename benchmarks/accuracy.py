@@ -31,8 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from device_models import load_device  # noqa: E402
-from memse_compiler import compile_model  # noqa: E402
+from memse_compiler import compile_model, tune_allocator  # noqa: E402
 from memse_compiler.montecarlo import run_montecarlo  # noqa: E402
+
+tune_allocator()     # as the CLI does (memse_compiler/allocator.py)
 
 MODELS = {"mlp": "examples/mlp_digits.onnx", "cnn": "examples/cnn_digits.onnx",
           "rescnn": "examples/rescnn_digits.onnx"}

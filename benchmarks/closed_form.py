@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from device_models import load_device  # noqa: E402
-from memse_compiler import compile_model  # noqa: E402
+from memse_compiler import compile_model, tune_allocator  # noqa: E402
+
+tune_allocator()     # as the CLI does (memse_compiler/allocator.py)
 
 MODELS = ("mlp", "cnn", "rescnn")
 POINTS = [("sigma", 0.5), ("sigma", 0.75), ("sigma", 1.5), ("sigma", 2.0), ("sigma", 3.0),

@@ -24,11 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from device_models import load_device  # noqa: E402
-from memse_compiler import compile_model  # noqa: E402
+from memse_compiler import compile_model, tune_allocator  # noqa: E402
 from memse_compiler.ir.errors import MemseInputError  # noqa: E402
 from passes.map_conductances import map_layer  # noqa: E402
 from passes.optimize import optimize  # noqa: E402
 from passes.power import PowerPass  # noqa: E402
+
+tune_allocator()     # as the CLI does (memse_compiler/allocator.py)
 
 RESULTS = ROOT / "benchmarks" / "results"
 X = np.load(ROOT / "examples" / "digits_inputs.npy")

@@ -18,7 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import resnet18  # noqa: E402
 
 from device_models import load_device  # noqa: E402
-from memse_compiler import compile_model  # noqa: E402
+from memse_compiler import compile_model, tune_allocator  # noqa: E402
+
+tune_allocator()     # as the CLI does (memse_compiler/allocator.py)
 
 
 def main() -> None:

@@ -49,9 +49,11 @@ from accuracy import provenance  # noqa: E402
 from models import resnet18  # noqa: E402
 
 from device_models import load_device  # noqa: E402
-from memse_compiler import compile_model  # noqa: E402
+from memse_compiler import compile_model, tune_allocator  # noqa: E402
 from memse_compiler.executor import NoisyExecutor  # noqa: E402
 from memse_compiler.montecarlo import run_montecarlo  # noqa: E402
+
+tune_allocator()     # as the CLI does (memse_compiler/allocator.py)
 
 OUTPUT = "logits"
 TARGET = 0.05

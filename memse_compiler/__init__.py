@@ -1,7 +1,8 @@
 """memse-compiler: lower ONNX networks onto memristor crossbars and predict their noise and power.
 
 Public API (imported lazily so that `memse_compiler.ir` stays importable from the passes):
-    compile_model, Pipeline, default_pipeline, build_graph, PassContext, Pass, MemseInputError
+    compile_model, Pipeline, default_pipeline, build_graph, PassContext, Pass, MemseInputError,
+    tune_allocator (glibc malloc thresholds for this process; the CLI calls it)
 """
 from importlib import import_module
 
@@ -17,6 +18,7 @@ _API = {
     "Pass": "memse_compiler.ir.pass_base",
     "PassContext": "memse_compiler.ir.pass_base",
     "MemseInputError": "memse_compiler.ir.errors",
+    "tune_allocator": "memse_compiler.allocator",
 }
 
 

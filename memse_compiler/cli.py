@@ -101,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from memse_compiler.inspect_cli import main as inspect_main
         return inspect_main(argv[1:])
     args = build_parser().parse_args(argv)
+    from memse_compiler.allocator import tune_allocator
+    tune_allocator()            # this process is ours: keep freed arrays in the heap (memse_compiler/allocator.py)
     try:
         return run(args)
     except USER_ERRORS as exc:

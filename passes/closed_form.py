@@ -59,7 +59,8 @@ class ClipModel:
     """One layer's programmed weights as a histogram over the level of each pair's active device (the other one
     sits at g_min, DESIGN §4.2), each weight counted with the mean power E[x^2] of the crossbar row it
     multiplies. A device's clipped statistics depend only on its conductance and a level is a fixed fraction
-    of G, so sums over the bins are the sums over the weights at any sigma and G. The bins also split by the
+    of G, so sums over the bins are the sums over the weights at any sigma and G (with per-column scale groups,
+    every column is taken at the layer's mean G). The bins also split by the
     float weight's fraction of Wmax (WEIGHT_BINS), which is re-quantized for another number of levels (there
     the sums are those of the bins' mean weights)."""
     weight: np.ndarray          # (B,) summed row power of the weights in each bin
@@ -182,8 +183,8 @@ class ClosedForm:
     noise_expression: sp.Expr = field(default=None)      # V, the noise variance terms (a subtree of expression)
 
     def _clip_functions(self, index: int, name: str):
-        """kappa_i(sigma, G) and shrink_i(sigma, G) of layer i as sympy functions implemented by its clip model
-        (numbered: a layer name is not a valid function name; `explain` prints the legend)."""
+        """kappa_i(sigma, G, L) and shrink_i(sigma, G, L) of layer i as sympy functions implemented by its clip
+        model (numbered: a layer name is not a valid function name; `explain` prints the legend)."""
         from sympy.utilities.lambdify import implemented_function
         model, s0, g0 = self.clip[name], self.point["sigma"], self.g0[name]
 
