@@ -21,6 +21,7 @@ from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.interpret import run as interpret
 
 Z95 = 1.96
+PIPELINE_MIN_S = 3e-4      # a chip's run and its draw + record must both exceed this for the pipeline
 
 
 def _ci(per_chip: np.ndarray) -> tuple[float, list[float] | None, float]:
@@ -94,7 +95,7 @@ def _references(g: MemseGraph, x: np.ndarray | None) -> tuple[np.ndarray, dict[s
 def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chips: int = 100,
                    precision: float | None = None, seed: int = 0, min_chips: int = 10, progress: bool = True,
                    signals: Iterable[str] | None = None, executor: NoisyExecutor | None = None,
-                   prefetch: bool = True) -> dict:
+                   prefetch: bool | None = None) -> dict:
     """Simulate up to `chips` chips and return the per-signal MSE with 95% CIs (also stored in
     g.graph["montecarlo"], time in g.graph["timing"]["mc_s"]).
 
@@ -103,14 +104,17 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
     signals: tensors whose MSE to report besides the outputs and layer outputs; None = every signal the
     analysis annotates (original tensors, L/dac, L/ps[g,r,c], L/adc_out[g,r,c], L/sum); [] = none.
     prefetch: draw the next chip's noise in a background thread while onnxruntime runs the current one
-    (numpy releases the GIL while drawing; same numbers as drawing in line, since one rng is used in order).
+    (numpy releases the GIL while drawing; same numbers as drawing in line, since one rng is used in order);
+    None (default): decided after timing chip 2, in line (tiny models lose more to the hand-offs than they
+    overlap: the digits MLP 0.25 ms/chip in line, 0.29-0.39 pipelined; the CNN 1.16 against 0.73-0.92).
     executor: a NoisyExecutor to reuse (default: built here, onnxruntime on all cores but one).
     Returns {"chips", "outputs": {name: {"mse", "ci95", "bias2", "variance"}}, "layers": {name: mse},
     "signals": {tensor: {"mse", "ci95"}}, "mc_s", "seed", "precision"}.
     """
     t0 = time.perf_counter()
     # with prefetching, one core draws noise while onnxruntime runs on the others
-    ex = executor or NoisyExecutor(g, device, threads=max(1, (os.cpu_count() or 2) - 1) if prefetch else None)
+    ex = executor or NoisyExecutor(g, device, threads=max(1, (os.cpu_count() or 2) - 1) if prefetch is not False
+                                   else None)
     x, ref = _references(g, x)
     rng = np.random.default_rng(seed)
     outputs = list(g.graph["outputs"])
@@ -166,23 +170,46 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
         return precision is not None and n >= max(min_chips, 2) and all(
             _ci(np.asarray(per_chip[o]))[2] <= precision * abs(np.mean(per_chip[o])) for o in outputs)
 
-    # Pipeline (prefetch=True): while onnxruntime runs chip n in this thread, one worker draws chip n+1's noise
-    # and another folds chip n-1's signals into the statistics. Chip n-1 is checked for convergence after
-    # chip n has run; stopping there discards chip n, so the result equals the sequential loop's.
+    # Pipeline: while onnxruntime runs chip n in this thread, one worker draws chip n+1's noise and another
+    # folds chip n-1's signals into the statistics. Chip n-1 is checked for convergence after chip n has run;
+    # stopping there discards chip n, so the result equals the sequential loop's. prefetch None: chips 1 and 2 run
+    # in line, 2 timed; the pipeline pays only when both its halves are worth a thread hand-off.
     shown, last_show, n = False, 0.0, 0
-    pool = ThreadPoolExecutor(2) if prefetch else None
-    draw = (lambda k: pool.submit(ex.chip_feed, len(x), rng, k % 2)) if pool else None
-    pending_record = None
+    pool = pending = pending_record = None
+
+    def show(done: bool) -> None:
+        nonlocal shown, last_show
+        elapsed = time.perf_counter() - t0
+        if progress and n and (done or n == chips or elapsed - last_show > 0.2) and (elapsed > 1.0 or shown):
+            m, _, hw = _ci(np.asarray(per_chip[outputs[0]]))
+            sys.stderr.write(f"\rMonte-Carlo: {n}/{chips} chips  {outputs[0]} MSE {m:.4g} +- {hw:.2g}"
+                             f"  {elapsed:.1f} s   ")
+            sys.stderr.flush()
+            shown, last_show = True, elapsed
     try:
-        pending = draw(0) if pool else None
-        for k in range(1, chips + 1):
-            if pool:
+        k = 0
+        # prefetch None: two chips in line (the first one's run also warms the session and the buffers),
+        # the second one timed
+        while not prefetch and k < min(2, chips) and not converged(n):
+            t_draw = time.perf_counter()
+            feed = ex.chip_feed(len(x), rng)
+            t_run = time.perf_counter()
+            values = ex.run_feed(x, feed)
+            t_rec = time.perf_counter()
+            record(values)
+            k = n = k + 1
+            side = time.perf_counter() - t_rec + t_run - t_draw          # draw + record: what threads overlap
+            if prefetch is None and k == 2 and min(t_rec - t_run, side) > PIPELINE_MIN_S:
+                prefetch = True
+            show(converged(n) or n == chips)
+        if prefetch and k < chips and not converged(n):
+            pool = ThreadPoolExecutor(2)
+            draw = lambda j: pool.submit(ex.chip_feed, len(x), rng, j % 2)  # noqa: E731
+            pending = draw(k)
+            for k in range(k + 1, chips + 1):
                 feed = pending.result()
                 pending = draw(k) if k < chips else None
-            else:
-                feed = ex.chip_feed(len(x), rng)
-            values = ex.run_feed(x, feed)
-            if pool:
+                values = ex.run_feed(x, feed)
                 if pending_record is not None:
                     pending_record.result()
                     n = k - 1
@@ -192,19 +219,13 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
                 if k == chips:
                     pending_record.result()
                     n = k
-            else:
-                record(values)
-                n = k
-            done = converged(n) if n == k else False
-            elapsed = time.perf_counter() - t0
-            if progress and n and (done or n == chips or elapsed - last_show > 0.2) and elapsed > 1.0:
-                m, _, hw = _ci(np.asarray(per_chip[outputs[0]]))
-                sys.stderr.write(f"\rMonte-Carlo: {n}/{chips} chips  {outputs[0]} MSE {m:.4g} +- {hw:.2g}"
-                                 f"  {elapsed:.1f} s   ")
-                sys.stderr.flush()
-                shown, last_show = True, elapsed
-            if done:
-                break
+                show(False)
+        else:
+            while n < chips and not converged(n):
+                record(ex.run_feed(x, ex.chip_feed(len(x), rng)))
+                n += 1
+                show(converged(n))
+        show(True)
     finally:
         if pool:
             if pending is not None:

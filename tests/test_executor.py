@@ -240,7 +240,7 @@ def test_montecarlo_matches_independent_numpy(case):
         assert abs(m1 - m2) <= 3 * np.hypot(se1, se2), (t, m1, m2, se1, se2)
 
 
-def test_montecarlo_result_contract(capsys):
+def test_montecarlo_result_contract(capsys, monkeypatch):
     dev = load_device("rram", ["adc.bits=6", "crossbar.rows=32", "crossbar.bias=digital"])
     g = lower(EXAMPLES / "cnn_digits.onnx", dev, X[:16])
     res = run_montecarlo(g, dev, chips=1000, precision=0.1, min_chips=10, progress=False)
@@ -256,10 +256,22 @@ def test_montecarlo_result_contract(capsys):
     # seeded: reproducible, whether the next chip's noise is drawn in a background thread or in line
     # (the pipelined loop checks chip n's convergence after chip n+1 has run; it must stop where the
     # sequential loop stops)
-    again = run_montecarlo(g, dev, chips=1000, precision=0.1, min_chips=10, progress=False, prefetch=False)
-    assert again["chips"] == res["chips"]
-    assert again["outputs"]["logits"]["mse"] == pytest.approx(out["mse"], rel=1e-6)
-    assert again["layers"] == pytest.approx(res["layers"], rel=1e-6)
+    for prefetch in (False, True):      # res: the default, chips 1-2 in line, then the pipeline if it pays
+        again = run_montecarlo(g, dev, chips=1000, precision=0.1, min_chips=10, progress=False, prefetch=prefetch)
+        assert again["chips"] == res["chips"]
+        assert again["outputs"]["logits"]["mse"] == pytest.approx(out["mse"], rel=1e-6)
+        assert again["layers"] == pytest.approx(res["layers"], rel=1e-6)
+    import memse_compiler.montecarlo as mc
+    for threshold in (0.0, 1e9):        # the default's hand-over to the pipeline after chip 2, and none
+        monkeypatch.setattr(mc, "PIPELINE_MIN_S", threshold)
+        for chips in (1, 2, 3, 5):
+            short = [run_montecarlo(g, dev, chips=chips, progress=False, signals=[], prefetch=p)
+                     for p in (None, True, False)]
+            assert [r["chips"] for r in short] == [chips] * 3
+            assert short[0]["outputs"]["logits"]["mse"] == pytest.approx(short[2]["outputs"]["logits"]["mse"], rel=1e-6)
+            assert short[1]["outputs"]["logits"]["mse"] == pytest.approx(short[2]["outputs"]["logits"]["mse"], rel=1e-6)
+        stop = run_montecarlo(g, dev, chips=1000, precision=0.1, min_chips=10, progress=False)
+        assert stop["chips"] == res["chips"] and stop["outputs"]["logits"]["mse"] == pytest.approx(out["mse"], rel=1e-6)
     capsys.readouterr()
     run_montecarlo(g, dev, chips=3, progress=True, signals=[])
     assert capsys.readouterr().err == ""                                # no progress bar for short runs
