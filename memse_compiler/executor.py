@@ -41,6 +41,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from memse_compiler.chip_batching import chip_batching_obstacle
 from memse_compiler.ir import KIND_INPUT, KIND_OUTPUT, MemseGraph, schedule
 from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
 from memse_compiler.ir.geometry import ConvGeometry
@@ -150,29 +151,42 @@ class _LayerPlan:
         buffer(name, shape): a float32 array to write an input into (None: fresh arrays)."""
         lay = self.layer
         j = lay.weight.shape[2]
-        m = w[0, :, :j].T if self.transpose else w[:, :, :j]
         if buffer is None:
             buffer = lambda name, shape: np.empty(shape, np.float32)  # noqa: E731
+        if w.ndim == 4:           # chips batched (chips, 1, O, Jb): MatMul layers only (chip_batching_obstacle)
+            m = w[:, 0, :, :j].transpose(0, 2, 1)
+        else:
+            m = w[0, :, :j].T if self.transpose else w[:, :, :j]
         out = {self.w_input: buffer(self.w_input, self.w_shape)}
         np.copyto(out[self.w_input].reshape(m.shape), m)
         if self.b_input:
-            out[self.b_input] = buffer(self.b_input, (w.shape[0] * w.shape[1],))
-            np.copyto(out[self.b_input].reshape(w.shape[:2]), w[:, :, j])
+            bias = w[:, 0, :, j][:, None, :] if w.ndim == 4 else w[:, :, j]
+            out[self.b_input] = buffer(self.b_input, (bias.size,))
+            np.copyto(out[self.b_input].reshape(bias.shape), bias)
+            out[self.b_input] = out[self.b_input].reshape(bias.shape if w.ndim == 4 else (-1,))
         return out
 
 
 class NoisyExecutor:
     """Runs the lowered graph `g` as noisy chips of `device` (default: the device `g` was lowered for; only its
     noise fields are read, the mapping, tiling and converters are those of `g`). One InferenceSession, reused
-    for every chip; `threads` = onnxruntime intra-op threads (None: its default).
+    for every chip; `threads` = onnxruntime intra-op threads (None: its default). `chips_per_run` > 1 stacks
+    that many chips on the batch axis of every run (small matrix networks, see `chip_batching_obstacle`): a
+    run's values then hold all of them, `split_chips` separates them.
 
         ex = NoisyExecutor(g)
         values = ex.run_chip(x, np.random.default_rng(0))     # {tensor: array} for one chip on batch x
         chip = ex.draw_chip(rng); ex.run(x1, chip, rng); ex.run(x2, chip, rng)   # one chip, several batches
     """
 
-    def __init__(self, g: MemseGraph, device: Device | None = None, threads: int | None = None):
+    def __init__(self, g: MemseGraph, device: Device | None = None, threads: int | None = None,
+                 chips_per_run: int = 1):
         import onnxruntime as ort
+        if chips_per_run > 1:
+            reason = chip_batching_obstacle(g)
+            if reason:
+                raise ValueError(f"chips_per_run > 1: {reason}")
+        self.chips = int(chips_per_run)
         self.g = g
         self.device = device if device is not None else g.graph["device"]
         self.read_sigma = float(self.device.read_noise.sigma)
@@ -185,7 +199,14 @@ class NoisyExecutor:
         self.aliases: dict[str, str] = {}
         self.plans: list[_LayerPlan] = []
         b = _Builder(opset)
-        b.input(self.input_name, g.tensors[self.input_name])
+        self._chip_major: set[str] = set()      # chip-batched tensors laid out (chips, N, ...) rather than (chips*N, ...)
+        if self.chips > 1:      # the batch is fed once and tiled: chip c sees samples [c N, (c+1) N)
+            self.feed_name = b.input("__memse/input", g.tensors[self.input_name])
+            reps = np.ones(len(g.tensors[self.input_name]), np.int64)
+            reps[0] = self.chips
+            b.op("Tile", [self.feed_name, b.const("reps", reps)], self.input_name)
+        else:
+            self.feed_name = b.input(self.input_name, g.tensors[self.input_name])
         consts, ref = g.graph["constants"], g.graph.get("reference", {})
         outputs: list[str] = []
         for unit in schedule(g):
@@ -252,8 +273,12 @@ class NoisyExecutor:
             if geo.in_columns:
                 x = b.op("Transpose", [x], perm=[1, 0])
             lead = (x_shape[1],) if geo.in_columns else tuple(x_shape[:-1])
+            if self.chips > 1:    # (chips * N, J) -> (chips, N, J) against each chip's (J, O)
+                x, w_shape, lead = b.reshape(x, [self.chips, -1, J]), (self.chips, J, O), (self.chips, None)
         w_in = b.input(f"{L}/weight", w_shape)
-        b_in = b.input(f"{L}/bias_row", (G * O,)) if lay.bias_row else None
+        b_in = None
+        if lay.bias_row:
+            b_in = b.input(f"{L}/bias_row", (self.chips, 1, G * O) if self.chips > 1 else (G * O,))
         plan = _LayerPlan(lay, w_in, b_in, w_shape, transpose=not conv)
         tiles = []
         for r in range(lay.row_tiles):
@@ -276,7 +301,7 @@ class NoisyExecutor:
             else:
                 if w1 > r0:
                     xs = x if (r0, w1) == (0, J) else b.slice(x, r0, w1, -1)
-                    ws = w_in if (r0, w1) == (0, J) else b.slice(w_in, r0, w1, 0)
+                    ws = w_in if (r0, w1) == (0, J) else b.slice(w_in, r0, w1, 1 if self.chips > 1 else 0)
                 else:                  # a tile holding only the bias row: a zero product of the right shape
                     xs, ws = b.slice(x, 0, 1, -1), b.const("zero", np.zeros((1, O), np.float32))
                 ps = b.op("MatMul", [xs, ws])
@@ -315,8 +340,12 @@ class NoisyExecutor:
             else:
                 self.aliases[row_tile_name(L, "adc_out", r)] = ps
             tiles.append(ps)
+            if self.chips > 1:
+                self._chip_major.update((ps_name, ps))
         digital_bias = lay.bias is not None and not lay.bias_row
         y = tiles[0] if len(tiles) == 1 else b.op("Sum", tiles)
+        if self.chips > 1:
+            y = b.reshape(y, [-1, O])
         if conv and lay.geometry.one_d:
             y = b.reshape(y, [0, G * O, wo])
         elif not conv and lay.geometry.out_columns:
@@ -392,17 +421,20 @@ class NoisyExecutor:
         clip = self.device.programming_noise.clip_at_zero
         feed = {}
         buffer = None if slot is None else (lambda name, shape: self._buffer(("w", name, slot), shape))
+        lead = (self.chips,) if self.chips > 1 else ()
         for p in self.plans:
             if rng is None or not self.programming:       # float64, then rounded once
                 w = p.layer.quantized_weight()
+                if lead:
+                    w = np.broadcast_to(w, lead + w.shape)
             else:       # in place on one float32 buffer: ResNet-18 has 2 x 11 M devices
-                out = (np.empty(p.g_target.shape, np.float32) if slot is None
-                       else self._buffer(("g", p.w_input, slot), p.g_target.shape))
+                shape = lead + p.g_target.shape
+                out = (np.empty(shape, np.float32) if slot is None else self._buffer(("g", p.w_input, slot), shape))
                 g = standard_normal(rng, out, p.std)
                 g += p.g_target
                 if clip:            # a conductance is not negative (DESIGN §4.4)
                     np.maximum(g, 0.0, out=g)
-                w = np.subtract(g[0], g[1], out=g[0])
+                w = np.subtract(g[..., 0, :, :, :], g[..., 1, :, :, :], out=g[..., 0, :, :, :])
                 w *= p.inv_c
             feed.update(p.feed(w, buffer))
         return feed
@@ -434,7 +466,7 @@ class NoisyExecutor:
     def run_feed(self, x: np.ndarray, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every exposed signal for the batch `x` with a complete noise feed (see `chip_feed`)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        values = dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: x, **feed})))
+        values = dict(zip(self.output_names, self.session.run(self.output_names, {self.feed_name: x, **feed})))
         values[self.input_name] = x
         for alias, target in self.aliases.items():
             values[alias] = values[target]
@@ -449,6 +481,24 @@ class NoisyExecutor:
     def run_chip(self, x: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One simulated chip (programming noise drawn once) on the whole batch `x`, with read noise."""
         return self.run_feed(x, self.chip_feed(len(x), rng))
+
+    def split_chips(self, values: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """A run's values (chips stacked on the batch axis) -> one dict per chip, as a one-chip executor gives
+        them (views, no copies). One chip per run: [values]."""
+        if self.chips == 1:
+            return [values]
+        out = [dict() for _ in range(self.chips)]
+        fed = values.get(self.input_name)
+        for name, v in values.items():
+            if v is fed:              # the input batch, and its aliases (L/dac without a DAC): every chip's
+                parts = [v] * self.chips
+            elif name in self._chip_major:
+                parts = list(v)
+            else:
+                parts = list(v.reshape((self.chips, v.shape[0] // self.chips) + v.shape[1:]))
+            for chip, part in zip(out, parts):
+                chip[name] = part
+        return out
 
     def run_noiseless(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """The noiseless programmed chip (quantized conductances, tiling, converters): `interpret.run(g, x,

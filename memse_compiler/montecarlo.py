@@ -15,13 +15,14 @@ from typing import Iterable
 
 import numpy as np
 
+from memse_compiler.chip_batching import auto_chips_per_run
 from memse_compiler.executor import NoisyExecutor, row_tile_name
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.interpret import run as interpret
 
 Z95 = 1.96
-PIPELINE_MIN_S = 3e-4      # a chip's run and its draw + record must both exceed this for the pipeline
+PIPELINE_MIN_S = 3e-4      # a run (session run) and its draw + record must both take longer for the pipeline
 
 
 def _ci(per_chip: np.ndarray) -> tuple[float, list[float] | None, float]:
@@ -31,6 +32,13 @@ def _ci(per_chip: np.ndarray) -> tuple[float, list[float] | None, float]:
         return m, None, float("inf")
     hw = Z95 * float(per_chip.std(ddof=1)) / np.sqrt(per_chip.size)
     return m, [float(m - hw), float(m + hw)], hw
+
+
+def _msd_chips(y: np.ndarray, r: np.ndarray, chips: int) -> np.ndarray:
+    """mean((y_c - r)^2) of each chip c of a run, y holding the chips one after the other along axis 0."""
+    d = np.subtract(y.reshape(chips, -1), r.reshape(1, -1))
+    np.multiply(d, d, out=d)
+    return d.mean(axis=1, dtype=np.float64)
 
 
 def _msd(y: np.ndarray, r: np.ndarray) -> float:
@@ -113,9 +121,9 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
     """
     t0 = time.perf_counter()
     # with prefetching, one core draws noise while onnxruntime runs on the others
-    ex = executor or NoisyExecutor(g, device, threads=max(1, (os.cpu_count() or 2) - 1) if prefetch is not False
-                                   else None)
     x, ref = _references(g, x)
+    ex = executor or NoisyExecutor(g, device, threads=max(1, (os.cpu_count() or 2) - 1) if prefetch is not False
+                                   else None, chips_per_run=min(auto_chips_per_run(g, len(x)), chips))
     rng = np.random.default_rng(seed)
     outputs = list(g.graph["outputs"])
     layer_out = {name: lay.output for name, lay in g.layers.items()}
@@ -149,82 +157,102 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
     per_chip: dict[str, list[float]] = {t: [] for t in refs}
     sums = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
     sums2 = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
-    def record(values: dict[str, np.ndarray]) -> None:
-        """Fold one chip's signals into the per-chip MSE lists and the output sums."""
-        seen: dict[tuple[int, int], float] = {}      # aliases (L/dac without a DAC, ...) computed once
-        for t, r in refs.items():
-            key = (id(values[t]), id(r))
-            if key not in seen:
-                seen[key] = _msd(values[t], r)
-            per_chip[t].append(seen[key])
-        for name, (ts, kinds) in tile_sets.items():
-            for kind in kinds:
-                for t, v in ts.mse(values, kind).items():
-                    per_chip.setdefault(t, []).append(v)
-        for o in outputs:
-            y = values[o].astype(np.float64)
-            sums[o] += y
-            sums2[o] += y * y
+    def converged(count: int) -> bool:
+        """Whether the first `count` chips reach the requested precision on every output."""
+        return precision is not None and count >= max(min_chips, 2) and all(
+            _ci(np.asarray(per_chip[o][:count]))[2] <= precision * abs(np.mean(per_chip[o][:count])) for o in outputs)
 
-    def converged(n: int) -> bool:
-        return precision is not None and n >= max(min_chips, 2) and all(
-            _ci(np.asarray(per_chip[o]))[2] <= precision * abs(np.mean(per_chip[o])) for o in outputs)
-
-    # Pipeline: while onnxruntime runs chip n in this thread, one worker draws chip n+1's noise and another
-    # folds chip n-1's signals into the statistics. Chip n-1 is checked for convergence after chip n has run;
-    # stopping there discards chip n, so the result equals the sequential loop's. prefetch None: chips 1 and 2 run
+    # A run is one session run: ex.chips chips (stacked on the batch axis where that pays, see
+    # executor.auto_chips_per_run), recorded one by one until `chips` or convergence.
+    # Pipeline: while onnxruntime runs run r in this thread, one worker draws run r+1's noise and another
+    # folds run r-1's chips into the statistics; run r-1 is checked for convergence after run r has run, and
+    # stopping there discards run r, so the result equals the sequential loop's. prefetch None: runs 1 and 2
     # in line, 2 timed; the pipeline pays only when both its halves are worth a thread hand-off.
     shown, last_show, n = False, 0.0, 0
     pool = pending = pending_record = None
+
+    def finished() -> bool:
+        return n >= chips or converged(n)
+
+    def record_run(values: dict[str, np.ndarray]) -> None:
+        """Fold a run's chips into the per-chip MSE lists and the output sums: every tracked signal's per-chip
+        MSE in one array operation over the run's chips; then keep the chips up to the first one at which the
+        outputs have converged (or `chips` are reached), exactly where a one-chip loop would have stopped."""
+        nonlocal n
+        k, take = ex.chips, min(ex.chips, chips - n)
+        if take <= 0 or converged(n):
+            return
+        fed = values.get(ex.input_name)
+        seen: dict[tuple[int, int], np.ndarray] = {}      # aliases (L/dac without a DAC, ...) computed once
+        for t, r in refs.items():
+            v = values[t]
+            key = (id(v), id(r))
+            if key not in seen:
+                seen[key] = np.full(k, _msd(v, r)) if v is fed else _msd_chips(v, r, k)
+            per_chip[t].extend(seen[key][:take].tolist())
+        if tile_sets:
+            for chip in ex.split_chips(values)[:take]:
+                for ts, kinds in tile_sets.values():
+                    for kind in kinds:
+                        for t, val in ts.mse(chip, kind).items():
+                            per_chip.setdefault(t, []).append(val)
+        keep = next((m for m in range(1, take + 1) if converged(n + m)), take) if precision is not None else take
+        for lst in per_chip.values():
+            del lst[n + keep:]
+        for o in outputs:
+            v = values[o]
+            y = (np.broadcast_to(v, (k,) + v.shape) if v is fed else v.reshape((k,) + ref[o].shape))[:keep]
+            y = y.astype(np.float64)
+            sums[o] += y.sum(axis=0)
+            sums2[o] += np.square(y).sum(axis=0)
+        n += keep
 
     def show(done: bool) -> None:
         nonlocal shown, last_show
         elapsed = time.perf_counter() - t0
         if progress and n and (done or n == chips or elapsed - last_show > 0.2) and (elapsed > 1.0 or shown):
-            m, _, hw = _ci(np.asarray(per_chip[outputs[0]]))
+            m, _, hw = _ci(np.asarray(per_chip[outputs[0]][:n]))
             sys.stderr.write(f"\rMonte-Carlo: {n}/{chips} chips  {outputs[0]} MSE {m:.4g} +- {hw:.2g}"
                              f"  {elapsed:.1f} s   ")
             sys.stderr.flush()
             shown, last_show = True, elapsed
     try:
-        k = 0
-        # prefetch None: two chips in line (the first one's run also warms the session and the buffers),
-        # the second one timed
-        while not prefetch and k < min(2, chips) and not converged(n):
+        runs = 0
+        while not prefetch and runs < 2 and not finished():       # the in-line start
             t_draw = time.perf_counter()
             feed = ex.chip_feed(len(x), rng)
             t_run = time.perf_counter()
             values = ex.run_feed(x, feed)
             t_rec = time.perf_counter()
-            record(values)
-            k = n = k + 1
+            record_run(values)
+            runs += 1
             side = time.perf_counter() - t_rec + t_run - t_draw          # draw + record: what threads overlap
-            if prefetch is None and k == 2 and min(t_rec - t_run, side) > PIPELINE_MIN_S:
+            if prefetch is None and runs == 2 and min(t_rec - t_run, side) > PIPELINE_MIN_S:
                 prefetch = True
-            show(converged(n) or n == chips)
-        if prefetch and k < chips and not converged(n):
+            show(finished())
+        if prefetch and not finished():
             pool = ThreadPoolExecutor(2)
             draw = lambda j: pool.submit(ex.chip_feed, len(x), rng, j % 2)  # noqa: E731
-            pending = draw(k)
-            for k in range(k + 1, chips + 1):
+            pending = draw(runs)
+            while True:
                 feed = pending.result()
-                pending = draw(k) if k < chips else None
+                runs += 1
+                last = runs * ex.chips >= chips              # the runs so far hold every chip asked for
+                pending = None if last else draw(runs)
                 values = ex.run_feed(x, feed)
                 if pending_record is not None:
                     pending_record.result()
-                    n = k - 1
-                    if converged(n):
+                    if finished():
                         break
-                pending_record = pool.submit(record, values)
-                if k == chips:
+                pending_record = pool.submit(record_run, values)
+                if last:
                     pending_record.result()
-                    n = k
+                    break
                 show(False)
         else:
-            while n < chips and not converged(n):
-                record(ex.run_feed(x, ex.chip_feed(len(x), rng)))
-                n += 1
-                show(converged(n))
+            while not finished():
+                record_run(ex.run_feed(x, ex.chip_feed(len(x), rng)))
+                show(finished())
         show(True)
     finally:
         if pool:

@@ -275,3 +275,58 @@ def test_montecarlo_result_contract(capsys, monkeypatch):
     capsys.readouterr()
     run_montecarlo(g, dev, chips=3, progress=True, signals=[])
     assert capsys.readouterr().err == ""                                # no progress bar for short runs
+
+
+@pytest.mark.parametrize("overrides", [["crossbar.rows=32"], ["dac.bits=6", "crossbar.bias=digital"]])
+def test_chips_stacked_in_one_run_are_the_one_chip_runs(overrides):
+    """An MLP's chips stacked on the batch axis of one session run: each chip's signals are bitwise those of the
+    one-chip executor fed that chip's weights and read noise; conv networks are refused with the reason."""
+    dev = load_device("rram", overrides)
+    x = X[:20]
+    g = lower(EXAMPLES / "mlp_digits.onnx", dev, x)
+    one, four = NoisyExecutor(g, threads=1), NoisyExecutor(g, threads=1, chips_per_run=4)
+    feed = four.chip_feed(len(x), np.random.default_rng(3))
+    chips = four.split_chips(four.run_feed(x, feed))
+    assert len(chips) == 4 and set(chips[0]) == set(one.run_noiseless(x))
+    for c, values in enumerate(chips):
+        own = {}
+        for p1, p4 in zip(one.plans, four.plans):
+            own[p1.w_input] = np.ascontiguousarray(feed[p4.w_input][c])
+            if p1.b_input:
+                own[p1.b_input] = np.ascontiguousarray(feed[p4.b_input][c]).reshape(-1)
+            for (name1, _, _), (name4, _, _) in zip(p1.noise, p4.noise):
+                own[name1] = np.ascontiguousarray(feed[name4][c])
+        want = one.run_feed(x, own)
+        for name, v in want.items():
+            np.testing.assert_array_equal(values[name], v, err_msg=name)
+    assert not np.array_equal(chips[0]["logits"], chips[1]["logits"])       # four different chips
+    noiseless = four.split_chips(four.run_noiseless(x))
+    np.testing.assert_array_equal(noiseless[3]["logits"], one.run_noiseless(x)["logits"])
+    with pytest.raises(ValueError, match="not a .* product"):
+        NoisyExecutor(lower(EXAMPLES / "cnn_digits.onnx", dev, x), chips_per_run=2)
+
+
+def test_montecarlo_with_stacked_chips_counts_and_stops_like_one_by_one(monkeypatch):
+    """run_montecarlo stacks an MLP's chips (auto_chips_per_run); it still records exactly `chips` chips, stops at
+    the same chip whether pipelined or not, and agrees with a one-chip-per-run executor within the CIs."""
+    import memse_compiler.montecarlo as mc
+    from memse_compiler.chip_batching import auto_chips_per_run
+    dev = load_device("rram")
+    x = X[:40]
+    g = lower(EXAMPLES / "mlp_digits.onnx", dev, x)
+    assert auto_chips_per_run(g, len(x)) > 1
+    for threshold in (0.0, 1e9):
+        monkeypatch.setattr(mc, "PIPELINE_MIN_S", threshold)
+        for chips in (1, 5, 70):
+            res = [run_montecarlo(g, dev, chips=chips, progress=False, signals=[], prefetch=p) for p in (None, True, False)]
+            assert [r["chips"] for r in res] == [chips] * 3
+            assert res[0]["outputs"]["logits"]["mse"] == res[2]["outputs"]["logits"]["mse"]
+            assert res[1]["outputs"]["logits"]["mse"] == pytest.approx(res[2]["outputs"]["logits"]["mse"], rel=1e-12)
+        stops = [run_montecarlo(g, dev, chips=2000, precision=0.05, min_chips=10, progress=False, signals=[],
+                                prefetch=p) for p in (None, False)]
+        assert stops[0]["chips"] == stops[1]["chips"] < 2000
+    stacked = stops[1]["outputs"]["logits"]
+    single = run_montecarlo(g, dev, chips=2000, precision=0.05, min_chips=10, progress=False, signals=[],
+                            executor=NoisyExecutor(g, dev), seed=1)["outputs"]["logits"]
+    half = (stacked["ci95"][1] - stacked["ci95"][0]) / 2 + (single["ci95"][1] - single["ci95"][0]) / 2
+    assert abs(stacked["mse"] - single["mse"]) < half
