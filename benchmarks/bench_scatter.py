@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from memse_compiler.ir.geometry import SCATTER_CHANNEL_LAST, ConvGeometry, Windows, conv_pads
+from memse_compiler.ir.geometry import SCATTER_CHANNEL_LAST, Windows, conv_pads
 
 SHAPES = [  # (name, batch, channels, input size, kernel, stride, pad)
     ("cnn conv2", 200, 8, 8, 3, 1, 1),
@@ -35,10 +35,12 @@ SHAPES = [  # (name, batch, channels, input size, kernel, stride, pad)
 ]
 
 
+def dims(win: Windows, cols: np.ndarray) -> tuple:
+    return (*cols.shape[:2], win.pads, win.in_hw, win.kernel, win.strides, win.out_hw)
+
+
 def strided(win: Windows, cols: np.ndarray) -> np.ndarray:
-    n, c = cols.shape[:2]
-    t, l, b, r = win.pads
-    (h, w), (kh, kw), (sh, sw), (ho, wo) = win.in_hw, win.kernel, win.strides, win.out_hw
+    n, c, (t, l, b, r), (h, w), (kh, kw), (sh, sw), (ho, wo) = dims(win, cols)
     out = np.zeros((n, c, h + t + b, w + l + r))
     for i in range(kh):
         for j in range(kw):
@@ -47,9 +49,7 @@ def strided(win: Windows, cols: np.ndarray) -> np.ndarray:
 
 
 def channel_last(win: Windows, cols: np.ndarray) -> np.ndarray:
-    n, c = cols.shape[:2]
-    t, l, b, r = win.pads
-    (h, w), (kh, kw), (sh, sw), (ho, wo) = win.in_hw, win.kernel, win.strides, win.out_hw
+    n, c, (t, l, b, r), (h, w), (kh, kw), (sh, sw), (ho, wo) = dims(win, cols)
     out = np.zeros((n, h + t + b, w + l + r, c))
     taps = cols.transpose(0, 2, 3, 1, 4, 5)
     for i in range(kh):
@@ -59,9 +59,7 @@ def channel_last(win: Windows, cols: np.ndarray) -> np.ndarray:
 
 
 def tap_rows(win: Windows, cols: np.ndarray) -> np.ndarray:
-    n, c = cols.shape[:2]
-    t, l, b, r = win.pads
-    (h, w), (kh, kw), (sh, sw), (ho, wo) = win.in_hw, win.kernel, win.strides, win.out_hw
+    n, c, (t, l, b, r), (h, w), (kh, kw), (sh, sw), (ho, wo) = dims(win, cols)
     taps = np.empty((n, c, kh, kw, ho, wo))
     taps[...] = cols.transpose(0, 1, 4, 5, 2, 3)
     out = np.zeros((n, c, h + t + b, w + l + r))
@@ -80,7 +78,6 @@ def main() -> None:
     for name, n, c, size, k, s, p in SHAPES:
         pads, out = conv_pads((size, size), (k, k), (s, s), (1, 1), [p] * 4, "NOTSET")
         win = Windows((k, k), (s, s), (1, 1), tuple(pads), (size, size), tuple(out))
-        geo = ConvGeometry(win, 1, c)
         v = np.random.default_rng(0).standard_normal((n, out[0] * out[1], 1, c * k * k))
         # the view the sensitivity pass hands to scatter (see ConvGeometry.to_vectors_T)
         cols = v.reshape(n, out[0], out[1], 1, c, k, k).transpose(0, 3, 4, 1, 2, 5, 6).reshape(n, c, *out, k, k)
