@@ -31,6 +31,11 @@ ADC) and ``L/sum`` (before a digital bias). Row-tile tensors hold all groups and
 output layout (Conv: (N, Cout, Ho, Wo), also for 1-D convs; MatMul/Gemm: (..., O) before any transpose);
 `tile_vectors` turns them into the analysis' (N, P, G, O) vector layout, of which the analysis signals
 ``L/ps[g,r,c]`` / ``L/adc_out[g,r,c]`` are slices.
+
+Several chips per run (`chips_per_run`, matrix networks: memse_compiler/chip_batching.py): the input batch is
+tiled, chip c holding samples [c N, (c+1) N) of every tensor; a MatMul layer reshapes its input to (chips, N, J)
+against the chips' (chips, J, O) weights, so its row-tile tensors are (chips, N, O). `split_chips` gives the
+values of each chip as a one-chip executor would.
 """
 from __future__ import annotations
 
