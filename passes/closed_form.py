@@ -29,13 +29,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import sympy as sp
 
-from memse_compiler.ir import MemseGraph, stats
+from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.pass_base import Pass, PassContext
-from passes.symbolic import b_adc, b_dac, levels, sigma, sigma_r
+from passes.symbolic import b_adc, b_dac, levels, sigma, sigma_r, weight_stat_function
 
 
 def g_symbol(layer: str) -> sp.Symbol:
@@ -119,44 +120,46 @@ class ClipModel:
 
 
 class ClipStack:
-    """Several layers' clip models stacked, so that one vectorised evaluation of the rectified moments serves
-    them all (the closed form evaluates every layer at each device point)."""
+    """Several layers' clip models as one (layers, bins) table, zero-padded, so that one evaluation of the
+    analysis' pair statistics (passes.symbolic.weight_stat_function) serves them all, the g_min device once per
+    layer (the closed form evaluates every layer at each device point)."""
 
     def __init__(self, models: list[ClipModel]):
         if len({m.clip for m in models}) > 1:
             raise ValueError("ClipStack: the models disagree on clipping")
-        self.models, self.size, self.clip = models, len(models), bool(models and models[0].clip)
-        self.at = np.repeat(np.arange(len(models)), [len(m.weight) for m in models])
-        self.frac = np.concatenate([m.fraction for m in models]) if models else np.zeros(0)
-        self.weight = np.concatenate([m.weight for m in models]) if models else np.zeros(0)
-        self.wmax = np.array([m.wmax for m in models])
-        self.g_min = np.array([m.g_min for m in models])
-        self.rel = np.concatenate([np.array([m.relative for m in models])[self.at], [m.relative for m in models]])
-        self.w = self.frac * self.wmax[self.at]
-        self.energy = np.bincount(self.at, weights=self.weight * self.w * self.w, minlength=self.size)
+        self.models, self.clip = models, bool(models and models[0].clip)
+        self.weight = self._table([m.weight for m in models])
+        self.frac = self._table([m.fraction for m in models])
+        column = lambda values: np.array(values, dtype=float)[:, None]  # noqa: E731
+        self.wmax = column([m.wmax for m in models])
+        self.g_min = column([m.g_min for m in models])
+        self.rel = column([m.relative for m in models])
+
+    def _table(self, rows: list[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(rows), max((len(r) for r in rows), default=0)))
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = r
+        return out
 
     def stats(self, sigma_v: float, g_ranges, levels="keep") -> list[tuple[float, float]]:
         """Per model: (sum over the weights of row power x Var(w), shrink) at (sigma, G), w the programmed
-        effective weight (DESIGN §4.4, as passes.crossbar_math.weight_statistics does it). The shrink is how far
-        E[w] falls short of w, relative, as one least-squares factor (weights: row power x w^2); clipping makes
-        it > 0. levels: the number of conductance levels ("keep": as compiled)."""
-        if not self.size:
+        effective weight by the analysis' pair statistics. The shrink is how far E[w] falls short of w,
+        relative, as one least-squares factor (weights: row power x w^2); clipping makes it > 0. levels: the
+        number of conductance levels ("keep": as compiled)."""
+        if not self.models:
             return []
-        at, n = self.at, len(self.frac)
-        frac, w = self.frac, self.w
+        frac = self.frac
         if levels != "keep" and any(m.levels != levels for m in self.models):
-            frac = np.concatenate([m.fractions(levels) for m in self.models])
-            w = frac * self.wmax[at]
-        G = np.asarray(g_ranges, dtype=float)
+            frac = self._table([m.fractions(levels) for m in self.models])
+        G = np.asarray(g_ranges, dtype=float)[:, None]
         c = np.where(self.wmax > 0, G / np.where(self.wmax > 0, self.wmax, 1.0), 1.0)
-        g = np.concatenate([self.g_min[at] + frac * G[at], self.g_min])       # active devices, then g_min ones
-        std = np.sqrt(sigma_v ** 2 + (self.rel * g) ** 2)
-        mean, var = stats.rectified_moments(g, std)[:2] if self.clip else (g, std ** 2)
-        w_bar = (mean[:n] - mean[n:][at]) / c[at]
-        w_var = (var[:n] + var[n:][at]) / c[at] ** 2
-        var_sum = np.bincount(at, weights=self.weight * w_var, minlength=self.size)
-        short = np.bincount(at, weights=self.weight * w * (w - w_bar), minlength=self.size)
-        energy = self.energy if w is self.w else np.bincount(at, weights=self.weight * w * w, minlength=self.size)
+        g_on, g_off = self.g_min + frac * G, self.g_min             # each bin's pair: active device, g_min
+        std_on, std_off = (np.sqrt(sigma_v ** 2 + (self.rel * g) ** 2) for g in (g_on, g_off))
+        w_bar, w_var = weight_stat_function(self.clip)(g_on, g_off, std_on, std_off, c)
+        w = frac * self.wmax
+        var_sum = (self.weight * w_var).sum(axis=1)
+        short = (self.weight * w * (w - w_bar)).sum(axis=1)
+        energy = (self.weight * w * w).sum(axis=1)
         shrink = np.where(energy > 0, short / np.where(energy > 0, energy, 1.0), 0.0)
         return [(float(a), float(b)) for a, b in zip(var_sum, shrink)]
 
@@ -193,6 +196,12 @@ class ClosedForm:
         kappa = implemented_function(f"kappa_{index}", lambda s, g, n: model.kappa(float(s), float(g), s0, g0, lv(n)))
         shrink = implemented_function(f"shrink_{index}", lambda s, g, n: model.stats(float(s), float(g), lv(n))[1])
         return kappa, shrink
+
+    @cached_property
+    def _clip_stack(self) -> tuple[list[str], ClipStack]:
+        """The layers whose clipping is modelled, and their models stacked (the models do not change)."""
+        clipped = [name for name in self.coefficients if self._uses_clip(name)]
+        return clipped, ClipStack([self.clip[n] for n in clipped])
 
     def _uses_clip(self, name: str) -> bool:
         model = self.clip.get(name)
@@ -255,11 +264,8 @@ class ClosedForm:
         db = p["dac_bits"] if dac_bits == "keep" else dac_bits
         out = {"programming": 0.0, "read": 0.0, "quantization": 0.0, "adc": 0.0, "dac": 0.0, "nonlinearity": 0.0,
                "mean_shift": 0.0}
-        if getattr(self, "_stack", None) is None:      # built once: the models do not change
-            self._clipped = [name for name in self.coefficients if self._uses_clip(name)]
-            self._stack = ClipStack([self.clip[n] for n in self._clipped])
-        layer_stats = dict(zip(self._clipped, self._stack.stats(s, [(g_ranges or self.g0)[n] for n in self._clipped],
-                                                                levels_v)))
+        clipped, stack = self._clip_stack
+        layer_stats = dict(zip(clipped, stack.stats(s, [(g_ranges or self.g0)[n] for n in clipped], levels_v)))
         keep = {name: (1.0 - st[1]) / (1.0 - self.clip[name].at_point[1]) for name, st in layer_stats.items()}
         shrink = sum(st[1] for st in layer_stats.values())
         for name, c in self.coefficients.items():
@@ -460,9 +466,9 @@ def series_layers(g: MemseGraph, out: str) -> dict[str, list[str]]:
 
 
 def _unclipped_ratio(model: ClipModel, sigma_v: float, g_range: float) -> float:
-    """A layer's programming variance without clipping over the clipped one, at (sigma, G)."""
+    """A layer's programming variance without clipping over the clipped one, at the compiled (sigma, G)."""
     free = dataclasses.replace(model, clip=False)
-    clipped = model.stats(sigma_v, g_range)[0]
+    clipped = model.at_point[0]
     return free.stats(sigma_v, g_range)[0] / clipped if clipped > 0 else 1.0
 
 
