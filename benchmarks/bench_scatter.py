@@ -4,9 +4,9 @@ the conv shapes of the digits CNNs and ResNet-18, to back the layout rule in mem
 Run by hand:  python benchmarks/bench_scatter.py [--repeat 5]
 
 * strided: one add per tap straight from the (N, Ho, Wo, C, kh, kw) vectors viewed as (N, C, Ho, Wo, kh, kw)
-  (the code before the rule);
-* channel-last: accumulate into (N, H, W, C), then one copy back to (N, C, H, W);
-* tap rows: copy the taps to (N, C, kh, kw, Ho, Wo) once, then each tap adds whole rows;
+  (the code before the rule, kept here as the baseline);
+* channel-last: `Windows.scatter_channel_last`, accumulate into (N, H, W, C), then one copy back to (N, C, H, W);
+* tap rows: `Windows.scatter_tap_rows`, copy the taps to (N, C, kh, kw, Ho, Wo) once, then each tap adds rows;
 * scatter: what `Windows.scatter` picks (channel-last below SCATTER_CHANNEL_LAST positions, else tap rows).
 Times in ms, min over repeats, float64 as the analysis runs.
 """
@@ -35,37 +35,14 @@ SHAPES = [  # (name, batch, channels, input size, kernel, stride, pad)
 ]
 
 
-def dims(win: Windows, cols: np.ndarray) -> tuple:
-    return (*cols.shape[:2], win.pads, win.in_hw, win.kernel, win.strides, win.out_hw)
-
-
 def strided(win: Windows, cols: np.ndarray) -> np.ndarray:
-    n, c, (t, l, b, r), (h, w), (kh, kw), (sh, sw), (ho, wo) = dims(win, cols)
+    n, c = cols.shape[:2]
+    t, l, b, r = win.pads
+    (h, w), (kh, kw), (sh, sw), (ho, wo) = win.in_hw, win.kernel, win.strides, win.out_hw
     out = np.zeros((n, c, h + t + b, w + l + r))
     for i in range(kh):
         for j in range(kw):
             out[:, :, i: i + (ho - 1) * sh + 1: sh, j: j + (wo - 1) * sw + 1: sw] += cols[:, :, :, :, i, j]
-    return out[:, :, t: t + h, l: l + w]
-
-
-def channel_last(win: Windows, cols: np.ndarray) -> np.ndarray:
-    n, c, (t, l, b, r), (h, w), (kh, kw), (sh, sw), (ho, wo) = dims(win, cols)
-    out = np.zeros((n, h + t + b, w + l + r, c))
-    taps = cols.transpose(0, 2, 3, 1, 4, 5)
-    for i in range(kh):
-        for j in range(kw):
-            out[:, i: i + (ho - 1) * sh + 1: sh, j: j + (wo - 1) * sw + 1: sw, :] += taps[..., i, j]
-    return np.ascontiguousarray(out[:, t: t + h, l: l + w, :].transpose(0, 3, 1, 2))
-
-
-def tap_rows(win: Windows, cols: np.ndarray) -> np.ndarray:
-    n, c, (t, l, b, r), (h, w), (kh, kw), (sh, sw), (ho, wo) = dims(win, cols)
-    taps = np.empty((n, c, kh, kw, ho, wo))
-    taps[...] = cols.transpose(0, 1, 4, 5, 2, 3)
-    out = np.zeros((n, c, h + t + b, w + l + r))
-    for i in range(kh):
-        for j in range(kw):
-            out[:, :, i: i + (ho - 1) * sh + 1: sh, j: j + (wo - 1) * sw + 1: sw] += taps[:, :, i, j]
     return out[:, :, t: t + h, l: l + w]
 
 
@@ -83,8 +60,8 @@ def main() -> None:
         cols = v.reshape(n, out[0], out[1], 1, c, k, k).transpose(0, 3, 4, 1, 2, 5, 6).reshape(n, c, *out, k, k)
         ref = strided(win, cols)
         times = {}
-        for label, fn in [("strided", strided), ("channel-last", channel_last), ("tap rows", tap_rows),
-                          ("scatter", Windows.scatter)]:
+        for label, fn in [("strided", strided), ("channel-last", Windows.scatter_channel_last),
+                          ("tap rows", Windows.scatter_tap_rows), ("scatter", Windows.scatter)]:
             np.testing.assert_allclose(fn(win, cols), ref, rtol=1e-12, atol=1e-12)
             best = float("inf")
             for _ in range(args.repeat):

@@ -63,22 +63,35 @@ class Windows:
         (`benchmarks/bench_scatter.py`): few positions (< SCATTER_CHANNEL_LAST): accumulate channel-last,
         where a tap slice of the vectors is contiguous over channels but for the taps' stride; otherwise copy
         the taps to (N, C, kh, kw, Ho, Wo) once, so that each tap adds whole rows. Same sums either way."""
+        ho, wo = self.out_hw
+        return self.scatter_channel_last(cols) if ho * wo < SCATTER_CHANNEL_LAST else self.scatter_tap_rows(cols)
+
+    def _taps(self):
+        """(rows, cols, i, j) of every kernel tap: the padded input window it adds into."""
+        (kh, kw), (sh, sw), (dh, dw), (ho, wo) = self.kernel, self.strides, self.dilations, self.out_hw
+        return [(slice(i * dh, i * dh + (ho - 1) * sh + 1, sh), slice(j * dw, j * dw + (wo - 1) * sw + 1, sw), i, j)
+                for i in range(kh) for j in range(kw)]
+
+    def scatter_channel_last(self, cols: np.ndarray) -> np.ndarray:
+        """`scatter` accumulated in (N, H, W, C), then copied back to (N, C, H, W)."""
         n, c = cols.shape[:2]
         t, l, b, r = self.pads
         h, w = self.in_hw
-        (kh, kw), (sh, sw), (dh, dw), (ho, wo) = self.kernel, self.strides, self.dilations, self.out_hw
-        rows = [(slice(i * dh, i * dh + (ho - 1) * sh + 1, sh), slice(j * dw, j * dw + (wo - 1) * sw + 1, sw), i, j)
-                for i in range(kh) for j in range(kw)]
-        if ho * wo < SCATTER_CHANNEL_LAST:
-            out = np.zeros((n, h + t + b, w + l + r, c), dtype=cols.dtype)
-            taps = cols.transpose(0, 2, 3, 1, 4, 5)                       # N, Ho, Wo, C, kh, kw
-            for hs, ws, i, j in rows:
-                out[:, hs, ws, :] += taps[..., i, j]
-            return np.ascontiguousarray(out[:, t: t + h, l: l + w, :].transpose(0, 3, 1, 2))
-        taps = np.empty((n, c, kh, kw, ho, wo), dtype=cols.dtype)
+        out = np.zeros((n, h + t + b, w + l + r, c), dtype=cols.dtype)
+        taps = cols.transpose(0, 2, 3, 1, 4, 5)                           # N, Ho, Wo, C, kh, kw
+        for hs, ws, i, j in self._taps():
+            out[:, hs, ws, :] += taps[..., i, j]
+        return np.ascontiguousarray(out[:, t: t + h, l: l + w, :].transpose(0, 3, 1, 2))
+
+    def scatter_tap_rows(self, cols: np.ndarray) -> np.ndarray:
+        """`scatter` with the taps first copied to (N, C, kh, kw, Ho, Wo), so that each tap adds whole rows."""
+        n, c = cols.shape[:2]
+        t, l, b, r = self.pads
+        h, w = self.in_hw
+        taps = np.empty((n, c) + self.kernel + self.out_hw, dtype=cols.dtype)
         taps[...] = cols.transpose(0, 1, 4, 5, 2, 3)
         out = np.zeros((n, c, h + t + b, w + l + r), dtype=cols.dtype)
-        for hs, ws, i, j in rows:
+        for hs, ws, i, j in self._taps():
             out[:, :, hs, ws] += taps[:, :, i, j]
         return out[:, :, t: t + h, l: l + w]
 
