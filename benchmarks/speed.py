@@ -23,7 +23,7 @@ costs are not counted):
   chip (a second run of --steady chips on the same executor), plus the pilot's excess over that steady state (the
   one-time warm-up: first use of the noise buffers and of onnxruntime's arena). The small models get the same
   pilot estimate beside the measured run, to show how well the estimate agrees with a real sequential run.
-- chips/run: chips stacked on the batch axis of one session run (`executor.auto_chips_per_run`, as
+- chips/run: chips stacked on the batch axis of one session run (`chip_batching.auto_chips_per_run`, as
   run_montecarlo chooses: matrix networks only)
 - MC per chip = MC loop time / chips (warm-up included); MC steady = the steady-state run's time per chip;
   executor chip = one `NoisyExecutor.run_chip` (noise drawn in line +

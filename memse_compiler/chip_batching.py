@@ -1,7 +1,7 @@
 """Several Monte-Carlo chips in one session run: stacked on the batch axis (chip c sees samples [c N, (c+1) N)).
 
 Stacking keeps the node count of one chip and gives every node several chips' data, which pays on small matrix
-networks, whose run is mostly per-node overhead (the digits MLP: 0.26 -> 0.16 ms per chip; its floor is the
+networks, whose run is mostly per-node overhead (the digits MLP: 0.26 -> 0.14-0.21 ms per chip; its floor is the
 chip's ~46 k normals, ~0.1 ms). The executor builds the stacked graph (`NoisyExecutor(chips_per_run=K)`); this
 module says when the graph allows it and how many chips a run takes.
 """

@@ -113,8 +113,9 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
     analysis annotates (original tensors, L/dac, L/ps[g,r,c], L/adc_out[g,r,c], L/sum); [] = none.
     prefetch: draw the next chip's noise in a background thread while onnxruntime runs the current one
     (numpy releases the GIL while drawing; same numbers as drawing in line, since one rng is used in order);
-    None (default): decided after timing chip 2, in line (tiny models lose more to the hand-offs than they
-    overlap: the digits MLP 0.25 ms/chip in line, 0.29-0.39 pipelined; the CNN 1.16 against 0.73-0.92).
+    None (default): decided after timing the second run in line (tiny models lose more to the hand-offs than
+    they overlap: the digits MLP one chip per run 0.25 ms/chip in line, 0.29-0.39 pipelined; the CNN 1.16
+    against 0.73-0.92).
     executor: a NoisyExecutor to reuse (default: built here, onnxruntime on all cores but one).
     Returns {"chips", "outputs": {name: {"mse", "ci95", "bias2", "variance"}}, "layers": {name: mse},
     "signals": {tensor: {"mse", "ci95"}}, "mc_s", "seed", "precision"}.
@@ -163,7 +164,7 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
             _ci(np.asarray(per_chip[o][:count]))[2] <= precision * abs(np.mean(per_chip[o][:count])) for o in outputs)
 
     # A run is one session run: ex.chips chips (stacked on the batch axis where that pays, see
-    # executor.auto_chips_per_run), recorded one by one until `chips` or convergence.
+    # chip_batching.auto_chips_per_run), recorded together and kept up to `chips` or convergence.
     # Pipeline: while onnxruntime runs run r in this thread, one worker draws run r+1's noise and another
     # folds run r-1's chips into the statistics; run r-1 is checked for convergence after run r has run, and
     # stopping there discards run r, so the result equals the sequential loop's. prefetch None: runs 1 and 2

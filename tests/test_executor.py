@@ -262,7 +262,7 @@ def test_montecarlo_result_contract(capsys, monkeypatch):
         assert again["outputs"]["logits"]["mse"] == pytest.approx(out["mse"], rel=1e-6)
         assert again["layers"] == pytest.approx(res["layers"], rel=1e-6)
     import memse_compiler.montecarlo as mc
-    for threshold in (0.0, 1e9):        # the default's hand-over to the pipeline after chip 2, and none
+    for threshold in (0.0, 1e9):        # the default's hand-over to the pipeline after run 2, and none
         monkeypatch.setattr(mc, "PIPELINE_MIN_S", threshold)
         for chips in (1, 2, 3, 5):
             short = [run_montecarlo(g, dev, chips=chips, progress=False, signals=[], prefetch=p)
