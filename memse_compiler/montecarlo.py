@@ -35,17 +35,11 @@ def _ci(per_chip: np.ndarray) -> tuple[float, list[float] | None, float]:
 
 
 def _msd_chips(y: np.ndarray, r: np.ndarray, chips: int) -> np.ndarray:
-    """mean((y_c - r)^2) of each chip c of a run, y holding the chips one after the other along axis 0."""
+    """mean((y_c - r)^2) of each chip c of a run, y holding the chips one after the other along axis 0 (one
+    temporary; no BLAS, whose thread start-up costs more than it saves here)."""
     d = np.subtract(y.reshape(chips, -1), r.reshape(1, -1))
     np.multiply(d, d, out=d)
     return d.mean(axis=1, dtype=np.float64)
-
-
-def _msd(y: np.ndarray, r: np.ndarray) -> float:
-    """mean((y - r)^2) with one temporary (no BLAS: its thread start-up costs more than it saves here)."""
-    d = np.subtract(y, r)
-    np.multiply(d, d, out=d)
-    return float(d.sum()) / max(d.size, 1)
 
 
 class _TileSignals:
@@ -189,7 +183,8 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
             v = values[t]
             key = (id(v), id(r))
             if key not in seen:
-                seen[key] = np.full(k, _msd(v, r)) if v is fed else _msd_chips(v, r, k)
+                # the fed batch is every chip's input: one value for all of them
+                seen[key] = np.repeat(_msd_chips(v, r, 1), k) if v is fed else _msd_chips(v, r, k)
             per_chip[t].extend(seen[key][:take].tolist())
         if tile_sets:
             for chip in ex.split_chips(values)[:take]:
