@@ -2,6 +2,7 @@
 (passes/closed_form.py) at other device points against a full re-analysis there.
 
 Run by hand:  python benchmarks/closed_form.py [--inputs 200] [--set KEY=VALUE ...] [--out FILE]
+              python benchmarks/closed_form.py --resnet    (the ResNet-18 shape instead: ~30 s per point)
 
 Points: programming sigma x0.5 .. x3, every layer's G x0.25 .. x0.75 (same levels: the weights' level indices
 stay, clipping changes), sigma and G both x0.5 (the same sigma/G; only clipping changes), and the conductance
@@ -18,6 +19,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from device_models import load_device  # noqa: E402
 from memse_compiler import compile_model, tune_allocator  # noqa: E402
@@ -49,43 +51,60 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", type=int, default=200)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "closed_form.md"))
+    ap.add_argument("--resnet", action="store_true",
+                    help="the ResNet-18 shape (benchmarks/models.py, batch 4 of seeded uniform inputs) instead")
+    ap.add_argument("--points", default=None,
+                    help="only these points, comma-separated as in the table's head (e.g. 'sigma x2.0,G x0.5')")
+    ap.add_argument("--out", default=None, help="markdown file (default benchmarks/results/closed_form[_resnet].md)")
     args = ap.parse_args()
-    x = np.load(ROOT / "examples" / "digits_inputs.npy")[: args.inputs]
+    out = args.out or str(ROOT / "benchmarks" / "results" / f"closed_form{'_resnet' if args.resnet else ''}.md")
+    if args.resnet:
+        from models import resnet18
+        models = {"resnet18-shape": resnet18()}
+        x = np.random.default_rng(0).random((4, 3, 224, 224)).astype(np.float32)
+        inputs = "batch 4 of uniform [0,1) 3x224x224 (seed 0)"
+    else:
+        models = {name: str(ROOT / "examples" / f"{name}_digits.onnx") for name in MODELS}
+        x = np.load(ROOT / "examples" / "digits_inputs.npy")[: args.inputs]
+        inputs = f"the first {len(x)} of `examples/digits_inputs.npy`"
     dev = load_device("rram", args.set)
-    head = ["model"] + [f"{kind} x{k}" for kind, k in POINTS] + ["mean abs", "max abs"]
+    points = POINTS if not args.points else [(kind, k) for kind, k in POINTS
+                                               if f"{kind} x{k}" in {p.strip() for p in args.points.split(",")}]
+    head = ["model"] + [f"{kind} x{k}" for kind, k in points] + ["mean abs", "max abs"]
     rows, errors = [], []
-    for name in MODELS:
-        path = str(ROOT / "examples" / f"{name}_digits.onnx")
+    for name, path in models.items():
         g, _ = compile_model(path, dev, x)
-        cf = g.graph["closed_form"]["logits"]
+        output = g.graph["outputs"][0]
+        cf = g.graph["closed_form"][output]
         errs = []
-        for kind, k in POINTS:
+        for kind, k in points:
             over, cf_args = point(dev, cf, kind, k)
             g2, _ = compile_model(path, dev.with_overrides(over), x)
-            errs.append(cf.mse(**cf_args) / g2.graph["analysis"]["outputs"]["logits"]["mse"] - 1)
+            errs.append(cf.mse(**cf_args) / g2.graph["analysis"]["outputs"][output]["mse"] - 1)
+            print(f"  {name} {kind} x{k}: {100 * errs[-1]:+.1f} %", file=sys.stderr)
         errors.append(errs)
         a = np.abs(errs)
         rows.append([name] + [f"{100 * e:+.1f} %" for e in errs] + [f"{100 * a.mean():.1f} %", f"{100 * a.max():.1f} %"])
         print(" ".join(f"{c:>12}" for c in rows[-1]))
     a = np.abs(np.array(errors))
-    noise = [i for i, (kind, _) in enumerate(POINTS) if kind != "levels"]
-    lv = [i for i, (kind, _) in enumerate(POINTS) if kind == "levels"]
-    summary = (f"sigma and G, {a[:, noise].size} points: mean abs {100 * a[:, noise].mean():.1f} %, max abs "
-               f"{100 * a[:, noise].max():.1f} %; levels, {a[:, lv].size} points: mean abs {100 * a[:, lv].mean():.1f} %, "
-               f"max abs {100 * a[:, lv].max():.1f} %")
+    noise = [i for i, (kind, _) in enumerate(points) if kind != "levels"]
+    lv = [i for i, (kind, _) in enumerate(points) if kind == "levels"]
+    def stats(cols: list[int], label: str) -> str:
+        sub = a[:, cols]
+        return f"{label}, {sub.size} points: mean abs {100 * sub.mean():.1f} %, max abs {100 * sub.max():.1f} %"
+    summary = "; ".join(stats(cols, label) for cols, label in [(noise, "sigma and G"), (lv, "levels")] if cols)
     print(summary)
     lines = ["# Closed form vs full re-analysis away from the compiled point", "",
-             f"- Command: `python benchmarks/closed_form.py{''.join(' --set ' + s for s in args.set)}` "
+             f"- Command: `python benchmarks/closed_form.py{' --resnet' if args.resnet else ''}{''.join(' --set ' + s for s in args.set)}` "
              f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
-             f"- Device: bundled `rram`{' with ' + ', '.join(args.set) if args.set else ''}; the first "
-             f"{len(x)} of `examples/digits_inputs.npy`; output `logits`",
+             f"- Device: bundled `rram`{' with ' + ', '.join(args.set) if args.set else ''}; inputs: {inputs}; "
+             f"output `{output}`",
              "- Each cell: closed form (fitted once at the compiled point) / full analysis re-run at the point - 1",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", summary, ""]
-    Path(args.out).write_text("\n".join(lines))
-    print(f"wrote {args.out}")
+    Path(out).write_text("\n".join(lines))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

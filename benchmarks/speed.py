@@ -66,12 +66,42 @@ THREADS = max(1, (os.cpu_count() or 2) - 1)      # what run_montecarlo uses for 
 CF_SCALE, CF_EVALS = 1.25, 1000
 
 
-def plain_ort(model, x: np.ndarray, repeat: int) -> float:
+def weights_as_inputs(model) -> tuple[bytes, dict[str, np.ndarray]]:
+    """The plain model with the weights of its Conv/Gemm/MatMul nodes turned into graph inputs (what the executor
+    does, without noise, tiles or converters): onnxruntime's basic optimisations (BatchNorm folded into the
+    conv weights, as the compiler does) are applied first and saved, then the weights become inputs, so that
+    onnxruntime can no longer pre-pack them. Returns (serialized model, the weights' feed)."""
+    import tempfile
+    from onnx import numpy_helper
     blob = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(Path(tmp) / "basic.onnx")
+        ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+        m = onnx.load(opts.optimized_model_filepath)
+    weights = {n.input[1] for n in m.graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
+    feed, kept = {}, []
+    for init in m.graph.initializer:
+        if init.name in weights:
+            feed[init.name] = numpy_helper.to_array(init).astype(np.float32)
+            m.graph.input.append(onnx.helper.make_tensor_value_info(init.name, onnx.TensorProto.FLOAT,
+                                                                    feed[init.name].shape))
+        else:
+            kept.append(init)
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept)
+    return m.SerializeToString(), feed
+
+
+def plain_ort(model, x: np.ndarray, repeat: int, weight_inputs: bool = False) -> float:
+    """Best time of one onnxruntime run of the original model (weight_inputs: its weights fed as inputs)."""
+    blob, feed = weights_as_inputs(model) if weight_inputs else (
+        model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model).read_bytes(), {})
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = THREADS
     sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+    feed[sess.get_inputs()[0].name] = np.ascontiguousarray(x, dtype=np.float32)
     sess.run(None, feed)
     best = math.inf
     for _ in range(repeat):
@@ -108,6 +138,7 @@ def bench(label: str, model, x: np.ndarray, dev, args, resnet: bool) -> dict:
     ex.run_noiseless(x)                                   # first session run (allocations) not counted
     reps = 3 if resnet else args.repeat_ort
     t_plain = plain_ort(model, x, reps)
+    t_plain_w = plain_ort(model, x, reps, weight_inputs=True)
     rng, t_chip = np.random.default_rng(args.seed + 2), math.inf
     for _ in range(reps):
         t = time.perf_counter()
@@ -125,7 +156,7 @@ def bench(label: str, model, x: np.ndarray, dev, args, resnet: bool) -> dict:
         cf_full = compile_model(model, dev_new, x)[0].graph["analysis"]["outputs"][OUTPUT]["mse"]
     r = {"model": label, "batch": len(x), "an_s": an_s, "comp_s": comp_s, "an_mse": an["mse"],
          "cf_s": cf_s, "cf_mse": cf_mse, "cf_full": cf_full,
-         "build_s": build_s, "plain_ms": 1e3 * t_plain, "passes": passes,
+         "build_s": build_s, "plain_ms": 1e3 * t_plain, "plain_w_ms": 1e3 * t_plain_w, "passes": passes,
          "chip_ms": 1e3 * t_chip, "chips_per_run": ex.chips}
     # pilot (also the per-chip time for the estimate)
     pilot = run_montecarlo(g, dev, x, chips=args.pilot, precision=None, seed=args.seed + 1, progress=False,
@@ -158,6 +189,7 @@ def bench(label: str, model, x: np.ndarray, dev, args, resnet: bool) -> dict:
     r["ratio_total"] = r["total_s"] / r["an_s"]
     r["chip_plain"] = r["per_chip_ms"] / r["plain_ms"]
     r["steady_plain"] = r["steady_ms"] / r["plain_ms"]
+    r["steady_plain_w"] = r["steady_ms"] / r["plain_w_ms"]
     r["ratio_cf"] = r["loop_s"] / r["cf_s"]
     r["exec_plain"] = r["chip_ms"] / r["plain_ms"]
     return r
@@ -165,7 +197,8 @@ def bench(label: str, model, x: np.ndarray, dev, args, resnet: bool) -> dict:
 
 HEAD = ("| model | batch | chips/run | analysis s | compile s | MC chips to ±5% | MC loop s | MC build s | MC total s "
         "| MC loop / analysis | MC total / analysis | MC per chip ms | MC steady ms/chip | executor chip ms "
-        "| plain ORT ms | MC chip / plain | MC steady / plain | executor chip / plain |")
+        "| plain ORT ms | MC chip / plain | MC steady / plain | executor chip / plain | plain ORT, weights as inputs ms "
+        "| MC steady / plain with weights as inputs |")
 SEP = "|" + "|".join(["---"] * (HEAD.count("|") - 1)) + "|"
 HEAD2 = ("| model | pilot chips | pilot std/mean | est. chips to ±5% | est. MC loop s | measured chips "
          "| measured MC loop s | analysis MSE | MC MSE |")
@@ -180,7 +213,8 @@ def row(r: dict) -> str:
             f"| {r['loop_s']:.3g}{est} "
             f"| {r['build_s']:.3g} | {r['total_s']:.3g}{est} | {r['ratio_loop']:.3g}x{est} | {r['ratio_total']:.3g}x{est} "
             f"| {r['per_chip_ms']:.3g} | {r['steady_ms']:.3g} | {r['chip_ms']:.3g} | {r['plain_ms']:.3g} "
-            f"| {r['chip_plain']:.3g} | {r['steady_plain']:.3g} | {r['exec_plain']:.3g} |")
+            f"| {r['chip_plain']:.3g} | {r['steady_plain']:.3g} | {r['exec_plain']:.3g} | {r['plain_w_ms']:.3g} "
+            f"| {r['steady_plain_w']:.3g} |")
 
 
 def row2(r: dict) -> str:
@@ -235,7 +269,11 @@ def main() -> None:
         "arena warm), per chip; "
         "executor chip = one `NoisyExecutor.run_chip(x, rng)` (draw the "
         "chip's programming and read noise in line + one session run, no MSE bookkeeping); plain ORT = one run of "
-        f"the original model on the same batch; the last two are the min over {args.repeat_ort} runs (3 for ResNet)",
+        f"the original model on the same batch; the last two are the min over {args.repeat_ort} runs (3 for ResNet); "
+        "plain ORT with weights as inputs = the same after onnxruntime's basic optimisations (BatchNorm folded), "
+        "with the Conv/Gemm/MatMul weights fed as graph inputs as the executor feeds them (onnxruntime then cannot "
+        "pre-pack them into its blocked conv layout): the cost of feeding a chip's weights, without noise, tiles or "
+        "converters",
         "",
     ]
     print("\n".join(header), flush=True)
@@ -275,7 +313,8 @@ def main() -> None:
             f"{len(bar)}/{len(rows)} models" + (f" ({', '.join(r['model'] for r in bar)})" if bar else "")]
     summ += [f"- {r['model']}: MC loop / analysis = {r['ratio_loop']:.3g}x{'' if r['measured'] else ' (estimated)'}, "
              f"incl. executor build {r['ratio_total']:.3g}x; one executor chip = {r['exec_plain']:.3g}x a plain ORT run "
-             f"(MC per chip incl. bookkeeping {r['chip_plain']:.3g}x, steady state {r['steady_plain']:.3g}x)"
+             f"(MC per chip incl. bookkeeping {r['chip_plain']:.3g}x, steady state {r['steady_plain']:.3g}x; steady state "
+             f"against the plain model with its weights as inputs {r['steady_plain_w']:.3g}x)"
              for r in rows]
     summ.append(f"- load average at the end of the run: {os.getloadavg()[0]:.2f} (other jobs share this machine; "
                 "times are single measurements except where a min is stated)")

@@ -375,12 +375,10 @@ def fit_power_law(vs, ys) -> tuple[float, float, float]:
     return y2 - beta * v2 ** q, float(beta), float(q)
 
 
-def fit_closed_form(g: MemseGraph, device, out: str, extra: dict | None = None) -> ClosedForm:
-    """extra: {"free": {k: noise_scaled_bias(.., k, clip=False)} at three noise scales k, for the laws of the mean
-    shift and the variance growth, and "clip": the same as the device is at k = 1} when the device clips; else
-    only "clip", at the three scales."""
+def base_form(g: MemseGraph, device, out: str) -> ClosedForm:
+    """The coefficients of every term at the compiled point, the clip models and the series layers; no laws,
+    not anchored (`anchor`)."""
     sens = g.graph["sensitivity"][out]
-    entry = g.graph["analysis"]["outputs"][out]
     pn = device.programming_noise
     point = {"sigma": pn.sigma, "sigma_r": device.read_noise.sigma, "levels": device.conductance.levels,
              "adc_bits": device.adc.bits, "dac_bits": device.dac.bits}
@@ -402,33 +400,58 @@ def fit_closed_form(g: MemseGraph, device, out: str, extra: dict | None = None) 
             clip[name] = ClipModel.of_layer(layer, lin[name], device)
     cf = ClosedForm(out, 0.0, coefficients, g0, wmax, signed, point, clip=clip, series=series_layers(g, out))
     at_point = cf.terms()
-    v0 = at_point["programming"] + at_point["read"]
-    cf.v0 = v0
+    cf.v0 = at_point["programming"] + at_point["read"]
     cf.nonlinear = sum(v for k, v in sens.items() if k.endswith("|nonlinearity"))
-    if extra:
-        # the laws in V come from the passes without clipping when the device clips: along sigma, clipping
-        # changes with the noise, but not along G; the clip models carry it in both directions
-        free = extra.get("free") or extra["clip"]
-        v_free = v0           # the noise variance terms of the passes without clipping, at k = 1
-        if extra.get("free"):
-            v_free = at_point["read"] + sum(
-                c["A"] * (pn.sigma * wmax[n] / g0[n]) ** 2 * (_unclipped_ratio(clip[n], pn.sigma, g0[n])
-                                                              if cf._uses_clip(n) else 1.0)
-                for n, c in coefficients.items())
-        scales = sorted(free)
-        floor, beta, p = fit_power_law([k * k * v_free for k in scales],
-                                       [float(np.mean(free[k][out][0] ** 2)) for k in scales])
-        cf.bias_law, cf.bias_floor = (beta, p), max(floor, 0.0)
-        # the same passes give the growth exponent of the noise-driven variance (diagonal passes)
-        _, gamma, e = fit_power_law([k * k * v_free for k in scales], [free[k][out][1] for k in scales])
-        cf.var_exponent = e if gamma > 0 else 1.0
-        if extra.get("free"):
-            b_free, b_clip = free[1.0][out][0], extra["clip"][1.0][out][0]
-            shift = b_clip - b_free
-            s0 = sum(m.at_point[1] for n, m in clip.items() if cf._uses_clip(n))
-            if s0 > 0:
-                cf.shift = (float(np.mean(b_free * shift)), float(np.mean(shift * shift)), s0)
-    cf.constant = float(entry["mse"]) - sum(cf.terms().values())
+    return cf
+
+
+def unclipped_noise(cf: ClosedForm) -> float:
+    """V at the compiled point as a device without clipping at 0 would give it: every layer's programming part
+    with the clip-free variance of its devices, and without the clipping shrink of the layers in series with it
+    (which scales its inputs and sensitivities). The clip models without clipping keep their clipped reference
+    point, so the form's own terms give it."""
+    free = dataclasses.replace(cf, clip={n: dataclasses.replace(m, clip=False) for n, m in cf.clip.items()})
+    t = free.terms()
+    return t["programming"] + t["read"]
+
+
+def free_noise_scale(cf: ClosedForm) -> float:
+    """The noise scale at which a pass without clipping has the compiled point's V (<= 1: clipping removes part
+    of the devices' variance). The laws in V are sampled around it: the nonlinear growth depends on how much
+    noise reaches the nonlinearities, and on the ResNet-18 shape, whose small random weights sit near g_min,
+    clipping halves V (sampled at the same scales as the clipped device, the form was off by +44 % at sigma
+    x0.5 and -46 % at G x0.5)."""
+    v_free = unclipped_noise(cf)
+    return float(np.sqrt(cf.v0 / v_free)) if v_free > 0 and cf.v0 > 0 else 1.0
+
+
+def fit_laws(cf: ClosedForm, extra: dict) -> None:
+    """The laws in V from cheap passes, keyed by noise scale k (V = k^2 V0 there): extra = {"free": passes
+    without clipping at three scales (run at k times `free_noise_scale`), "clip": the pass as the device is at
+    k = 1} when the device clips; else only "clip", at three scales. The mean shift beta V^p and the growth
+    exponent of the variance come from the three passes (without clipping when the device clips: along sigma,
+    clipping changes with the noise, but not along G; the clip models carry it in both directions); the shrink
+    bias (2 X s + E s^2) from the clipped pass against the free one of the same V."""
+    out = cf.output
+    free = extra.get("free") or extra["clip"]
+    scales = sorted(free)
+    vs = [k * k * cf.v0 for k in scales]
+    floor, beta, p = fit_power_law(vs, [float(np.mean(free[k][out][0] ** 2)) for k in scales])
+    cf.bias_law, cf.bias_floor = (beta, p), max(floor, 0.0)
+    # the same passes give the growth exponent of the noise-driven variance (diagonal passes)
+    _, gamma, e = fit_power_law(vs, [free[k][out][1] for k in scales])
+    cf.var_exponent = e if gamma > 0 else 1.0
+    if extra.get("free"):
+        b_free, b_clip = free[1.0][out][0], extra["clip"][1.0][out][0]
+        shift = b_clip - b_free
+        s0 = sum(m.at_point[1] for n, m in cf.clip.items() if cf._uses_clip(n))
+        if s0 > 0:
+            cf.shift = (float(np.mean(b_free * shift)), float(np.mean(shift * shift)), s0)
+
+
+def anchor(cf: ClosedForm, g: MemseGraph) -> ClosedForm:
+    """Set the constant so that the form equals the full analysis at the compiled point; build the expression."""
+    cf.constant = float(g.graph["analysis"]["outputs"][cf.output]["mse"]) - sum(cf.terms().values())
     cf.build_expression()
     return cf
 
@@ -465,13 +488,6 @@ def series_layers(g: MemseGraph, out: str) -> dict[str, list[str]]:
             for name in g.layers if name in live}
 
 
-def _unclipped_ratio(model: ClipModel, sigma_v: float, g_range: float) -> float:
-    """A layer's programming variance without clipping over the clipped one, at the compiled (sigma, G)."""
-    free = dataclasses.replace(model, clip=False)
-    clipped = model.at_point[0]
-    return free.stats(sigma_v, g_range)[0] / clipped if clipped > 0 else 1.0
-
-
 class ClosedFormPass(Pass):
     """Fits the closed form of every graph output: ``g.graph["closed_form"][output]``."""
     name = "closed_form"
@@ -484,17 +500,23 @@ class ClosedFormPass(Pass):
             return g
         t0 = time.perf_counter()
         from passes.moments import LARGE_MODEL_MACS, model_macs
-        # the laws cost three cheap forward passes (four when the device clips): skipped on large models
-        # (bias^2 then stays in the constant)
-        extra = None
-        if model_macs(g) <= LARGE_MODEL_MACS:
+        forms = {out: base_form(g, ctx.device, out) for out in g.graph["sensitivity"]}
+        # the laws cost three cheap forward passes (four when the device clips): skipped on large models, where
+        # they did not help (bias^2 then stays in the constant; benchmarks/results/closed_form_resnet.md)
+        if forms and model_macs(g) <= LARGE_MODEL_MACS:
             scales = self.noise_scales + (1.0,)
-            clips = ctx.device.programming_noise.clip_at_zero and ctx.device.programming_noise.sigma > 0
-            # with clipping the laws come from passes without it; the one with it gives the shrink's bias
-            extra = {"clip": {k: noise_scaled_bias(g, ctx.device, ctx.options, k) for k in ((1.0,) if clips else scales)}}
-            if clips:
-                extra["free"] = {k: noise_scaled_bias(g, ctx.device, ctx.options, k, clip=False) for k in scales}
-        forms = {out: fit_closed_form(g, ctx.device, out, extra) for out in g.graph["sensitivity"]}
+            pn = ctx.device.programming_noise
+            bias = lambda k, clip=None: noise_scaled_bias(g, ctx.device, ctx.options, k, clip)  # noqa: E731
+            if pn.clip_at_zero and pn.sigma > 0:
+                # with clipping the laws come from passes without it, at the clipped point's V (the first
+                # output's: the passes are shared); the one with it gives the shrink's bias
+                k_free = free_noise_scale(next(iter(forms.values())))
+                extra = {"clip": {1.0: bias(1.0)}, "free": {k: bias(k * k_free, clip=False) for k in scales}}
+            else:
+                extra = {"clip": {k: bias(k) for k in scales}}
+            for cf in forms.values():
+                fit_laws(cf, extra)
+        forms = {out: anchor(cf, g) for out, cf in forms.items()}
         g.graph["closed_form"] = forms
         timing = g.graph.setdefault("timing", {})
         timing["analysis_s"] = timing.get("analysis_s", 0.0) + time.perf_counter() - t0
