@@ -6,7 +6,9 @@ Run by hand:  python benchmarks/closed_form.py [--inputs 200] [--set KEY=VALUE .
 
 Points: programming sigma x0.5 .. x3, every layer's G x0.25 .. x0.75 (same levels: the weights' level indices
 stay, clipping changes), sigma and G both x0.5 (the same sigma/G; only clipping changes), and the conductance
-levels x0.5 and x0.25 (the quantization term is the uniform Delta^2/12 model: the weak direction). Prints the relative error per point and its mean / max, and writes a markdown table.
+levels x0.5 and x0.25 (the weights re-rounded and the noiseless chip run: passes/closed_form_levels.py; the
+ResNet-18 shape keeps the uniform Delta^2/12 model). Prints the relative error per point and its mean / max, and
+writes a markdown table.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import numpy as np
 import sympy as sp
 
 from memse_compiler.ir import MemseGraph
-from passes.closed_form import ClosedForm, closed_form_summary
+from passes.closed_form import LEVELS_FUNCTION, ClosedForm, closed_form_summary
 
 
 def validity_points(device) -> list[tuple[str, dict, dict]]:
@@ -70,7 +70,7 @@ def explain_text(g: MemseGraph) -> str:
         lines.append("  clipping/second-order factor at the compiled point per layer: "
                      + ", ".join(f"{k} {v:.3f}" for k, v in kappa.items()))
         for fn, meaning in s["functions"].items():
-            lines.append(f"  {fn}(sigma, G, L): {meaning}")
+            lines.append(f"  {fn}({'L' if fn == LEVELS_FUNCTION else 'sigma, G, L'}): {meaning}")
     rows = g.graph.get("closed_form_validity")
     if rows:
         lines.append("validity of the closed form (re-analysed in full at each point):")

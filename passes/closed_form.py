@@ -1,13 +1,16 @@
 """Closed form of each output's MSE in the device parameters (DESIGN §5), from the sensitivity pass:
 
-    MSE = C + V + beta V^p + 2 X s + E s^2
-            + sum_l Q_l (Wmax_l / (L - 1))^2 + sum_l D_l / (2^(b_adc - 1) - 1)^2 + sum_l E_l / n_dac(b_dac)^2
+    MSE = C + V + beta V^p + 2 X s + E s^2 + levels_shift(L)
+            + sum_l Q_l (Wmax_l / (L0 - 1))^2 + sum_l D_l / (2^(b_adc - 1) - 1)^2 + sum_l E_l / n_dac(b_dac)^2
     V   = sum_l g_l [A_l (sigma Wmax_l / G_l)^2 kappa_l(sigma, G_l) + B_l (sigma_r Wmax_l / G_l)^2]
     s   = sum_l shrink_l(sigma, G_l)
 
 A_l: programming noise (with the second-order S*v term) and B_l: read noise, measured at the compiled point;
-Q_l: conductance quantization as uniform error (Delta = Wmax/(L-1) per weight); D_l/E_l: ADC/DAC quantization
-(uniform model, calibrated ranges). V also carries the nonlinearities' independent residual variance (in
+Q_l: conductance quantization as uniform error (Delta = Wmax/(L0-1) per weight) at the compiled levels L0, and
+levels_shift(L) its change at L levels: the weights re-rounded and the noiseless chip run (exact for the
+rounding's deterministic effect on the mean, passes/closed_form_levels.py). Large models (> 1e9 MACs) keep the
+uniform model in L instead: sum_l Q_l (Wmax_l / (L - 1))^2. D_l/E_l: ADC/DAC quantization (uniform model,
+calibrated ranges). V also carries the nonlinearities' independent residual variance (in
 proportion to V) and a fitted growth exponent; beta V^p is the nonlinearities' mean shift.
 
 Clipping at 0 (DESIGN §4.4) is modelled per layer by `ClipModel`, a histogram of the layer's weights over the
@@ -36,7 +39,10 @@ import sympy as sp
 
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.pass_base import Pass, PassContext
+from passes.closed_form_levels import LevelsShift
 from passes.symbolic import b_adc, b_dac, levels, sigma, sigma_r, weight_stat_function
+
+LEVELS_FUNCTION = "levels_shift"     # the sympy function of the levels direction (implemented by LevelsShift)
 
 
 def g_symbol(layer: str) -> sp.Symbol:
@@ -182,6 +188,7 @@ class ClosedForm:
     shift: tuple[float, float, float] = (0.0, 0.0, 0.0)   # clipping's output bias: overlap X, size E, shrink s0
     bias_floor: float = 0.0                            # bias^2 of the other mean shifts without noise
     series: dict[str, list[str]] = field(default_factory=dict)   # layer -> layers in series (`series_layers`)
+    levels_shift: LevelsShift | None = None          # bias^2 change with the levels (else the uniform model)
     expression: sp.Expr = field(default=None)
     noise_expression: sp.Expr = field(default=None)      # V, the noise variance terms (a subtree of expression)
 
@@ -224,9 +231,15 @@ class ClosedForm:
             noise.append(gain * prog)
             if c["B"]:
                 noise.append(gain * sp.Float(c["B"], 6) * (sigma_r * W / G) ** 2)
-            terms.append(sp.Float(c["Q"], 6) * (W / (levels - 1)) ** 2)
+            if self.levels_shift is None:
+                terms.append(sp.Float(c["Q"], 6) * (W / (levels - 1)) ** 2)
+            elif self.point["levels"]:     # the uniform term at the compiled levels; levels_shift(L) moves it
+                terms.append(sp.Float(c["Q"], 6) * (W / (self.point["levels"] - 1)) ** 2)
             terms.append(sp.Float(c["D"], 6) / (2 ** (b_adc - 1) - 1) ** 2)
             terms.append(sp.Float(c["E"], 6) / dac_levels(b_dac, self.dac_signed[name]) ** 2)
+        if self.levels_shift is not None:
+            from sympy.utilities.lambdify import implemented_function
+            terms.append(implemented_function(LEVELS_FUNCTION, self.levels_shift)(levels))
         v = self.noise_expression = sp.Add(*noise)
         beta, p = self.bias_law
         e = self.var_exponent
@@ -280,9 +293,12 @@ class ClosedForm:
             else:
                 out["programming"] += gain * c["A"] * (s * ratio) ** 2
             out["read"] += gain * c["B"] * (sr * ratio) ** 2
-            out["quantization"] += c["Q"] * (self.wmax[name] / (lv - 1)) ** 2 if lv else 0.0
+            q_levels = p["levels"] if self.levels_shift is not None else lv     # levels_shift moves it below
+            out["quantization"] += c["Q"] * (self.wmax[name] / (q_levels - 1)) ** 2 if q_levels else 0.0
             out["adc"] += c["D"] / (2 ** (ab - 1) - 1) ** 2 if ab else 0.0
             out["dac"] += c["E"] / dac_levels(db, self.dac_signed[name]) ** 2 if db else 0.0
+        if self.levels_shift is not None and levels_v != "keep":
+            out["quantization"] += self.levels_shift(levels_v)
         v = out["programming"] + out["read"]
         if self.v0 > 0 and v > 0 and self.var_exponent != 1.0:
             scale = (v / self.v0) ** (self.var_exponent - 1.0)   # nonlinear growth of the variance
@@ -516,6 +532,7 @@ class ClosedFormPass(Pass):
                 extra = {"clip": {k: bias(k) for k in scales}}
             for cf in forms.values():
                 fit_laws(cf, extra)
+                cf.levels_shift = LevelsShift.of_graph(g, cf.output, ctx.device)
         forms = {out: anchor(cf, g) for out, cf in forms.items()}
         g.graph["closed_form"] = forms
         timing = g.graph.setdefault("timing", {})
@@ -531,6 +548,9 @@ def function_legend(cf: ClosedForm) -> dict[str, str]:
             legend[f"kappa_{i}"] = (f"{name}: its devices' programming variance with clipping at 0, relative to "
                                     f"sigma^2 and to the compiled point")
             legend[f"shrink_{i}"] = f"{name}: relative shrink of its mean weights by clipping at 0"
+    if cf.levels_shift is not None:
+        legend[LEVELS_FUNCTION] = ("change of the output's bias^2 when every weight is rounded to L levels instead "
+                                   "of the compiled ones (noiseless chip runs; passes/closed_form_levels.py)")
     return legend
 
 
