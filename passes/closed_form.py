@@ -13,9 +13,10 @@ uniform model in L instead: sum_l Q_l (Wmax_l / (L - 1))^2. D_l/E_l: ADC/DAC qua
 calibrated ranges). V also carries the nonlinearities' independent residual variance (in
 proportion to V) and a fitted growth exponent; beta V^p is the nonlinearities' mean shift.
 
-Clipping at 0 (DESIGN §4.4) is modelled per layer by `ClipModel` (passes/closed_form_clip.py), a histogram of the layer's weights over the
-level of each pair's active device (the other one sits at g_min), with the clipped Gaussian statistics of the
-devices evaluated per bin: exact sums over the weights at any sigma and G, since levels are fractions of G.
+Clipping at 0 (DESIGN §4.4) is modelled per layer by `ClipModel` (passes/closed_form_clip.py), a histogram of
+the layer's weights over the level of each pair's active device (the other one sits at g_min), with the clipped
+Gaussian statistics of the devices evaluated per bin: exact sums over the weights at any sigma and G, since
+levels are fractions of G.
 kappa_l: the clipped variance relative to sigma^2 and to the compiled point (1 there). shrink_l: clipping also
 shrinks the mean weights toward 0 (a device near g_min reads high on average). That biases the output in
 proportion to s, not V: 2 X s + E s^2, its overlap X with the other mean shifts and its own size E, both
