@@ -5,15 +5,16 @@
                      without them, the per-layer MSE shares
     mse_vs_sigma     output MSE vs programming noise sigma/G (the MemSE paper's first curve)
     mse_vs_g         output MSE vs the conductance range G (second curve: larger G, smaller error)
+    mse_vs_levels    output MSE vs the number of conductance levels (how many does the device need?)
     tiles_<layer>    the tile grid (row tile x column tile, per group) coloured by each tile's ADC output MSE
 
-The two curves come from the closed form's `sweep(param, values)` when present (with a few full re-runs
+The three curves come from the closed form's `sweep(param, values)` when present (with a few full re-runs
 beside it as check points when the compile time allows), else from re-running
 the default pipeline on the graph's model and evaluation inputs with an overridden device (the analysis is
 fast; results are kept in `g.graph["sweeps"][param] = {"values", "mse", "output"}` and reused).
 Monte-Carlo points are drawn from `g.graph["montecarlo"]["sweep"]` when present:
-``{"sigma" | "g_scale": {"values": [...], "mse": [...], "ci95": [[lo, hi], ...] (optional)}}``, with sigma in
-siemens and g_scale the factor applied to the device range g_max - g_min.
+``{"sigma" | "g_scale" | "levels": {"values": [...], "mse": [...], "ci95": [[lo, hi], ...] (optional)}}``, with
+sigma in siemens and g_scale the factor applied to the device range g_max - g_min.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import numpy as np
 from matplotlib import rcParams
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
                  "svg.fonttype": "none", "axes.grid": True, "grid.alpha": 0.3})
@@ -35,6 +37,7 @@ rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "l
 ANALYSIS_COLOR, MC_COLOR = "#1f77b4", "#d62728"
 SIGMA_REL = np.geomspace(1e-3, 1e-1, 9)      # programming noise sigma / G swept from 0.1% to 10%
 G_SCALE = np.geomspace(0.1, 1.0, 8)          # conductance range G as a fraction of g_max - g_min
+LEVELS = 2 ** np.arange(2, 9)                # conductance levels 4 .. 256
 RERUN_BUDGET_S = 4.0                         # per curve: full re-runs checking a closed form, if that cheap
 
 
@@ -156,7 +159,7 @@ def closed_form_parts(g, output: str | None = None) -> tuple[Any, Callable | Non
 
 
 def sweep_curve(g, param: str, values: np.ndarray, rerun: bool = False) -> np.ndarray:
-    """Output MSE for `param` in {"sigma" (siemens), "g_scale" (factor on the compiled G)} at `values`:
+    """Output MSE for `param` in {"sigma" (siemens), "g_scale" (factor on the compiled G), "levels"} at `values`:
     the closed form's sweep when the graph has one (and not `rerun`), else re-running the default pipeline."""
     values = np.asarray(values, dtype=float)
     sweep = closed_form_parts(g)[1]
@@ -176,7 +179,8 @@ def sweep_curve(g, param: str, values: np.ndarray, rerun: bool = False) -> np.nd
                              "to re-run")
         c = device.conductance
         for v in todo:
-            over = ({"programming_noise.sigma": v} if param == "sigma"
+            over = ({"programming_noise.sigma": v} if param == "sigma" else
+                    {"conductance.levels": int(v)} if param == "levels"
                     else {"conductance.g_max": c.g_min + v * (c.g_max - c.g_min)})
             opts = {k: v for k, v in (g.graph.get("options") or {}).items() if k != "seed"}   # e.g. mode
             h, _ = compile_model(model, device.with_overrides(over), x, options=opts)
@@ -207,7 +211,9 @@ def _check_points(g, param: str, values: np.ndarray, budget_s: float) -> tuple[n
         return None
     xs, ys, t0 = [], [], time.perf_counter()
     try:
-        for v in (values[0], values[-1], *np.geomspace(values[0], values[-1], 5)[1:-1]):
+        # levels: on the curve's own (integer) points; else spread over the range
+        inner = values[2:-1:2] if param == "levels" else np.geomspace(values[0], values[-1], 5)[1:-1]
+        for v in (values[0], values[-1], *inner):
             if xs and (time.perf_counter() - t0) * (len(xs) + 1) / len(xs) > budget_s:
                 break                                   # the next run would overrun the budget
             xs.append(v)
@@ -229,6 +235,9 @@ def _sweep_figure(g, param: str, rerun_budget_s: float = RERUN_BUDGET_S) -> Figu
         rel = np.geomspace(SIGMA_REL[0], SIGMA_REL[-1], 41) if closed else SIGMA_REL
         values, to_x, now = rel * g0, (lambda v: 100 * v / g0), device.programming_noise.sigma
         xlabel, title = "programming noise sigma / G  (%)", "Output MSE vs programming noise"
+    elif param == "levels":
+        values, to_x, now = LEVELS.astype(float), (lambda v: v), c.levels
+        xlabel, title = "conductance levels", "Output MSE vs conductance levels"
     else:
         values = np.geomspace(G_SCALE[0], G_SCALE[-1], 41) if closed else G_SCALE
         to_x, now = (lambda v: 1e6 * v * g0), 1.0
@@ -241,16 +250,20 @@ def _sweep_figure(g, param: str, rerun_budget_s: float = RERUN_BUDGET_S) -> Figu
         return None
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(to_x(values), mse, "-" if closed else "-s", color=ANALYSIS_COLOR, ms=4,
+    style = "-s" if not closed else "-o" if param == "levels" else "-"     # levels: only the integer points
+    ax.plot(to_x(values), mse, style, color=ANALYSIS_COLOR, ms=4,
             label="analysis" + (" (closed form)" if closed else ""))
     check = _check_points(g, param, values, rerun_budget_s) if closed else None
     if check is not None:
         ax.plot(to_x(check[0]), check[1], "s", color="#ff7f0e", ms=6, label="full analysis (re-run)")
     _mc_points(ax, g, param, to_x)
-    ax.set_xscale("log")
+    ax.set_xscale("log", base=2 if param == "levels" else 10)
+    if param == "levels":
+        ax.xaxis.set_major_formatter(ScalarFormatter())
     if np.all(mse > 0):
         ax.set_yscale("log")
-    ax.axvline(to_x(np.asarray(now)), color="gray", ls="--", lw=1, label="this device")
+    if now is not None:      # continuous conductances: no compiled number of levels
+        ax.axvline(to_x(np.asarray(now)), color="gray", ls="--", lw=1, label="this device")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"output MSE ({_short(_first_output(g) or '', 20)})")
     ax.set_title(title)
@@ -332,6 +345,7 @@ def figures(g, sweeps: bool = True, rerun_budget_s: float | None = None) -> dict
     if sweeps and g.graph.get("analysis", {}).get("outputs"):
         out["mse_vs_sigma"] = _sweep_figure(g, "sigma", budget)
         out["mse_vs_g"] = _sweep_figure(g, "g_scale", budget)
+        out["mse_vs_levels"] = _sweep_figure(g, "levels", budget)
     for name, shape in _layer_shapes(g).items():
         if np.isfinite(tile_mse(g, name, *shape)).any():
             out[f"tiles_{safe_name(name)}"] = tile_map_figure(g, name, shape)

@@ -196,7 +196,7 @@ def test_plots_png_and_svg(cnn, tmp_path):
     from memse_compiler.plots import make_plots
     paths = make_plots(cnn, tmp_path)
     stems = {p.stem for p in paths}
-    assert {"layer_mse", "error_budget", "mse_vs_sigma", "mse_vs_g"} <= stems
+    assert {"layer_mse", "error_budget", "mse_vs_sigma", "mse_vs_g", "mse_vs_levels"} <= stems
     assert sum(s.startswith("tiles_") for s in stems) == len(cnn.layers)
     assert {p.suffix for p in paths} == {".png", ".svg"} and len(paths) == 2 * len(stems)
     _check_files(paths)
@@ -207,6 +207,7 @@ def test_plots_rerun_sweeps_and_mc_points(tmp_path, monkeypatch):
     from memse_compiler import plots
     monkeypatch.setattr(plots, "SIGMA_REL", np.array([5e-3, 5e-2]))
     monkeypatch.setattr(plots, "G_SCALE", np.array([0.3, 1.0]))
+    monkeypatch.setattr(plots, "LEVELS", np.array([8, 64]))
     x = np.load(EXAMPLES / "digits_inputs.npy")[:16].astype(np.float64)
     g, _ = compile_model(str(EXAMPLES / "mlp_digits.onnx"), "rram", x)
     g.graph.pop("closed_form", None)
@@ -214,11 +215,13 @@ def test_plots_rerun_sweeps_and_mc_points(tmp_path, monkeypatch):
     g.graph["montecarlo"] = {"outputs": {}, "layers": {n: 0.1 for n in g.layers},
                              "sweep": {"sigma": {"values": [sigma], "mse": [1.0], "ci95": [[0.9, 1.1]]}}}
     paths = plots.make_plots(g, tmp_path, formats=("png",))
-    assert {"mse_vs_sigma", "mse_vs_g"} <= {p.stem for p in paths}
+    assert {"mse_vs_sigma", "mse_vs_g", "mse_vs_levels"} <= {p.stem for p in paths}
     mse = g.graph["sweeps"]["sigma"]["mse"]
     assert len(mse) == 2 and mse[0] < mse[1]           # more programming noise, more error
     g_mse = g.graph["sweeps"]["g_scale"]["mse"]
     assert g_mse[0] > g_mse[1]                          # larger conductance range, less error
+    levels = g.graph["sweeps"]["levels"]
+    assert levels["values"] == [8.0, 64.0] and levels["mse"][0] > levels["mse"][1]    # coarser levels, more error
     _check_files(paths)
 
 
