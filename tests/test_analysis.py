@@ -433,7 +433,8 @@ def test_closed_form_follows_the_levels_by_rerounding_the_weights():
     """Rounding is deterministic: the form re-rounds every weight at the other number of levels and runs the
     noiseless chip, whose output change adds to the output's bias at the compiled point as a vector. The
     uniform Delta^2/12 model was +10.7 % / +26.8 % off on the MLP at 32 / 16 levels (64 compiled); the chip run
-    equals that of a chip compiled at those levels."""
+    equals that of a chip compiled at those levels. With 6-bit converters too: the runs leave them ideal, as
+    the noise dithers them (+0.1 % at 32 levels; with them in the runs +27 %, the uniform model +12 %)."""
     from memse_compiler.ir import interpret
     x = X[:64]
     dev = load_device("rram")
@@ -444,7 +445,11 @@ def test_closed_form_follows_the_levels_by_rerounding_the_weights():
     for n in (32, 16):
         g2, _ = compile_model(path, dev.with_overrides({"conductance.levels": n}), x)
         chip = interpret.run(g2, g2.graph["reference"][g2.graph["inputs"][0]], hardware=True)["logits"]
-        np.testing.assert_allclose(cf.levels_shift.chip_output(n), chip, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(cf.levels_shift.chip_output(n, converters=True), chip, rtol=1e-12, atol=1e-12)
         full = g2.graph["analysis"]["outputs"]["logits"]["mse"]
         assert cf.mse(levels_v=n) == pytest.approx(full, rel=0.05)
     assert float(cf.expression.subs(cf.point_symbols())) == pytest.approx(cf.mse(), rel=1e-4)
+    dev6 = dev.with_overrides({"adc.bits": 6, "dac.bits": 6})
+    cf6 = compile_model(path, dev6, x)[0].graph["closed_form"]["logits"]
+    full = compile_model(path, dev6.with_overrides({"conductance.levels": 32}), x)[0].graph["analysis"]
+    assert cf6.mse(levels_v=32) == pytest.approx(full["outputs"]["logits"]["mse"], rel=0.05)

@@ -214,9 +214,12 @@ class CrossbarLayer:
             y = y + self.bias
         return self.geometry.from_vectors(y, x_shape)
 
-    def forward(self, x: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
-        """Deterministic hardware forward: DAC, tiles with `matrix` (default: programmed weights), ADC, adder."""
+    def forward(self, x: np.ndarray, matrix: np.ndarray | None = None, converters: bool = True) -> np.ndarray:
+        """Deterministic hardware forward: DAC, tiles with `matrix` (default: programmed weights), ADC, adder
+        (converters=False: ideal DAC and ADCs)."""
         matrix = self.quantized_weight() if matrix is None else matrix
+        if not converters:
+            return self.combine(self.partial_sums(self.vectors(x), matrix), x.shape)
         return self.combine(self.adc(self.partial_sums(self.vectors(self.dac(x)), matrix)), x.shape)
 
     def float_forward(self, x: np.ndarray) -> np.ndarray:

@@ -13,19 +13,20 @@ def operand_values(g: MemseGraph, names: list[str], values: dict[str, np.ndarray
 
 
 def run(g: MemseGraph, x: np.ndarray, hardware: bool = False,
-        matrices: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        matrices: dict[str, np.ndarray] | None = None, converters: bool = True) -> dict[str, np.ndarray]:
     """All signals of the graph for the input batch `x` (float64).
 
     hardware=False: the network's float semantics (weighted ops with their float weights), the reference.
     hardware=True: the noiseless programmed chip: quantized conductances, tiling and converters; `matrices`:
-    other effective weights (G, O, Jb) for some layers (e.g. rounded to other levels).
+    other effective weights (G, O, Jb) for some layers (e.g. rounded to other levels); converters=False:
+    ideal DACs and ADCs.
     """
     values = {g.graph["inputs"][0]: np.asarray(x, dtype=np.float64)}
     for unit in schedule(g):
         if unit in g.layers:
             layer = g.layers[unit]
             xin = values[layer.input]
-            values[layer.output] = (layer.forward(xin, (matrices or {}).get(unit)) if hardware
+            values[layer.output] = (layer.forward(xin, (matrices or {}).get(unit), converters) if hardware
                                     else layer.float_forward(xin))
             continue
         data = g.nodes[unit]
