@@ -28,16 +28,13 @@ import numpy as np
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.crossbar import CrossbarLayer
 from memse_compiler.ir.interpret import run as interpret
-from passes.map_conductances import quantize_conductance
+from passes.map_conductances import pair_conductances
 
 
 def weights_at_levels(layer: CrossbarLayer, levels: int | None, rounding: str) -> np.ndarray:
     """(G, O, Jb) effective weight of the noiseless chip with `levels` conductance levels (None: continuous), the
     layer's own G and scale groups, mapped as passes/map_conductances.py maps them."""
-    a, c = layer.augmented_weight(), layer.scale_c
-    g_plus = layer.g_min + quantize_conductance(c * np.maximum(a, 0), layer.g_range, levels, rounding)
-    g_minus = layer.g_min + quantize_conductance(c * np.maximum(-a, 0), layer.g_range, levels, rounding)
-    return layer.weight_from_conductance(g_plus, g_minus)
+    return layer.weight_from_conductance(*pair_conductances(layer, levels, rounding))
 
 
 @dataclass

@@ -38,10 +38,15 @@ def map_layer(layer: CrossbarLayer, device) -> None:
     if np.any(layer.g_range <= 0) or np.any(layer.g_range > window * (1 + 1e-9)):
         raise MemseInputError(f"layer '{layer.name}': conductance range must lie in (0, g_max - g_min]")
     layer.g_min = cond.g_min
-    c = layer.scale_c
-    layer.g_plus = cond.g_min + quantize_conductance(c * np.maximum(a, 0), layer.g_range, cond.levels, cond.rounding)
-    layer.g_minus = cond.g_min + quantize_conductance(c * np.maximum(-a, 0), layer.g_range, cond.levels,
-                                                      cond.rounding)
+    layer.g_plus, layer.g_minus = pair_conductances(layer, cond.levels, cond.rounding)
+
+
+def pair_conductances(layer: CrossbarLayer, levels: int | None, rounding: str) -> tuple[np.ndarray, np.ndarray]:
+    """(G+, G-) target conductances of the layer's weights (its w_max, G and g_min as mapped) with `levels`
+    levels: the positive part of each weight on G+, the negative part on G-, the other device at g_min."""
+    a, c = layer.augmented_weight(), layer.scale_c
+    return (layer.g_min + quantize_conductance(c * np.maximum(a, 0), layer.g_range, levels, rounding),
+            layer.g_min + quantize_conductance(c * np.maximum(-a, 0), layer.g_range, levels, rounding))
 
 
 class MapConductances(Pass):
