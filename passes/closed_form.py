@@ -280,15 +280,21 @@ def fit_power_law(vs, ys) -> tuple[float, float, float]:
     return y2 - beta * v2 ** q, float(beta), float(q)
 
 
-def base_form(g: MemseGraph, device, out: str) -> ClosedForm:
-    """The coefficients of every term at the compiled point, the clip models and the series layers; no laws,
-    not anchored (`anchor`)."""
+def clip_models(g: MemseGraph, device) -> dict[str, ClipModel]:
+    """Every linearized crossbar layer's clip model (the same for all outputs)."""
+    lin = g.graph.get("linearization", {})
+    return {name: ClipModel.of_layer(layer, lin[name], device) for name, layer in g.layers.items()
+            if name in lin and float(np.max(layer.w_max)) > 0}
+
+
+def base_form(g: MemseGraph, device, out: str, clip: dict[str, ClipModel]) -> ClosedForm:
+    """The coefficients of every term at the compiled point, with the layers' clip models (`clip_models`) and the
+    series layers; no laws, not anchored (`anchor`)."""
     sens = g.graph["sensitivity"][out]
     pn = device.programming_noise
     point = {"sigma": pn.sigma, "sigma_r": device.read_noise.sigma, "levels": device.conductance.levels,
              "adc_bits": device.adc.bits, "dac_bits": device.dac.bits}
-    lin = g.graph.get("linearization", {})
-    coefficients, g0, wmax, signed, clip = {}, {}, {}, {}, {}
+    coefficients, g0, wmax, signed = {}, {}, {}, {}
     for name, layer in g.layers.items():
         def val(key):
             return sens.get(f"{name}|{key}", 0.0)
@@ -301,8 +307,6 @@ def base_form(g: MemseGraph, device, out: str) -> ClosedForm:
         q = val("_w2_over_c2") * G ** 2 / W ** 2 / 12.0
         coefficients[name] = {"A": a, "B": b, "Q": q, "D": val("_adc_unit"), "E": val("_dac_unit"),
                               "kappa": a / unclipped if unclipped > 0 else 1.0}
-        if name in lin and W > 0:
-            clip[name] = ClipModel.of_layer(layer, lin[name], device)
     cf = ClosedForm(out, 0.0, coefficients, g0, wmax, signed, point, clip=clip, series=series_layers(g, out))
     at_point = cf.terms()
     cf.v0 = at_point["programming"] + at_point["read"]
@@ -405,7 +409,8 @@ class ClosedFormPass(Pass):
             return g
         t0 = time.perf_counter()
         from passes.moments import LARGE_MODEL_MACS, model_macs
-        forms = {out: base_form(g, ctx.device, out) for out in g.graph["sensitivity"]}
+        clip = clip_models(g, ctx.device)
+        forms = {out: base_form(g, ctx.device, out, clip) for out in g.graph["sensitivity"]}
         # the laws cost three cheap forward passes (four when the device clips): skipped on large models, where
         # they did not help (bias^2 then stays in the constant; benchmarks/results/closed_form_resnet.md), nor did
         # levels_shift (the ResNet-18 shape's levels x0.5 / x0.25: +7.2 / +34.1 %, the uniform model -5.8 / -16.0 %)
