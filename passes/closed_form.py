@@ -41,7 +41,7 @@ import sympy as sp
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.pass_base import Pass, PassContext
 from passes.closed_form_clip import ClipModel, ClipStack
-from passes.closed_form_levels import LevelsShift
+from passes.closed_form_levels import LevelsShift, levels_count
 from passes.symbolic import b_adc, b_dac, levels, sigma, sigma_r
 
 LEVELS_FUNCTION = "levels_shift"     # the sympy function of the levels direction (implemented by LevelsShift)
@@ -86,11 +86,10 @@ class ClosedForm:
         model (numbered: a layer name is not a valid function name; `explain` prints the legend)."""
         from sympy.utilities.lambdify import implemented_function
         model, s0, g0 = self.clip[name], self.point["sigma"], self.g0[name]
-
-        def lv(n):      # the levels symbol: infinite for continuous conductances
-            return None if not np.isfinite(float(n)) else int(round(float(n)))
-        kappa = implemented_function(f"kappa_{index}", lambda s, g, n: model.kappa(float(s), float(g), s0, g0, lv(n)))
-        shrink = implemented_function(f"shrink_{index}", lambda s, g, n: model.stats(float(s), float(g), lv(n))[1])
+        kappa = implemented_function(f"kappa_{index}",
+                                     lambda s, g, n: model.kappa(float(s), float(g), s0, g0, levels_count(n)))
+        shrink = implemented_function(f"shrink_{index}",
+                                      lambda s, g, n: model.stats(float(s), float(g), levels_count(n))[1])
         return kappa, shrink
 
     @cached_property

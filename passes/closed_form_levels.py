@@ -31,6 +31,12 @@ from memse_compiler.ir.interpret import run as interpret
 from passes.map_conductances import pair_conductances
 
 
+def levels_count(n) -> int | None:
+    """A number of levels as given to the closed form (an int, a float or sympy number, None or infinity for
+    continuous conductances) -> int, or None for continuous."""
+    return None if n is None or not np.isfinite(float(n)) else int(round(float(n)))
+
+
 def weights_at_levels(layer: CrossbarLayer, levels: int | None, rounding: str) -> np.ndarray:
     """(G, O, Jb) effective weight of the noiseless chip with `levels` conductance levels (None: continuous), the
     layer's own G and scale groups, mapped as passes/map_conductances.py maps them."""
@@ -64,7 +70,7 @@ class LevelsShift:
         return interpret(self.g, x, hardware=True, matrices=matrices, converters=converters)[self.output]
 
     def __call__(self, levels: int | None) -> float:
-        levels = None if levels is None or not np.isfinite(float(levels)) else int(round(float(levels)))
+        levels = levels_count(levels)
         if levels == self.levels:
             return 0.0
         if levels not in self._cache:
