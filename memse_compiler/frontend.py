@@ -1,4 +1,12 @@
-"""ONNX frontend: load, check, infer shapes, fold constants, and build the op-level graph from the registry."""
+"""ONNX frontend: load, check, infer shapes, fold constants, and build the op-level graph from the registry.
+
+The graph is batch-generic whatever the export says: it is evaluated on any batch (the CLI's synthetic batch,
+`--batch`, Monte-Carlo). A model exported with a fixed batch B gets a symbolic batch dimension, and the
+reshapes that copy the batch as the constant B (what torch's `x.view(x.size(0), -1)` becomes) copy it as 0
+instead. Shape arithmetic on the batch (the same `view` exported with a dynamic batch: Shape -> Gather ->
+Concat -> Reshape) is folded at two probe batch sizes: a value that differs between them depends on the batch,
+and may only end up as the leading size of a Reshape (then 0, "copy"), or the model is refused.
+"""
 from __future__ import annotations
 
 import os
@@ -46,6 +54,59 @@ def _first_line(exc: Exception) -> str:
     return text[0] if text else type(exc).__name__
 
 
+BATCH = "batch"               # the symbolic batch dimension
+BATCH_PROBES = (2, 3)         # batch sizes the shape arithmetic is folded at, to see what depends on the batch
+
+
+def batch_generic(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with the data input's batch dimension symbolic: when the export fixed it at B, every Reshape whose
+    constant target starts with B on a tensor that starts with B gets 0 there (copy it), the input (and the outputs
+    that start with B) get the symbolic batch, and the shapes are inferred again. Unchanged if that inference fails
+    (the model then keeps its fixed batch)."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    data = [vi for vi in g.input if vi.name not in inits]
+    if len(data) != 1 or not data[0].type.tensor_type.shape.dim:
+        return model
+    d0 = data[0].type.tensor_type.shape.dim[0]
+    if not d0.HasField("dim_value"):
+        return model
+    b = d0.dim_value
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    values = {t.name: t for t in g.initializer}
+    values.update((n.output[0], n.attribute[0].t) for n in g.node
+                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value")
+    dims = {vi.name: _dims(vi) for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    for k, node in enumerate(g.node):
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in values:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        target = numpy_helper.to_array(values[node.input[1]])
+        x_dims = dims.get(node.input[0])
+        if target.ndim == 1 and target.size and target[0] == b and x_dims and x_dims[0] == b:
+            name = f"{node.input[1]}__batch_copy_{k}"
+            g.initializer.append(numpy_helper.from_array(np.concatenate([[0], target[1:]]).astype(target.dtype),
+                                                         name))
+            node.input[1] = name
+    for vi in [i for i in g.input if i.name == data[0].name] + [o for o in g.output if (_dims(o) or (None,))[0] == b]:
+        vi.type.tensor_type.shape.dim[0].Clear()
+        vi.type.tensor_type.shape.dim[0].dim_param = BATCH
+    del g.value_info[:]
+    try:
+        return onnx.shape_inference.infer_shapes(out, strict_mode=True)
+    except Exception:
+        return model
+
+
+def _symbolic(vi: onnx.ValueInfoProto) -> tuple:
+    """Per dimension: its symbol (dim_param) or None."""
+    t = vi.type.tensor_type
+    return tuple(d.dim_param or None for d in t.shape.dim) if t.HasField("shape") else ()
+
+
 def _as_float64(a: np.ndarray) -> np.ndarray:
     """Float constants are computed in float64, so the analysis and the reference lose nothing to rounding."""
     return a.astype(np.float64) if a.dtype.kind == "f" else a
@@ -69,17 +130,80 @@ def _fold_constant_node(node: onnx.NodeProto, consts: dict[str, np.ndarray], ops
     return ReferenceEvaluator(m).run(None, {n: consts[n] for n in node.input if n})
 
 
+def _fold_shape(node: onnx.NodeProto, shapes: dict, symbols: tuple, batch: str | None, consts: dict,
+                batch_dependent: dict, label: str) -> None:
+    """A Shape of a computed tensor, as a constant: its batch dimension at the probe sizes (batch-dependent)."""
+    dims = shapes.get(node.input[0])
+    attrs = {a.name: a.i for a in node.attribute}
+    name = node.name or node.output[0]
+    if dims is None:
+        raise MemseInputError(f"{label}: node '{name}' (Shape): the shape of '{node.input[0]}' is unknown")
+    probes = []
+    for b in BATCH_PROBES:
+        full = []
+        for i, d in enumerate(dims):
+            if d is None and batch and i < len(symbols) and symbols[i] == batch:
+                d = b
+            elif d is None:
+                raise MemseInputError(f"{label}: node '{name}' (Shape): dimension {i} of '{node.input[0]}' is "
+                                      f"dynamic and not the batch")
+            full.append(d)
+        probes.append(np.array(full[attrs.get("start", 0):attrs.get("end", len(full))], np.int64))
+    consts[node.output[0]] = probes[0]
+    if not np.array_equal(*probes):
+        batch_dependent[node.output[0]] = probes[1]
+
+
+def _fold(node: onnx.NodeProto, consts: dict, batch_dependent: dict, opset: int) -> None:
+    """Evaluate a node whose inputs are all constants; again at the second probe batch when one of them depends
+    on the batch (its outputs depend on it if they differ)."""
+    values = _fold_constant_node(node, consts, opset)
+    for name, val in zip(node.output, values):
+        consts[name] = _as_float64(np.asarray(val))
+    if any(n in batch_dependent for n in node.input):
+        alt = _fold_constant_node(node, {**consts, **batch_dependent}, opset)
+        for name, val, val2 in zip(node.output, values, alt):
+            if not np.array_equal(np.asarray(val), np.asarray(val2)):
+                batch_dependent[name] = _as_float64(np.asarray(val2))
+
+
+def _copy_batch(node: onnx.NodeProto, name: str, consts: dict, batch_dependent: dict, label: str) -> onnx.NodeProto:
+    """A node reading a batch-dependent constant: a Reshape whose target starts with the batch size (and only
+    there depends on it) copies it instead (target 0, a new constant); any other use is refused."""
+    used = [i for i, n in enumerate(node.input) if n in batch_dependent]
+    if not used:
+        return node
+    if node.op_type == "Reshape" and used == [1] and not any(a.name == "allowzero" and a.i for a in node.attribute):
+        t1, t2 = consts[node.input[1]].reshape(-1), batch_dependent[node.input[1]].reshape(-1)
+        if t1.size and (t1[0], t2[0]) == BATCH_PROBES and np.array_equal(t1[1:], t2[1:]):
+            new = onnx.NodeProto()
+            new.CopyFrom(node)
+            new.input[1] = f"{node.input[1]}__batch_copy"
+            consts[new.input[1]] = np.concatenate([[0], t1[1:]]).astype(np.int64)
+            return new
+    raise MemseInputError(f"{label}: node '{name}' ({node.op_type}) computes with the batch size (from a Shape); "
+                          f"only a Reshape that keeps the batch as its leading size is supported: export with "
+                          f"Flatten, or with a fixed batch")
+
+
 def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     """The op-level graph: one node per ONNX op (weighted ops hold a CrossbarLayer), one edge per signal."""
     model, label = load_model(model)
+    inits = {t.name for t in model.graph.initializer}
+    exported = [_dims(vi) for vi in model.graph.input if vi.name not in inits]     # the batch the export fixed
+    model = batch_generic(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     graph = model.graph
     consts: dict[str, np.ndarray] = {t.name: _as_float64(numpy_helper.to_array(t)) for t in graph.initializer}
     shapes: dict[str, tuple] = {}
+    symbols: dict[str, tuple] = {}
     for vi in list(graph.value_info) + list(graph.output) + list(graph.input):
         dims = _dims(vi)
         if dims is not None:
             shapes[vi.name] = dims
+            symbols[vi.name] = _symbolic(vi)
+    # constants that depend on the batch size: their value at the second probe batch (consts: at the first)
+    batch_dependent: dict[str, np.ndarray] = {}
 
     data_inputs = [vi for vi in graph.input if vi.name not in consts]
     if len(data_inputs) != 1:
@@ -97,7 +221,8 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         raise MemseInputError(f"{label}: input '{x_vi.name}' must be float32 or float64")
 
     g = MemseGraph(name=graph.name or Path(label).stem, model_path=label, opset=opset,
-                   inputs=[x_vi.name], outputs=[o.name for o in graph.output], constants=consts)
+                   inputs=[x_vi.name], outputs=[o.name for o in graph.output], constants=consts,
+                   export_batch=exported[0][0] if exported and exported[0] else None)
     g.tensors.update(shapes)
     g.add_node(f"input:{x_vi.name}", op="Input", kind=KIND_INPUT, inputs=[], outputs=[x_vi.name])
     producers = {x_vi.name: f"input:{x_vi.name}"}
@@ -111,9 +236,12 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
             consts[node.output[0]] = _as_float64(numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto)
                                                  else np.asarray(value))
             continue
+        if node.op_type == "Shape" and node.input[0] not in consts:
+            _fold_shape(node, shapes, symbols.get(node.input[0], ()), symbols[x_vi.name][0], consts,
+                        batch_dependent, label)
+            continue
         if all((not n) or n in consts for n in node.input):
-            for name, val in zip(node.output, _fold_constant_node(node, consts, opset)):
-                consts[name] = _as_float64(np.asarray(val))
+            _fold(node, consts, batch_dependent, opset)
             continue
         name = node.name or f"{node.op_type}_{idx}"
         while name in used_names:
@@ -123,6 +251,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         if rule is None:
             raise MemseInputError(f"{label}: unsupported op '{node.op_type}' at node '{name}' "
                                   f"(supported: {', '.join(SUPPORTED_OPS)})")
+        node = _copy_batch(node, name, consts, batch_dependent, label)
         ctx = ParseContext(node=node, node_name=name, consts=consts, shapes=shapes)
         for i, inp in enumerate(node.input):
             if inp and inp not in consts and inp not in producers:

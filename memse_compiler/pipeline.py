@@ -108,6 +108,9 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, device, inputs: np
         inputs = synthetic_inputs(shape, batch, seed)
     elif tuple(np.shape(inputs)[1:]) != tuple(shape[1:]):
         raise MemseInputError(f"inputs of shape {np.shape(inputs)} do not match the model input {shape}")
+    if shape[0] is not None and len(inputs) != shape[0]:     # frontend.batch_generic could not free it
+        raise MemseInputError(f"the model fixes its batch at {shape[0]} and {len(inputs)} inputs were given: "
+                              f"evaluate {shape[0]} (--batch {shape[0]}) or export with a dynamic batch axis")
     ctx = PassContext(device=device, inputs=np.asarray(inputs, dtype=np.float64),
                       options={"seed": seed, **(options or {})})
     g.graph["device"] = device

@@ -14,5 +14,15 @@ class Calibrate(Pass):
     def apply(self, g: MemseGraph, ctx: PassContext) -> MemseGraph:
         if ctx.inputs is None:
             raise MemseInputError("no evaluation inputs were given to calibrate on")
-        g.graph["reference"] = run(g, ctx.inputs, hardware=False)
+        try:
+            g.graph["reference"] = run(g, ctx.inputs, hardware=False)
+        except (ValueError, IndexError) as exc:
+            # a batch the export fixed as a constant somewhere (frontend.batch_generic frees the usual ones)
+            b, n = g.graph.get("export_batch"), len(ctx.inputs)
+            if b is None or b == n:
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise MemseInputError(f"the model was exported with a fixed batch of {b} and does not run on {n} "
+                                  f"inputs ({first}): evaluate {b} (--batch {b}) or export with a dynamic batch "
+                                  f"axis") from None
         return g

@@ -1,0 +1,111 @@
+"""The graph is batch-generic: fixed-batch exports and shape arithmetic on the batch (frontend.batch_generic)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from device_models import load_device
+from memse_compiler import MemseInputError, compile_model
+from memse_compiler.cli import main
+from memse_compiler.executor import NoisyExecutor
+from memse_compiler.montecarlo import run_montecarlo
+
+RNG = np.random.default_rng(0)
+W_CONV = RNG.normal(0, 0.5, (3, 1, 3, 3)).astype(np.float32)
+W_FC = RNG.normal(0, 0.2, (5, 108)).astype(np.float32)
+X = RNG.random((7, 1, 6, 6))
+
+
+def conv_net(batch, flatten_nodes, extra_inits=()) -> onnx.ModelProto:
+    """x (batch, 1, 6, 6) -> Conv -> Relu -> [flatten_nodes: 'r' -> 'f' (batch, 108)] -> Gemm -> y."""
+    nodes = [helper.make_node("Conv", ["x", "wc"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), *flatten_nodes,
+             helper.make_node("Gemm", ["f", "wf"], ["y"], transB=1)]
+    inits = [numpy_helper.from_array(W_CONV, "wc"), numpy_helper.from_array(W_FC, "wf"), *extra_inits]
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def i64(name, values):
+    return numpy_helper.from_array(np.array(values, np.int64), name)
+
+
+def reshape_net(batch, target):
+    """The flatten as torch exports `x.view(x.size(0), -1)` with a fixed batch: a constant target."""
+    return conv_net(batch, [helper.make_node("Reshape", ["r", "t"], ["f"])], [i64("t", target)])
+
+
+def shape_chain_net():
+    """The same `view` exported with a dynamic batch: Shape -> Gather -> Unsqueeze -> Concat -> Reshape."""
+    return conv_net("N", [helper.make_node("Shape", ["r"], ["s"]),
+                          helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+                          helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+                          helper.make_node("Concat", ["n1", "minus1"], ["t"], axis=0),
+                          helper.make_node("Reshape", ["r", "t"], ["f"])],
+                    [i64("zero", 0), i64("axes", [0]), i64("minus1", [-1])])
+
+
+def ort_run(model, x):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x.astype(np.float32)})[0]
+
+
+DEVICE = load_device("rram")
+
+
+def test_fixed_batch_export_runs_on_any_batch():
+    """A batch of 4 fixed by the export, with the batch baked into the flatten's target: 7 inputs compile, equal
+    onnxruntime on the dynamic-batch model, and the Monte-Carlo executor runs them."""
+    g, _ = compile_model(reshape_net(4, [4, -1]), DEVICE, X)
+    want = ort_run(reshape_net("N", [0, -1]), X)
+    np.testing.assert_allclose(g.graph["reference"]["y"], want, rtol=1e-5, atol=1e-6)
+    assert g.tensors["x"][0] is None and g.graph["export_batch"] == 4
+    g_dyn, _ = compile_model(reshape_net("N", [0, -1]), DEVICE, X)
+    assert g.graph["analysis"]["outputs"]["y"]["mse"] == pytest.approx(
+        g_dyn.graph["analysis"]["outputs"]["y"]["mse"], rel=1e-12)
+    ideal = load_device("ideal")
+    gi, _ = compile_model(reshape_net(4, [4, -1]), ideal, X)
+    np.testing.assert_allclose(NoisyExecutor(gi, ideal).run_noiseless(X)["y"], want, rtol=1e-5, atol=1e-6)
+    mc = run_montecarlo(g, DEVICE, X, chips=4, progress=False)
+    assert mc["chips"] == 4 and np.isfinite(mc["outputs"]["y"]["mse"])
+
+
+def test_batch_shape_arithmetic_becomes_a_batch_copy():
+    """Shape -> Gather -> Unsqueeze -> Concat -> Reshape on a dynamic batch folds to the target [0, -1]."""
+    g, _ = compile_model(shape_chain_net(), DEVICE, X)
+    reshape = next(d for _, d in g.nodes(data=True) if d.get("op") == "Reshape")
+    assert reshape["attrs"]["shape"] == [0, -1]
+    g_dyn, _ = compile_model(reshape_net("N", [0, -1]), DEVICE, X)
+    assert g.graph["analysis"]["outputs"]["y"]["mse"] == pytest.approx(
+        g_dyn.graph["analysis"]["outputs"]["y"]["mse"], rel=1e-12)
+    np.testing.assert_allclose(g.graph["reference"]["y"], ort_run(shape_chain_net(), X), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_used_as_a_value_is_refused(tmp_path, capsys):
+    """y / batch size: exit 2, one line naming the node."""
+    model = shape_chain_net()
+    g = model.graph
+    del g.node[-1]
+    g.node.extend([helper.make_node("Cast", ["n"], ["nf"], to=TensorProto.FLOAT),
+                   helper.make_node("Gemm", ["f", "wf"], ["z"], transB=1),
+                   helper.make_node("Div", ["z", "nf"], ["y"], name="per_batch")])
+    path = tmp_path / "batch_value.onnx"
+    onnx.save(model, path)
+    code = main([str(path), "--device", "rram"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "'per_batch' (Div)" in err[0] and "batch size" in err[0]
+
+
+def test_batch_baked_elsewhere_names_the_fixed_batch():
+    """A target that folds the batch into another dimension cannot be freed: the export's batch still compiles,
+    another one is refused with a message naming the fixed batch."""
+    model = conv_net(4, [helper.make_node("Reshape", ["r", "t1"], ["m"]),
+                         helper.make_node("Reshape", ["m", "t2"], ["f"])], [i64("t1", [12, 36]), i64("t2", [4, 108])])
+    g, _ = compile_model(model, DEVICE, X[:4])
+    np.testing.assert_allclose(g.graph["reference"]["y"], ort_run(model, X[:4]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(MemseInputError, match="fixed batch of 4 .* 7 inputs"):
+        compile_model(model, DEVICE, X)
