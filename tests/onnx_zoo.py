@@ -254,6 +254,11 @@ def activation_models() -> list[ZooModel]:
         _act_model("act_tanh_before_gemm", simple("Tanh"), before=True),
         _act_model("act_gelu_erf_pattern", _gelu),
         _act_model("act_erf", simple("Erf")),
+        _act_model("act_hard_sigmoid", simple("HardSigmoid", alpha=0.3, beta=0.4)),
+        _act_model("act_hard_swish", lambda g, x: g.op("HardSwish", [g.op("Mul", [x, g.const("three", np.float32(3.0))])])),
+        _act_model("act_elu", simple("Elu", alpha=0.7)),
+        _act_model("act_selu", simple("Selu")),
+        _act_model("act_softsign", simple("Softsign")),
     ]
 
 
@@ -290,6 +295,15 @@ def dense_misc_models() -> list[ZooModel]:
     g = Builder("reshape_after_gemm")         # shape [0, 2, -1]
     y = g.gemm(g.input("x", (N, K)), K, M)
     out.append(g.build(g.op("Reshape", [y, g.const("shape", np.array([0, 2, -1]))])))
+
+    g = Builder("reduce_mean_tokens")         # (N, T, K) @ (K, M) -> mean over T -> Gemm
+    y = g.op("Relu", [g.matmul(g.input("x", (N, 5, K)), K, M)])
+    y = g.op("ReduceMean", [y], axes=[1], keepdims=0)
+    out.append(g.build(g.gemm(y, M, 4)))
+
+    g = Builder("reduce_sum_keepdims")        # (N, T, K) @ (K, M) -> sum over T, kept -> (N, 1, M)
+    y = g.matmul(g.input("x", (N, 4, K)), K, M)
+    out.append(g.build(g.op("ReduceSum", [y, g.const("axes", np.array([-2]))], keepdims=1)))
 
     g = Builder("mlp_gemm_relu")
     y = g.op("Relu", [g.gemm(g.input("x", (N, 16)), 16, 24, name="fc1")])

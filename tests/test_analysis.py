@@ -376,7 +376,7 @@ def test_quantization_only_executor_equals_analysis_mean(name):
 
 
 def test_every_op_coverage_model_against_the_executor():
-    """All 71 op-coverage models (every supported op and Conv/Gemm variant, random weights), tiled and
+    """All op-coverage models (every supported op and Conv/Gemm variant, random weights), tiled and
     with an ADC: the analysis' output MSE against the Monte-Carlo executor (measured: 70/71 within 10%)."""
     from memse_compiler.montecarlo import run_montecarlo
     from onnx_zoo import op_coverage_models

@@ -81,7 +81,8 @@ def test_zoo_covers_the_brief():
     ops = {n.op_type for _, n in nodes}
     assert {"Gemm", "MatMul", "Conv", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Softplus",
             "Sigmoid", "Tanh", "Erf", "Div", "AveragePool", "MaxPool", "GlobalAveragePool", "Add", "Sub",
-            "Mul", "Concat", "Flatten", "Reshape", "Transpose", "Identity", "Dropout", "Softmax"} <= ops
+            "Mul", "Concat", "Flatten", "Reshape", "Transpose", "Identity", "Dropout", "Softmax", "HardSigmoid",
+            "HardSwish", "Elu", "Selu", "Softsign", "ReduceMean", "ReduceSum"} <= ops
 
     convs = [n for _, n in nodes if n.op_type == "Conv"]
     assert {_attr(n, "group", 1) for n in convs} >= {1, 2, 4}

@@ -105,6 +105,14 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
+def hard_swish(x: np.ndarray) -> np.ndarray:
+    return x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)
+
+
+def hard_swish_grad(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 3.0, 1.0, np.where(x < -3.0, 0.0, x / 3.0 + 0.5))
+
+
 def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a / np.where(b > 0, b, 1.0)
 
@@ -264,6 +272,41 @@ def gauss_hermite_moments(f, df, mu: np.ndarray, var: np.ndarray, n: int = 40) -
         m1 += wi * d
         m2 += wi * d * d
         gain += wi * df(x)
+    return Moments(f0 + m1, np.maximum(m2 - m1 * m1, 0.0), gain)
+
+
+_GL_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def piecewise_quadrature_moments(f, df, mu: np.ndarray, var: np.ndarray, breaks: tuple[float, ...],
+                                 n: int = 32, span: float = 8.0) -> Moments:
+    """E[f(X)], Var[f(X)] and E[f'(X)] for f smooth between `breaks` (kinks of f or f'): Gauss-Legendre on each
+    piece of the standardised Gaussian within +-span std, so that no node straddles a kink (Gauss-Hermite across
+    a kink of f' was 6 % off in E[f'] for ELU at var 0.5). Centred on f(mu), like `gauss_hermite_moments`;
+    loops over pieces x nodes (not elements)."""
+    mu, var = np.broadcast_arrays(np.asarray(mu, float), np.asarray(var, float))
+    if n not in _GL_CACHE:
+        _GL_CACHE[n] = np.polynomial.legendre.leggauss(n)
+    z, w = _GL_CACHE[n]
+    s = np.sqrt(np.maximum(var, 0.0))
+    f0 = f(mu)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cuts = [np.clip(np.where(s > 0, (b - mu) / np.where(s > 0, s, 1.0), np.where(mu < b, span, -span)),
+                        -span, span) for b in sorted(breaks)]
+    edges = [np.full_like(mu, -span)] + cuts + [np.full_like(mu, span)]
+    m0, m1, m2, gain = (np.zeros_like(mu) for _ in range(4))
+    for a, b in zip(edges[:-1], edges[1:]):
+        half, mid = 0.5 * (b - a), 0.5 * (a + b)
+        for zk, wk in zip(z, w):
+            zz = mid + half * zk
+            wt = half * wk * norm_pdf(zz)
+            x = mu + s * zz
+            d = f(x) - f0
+            m0 += wt
+            m1 += wt * d
+            m2 += wt * d * d
+            gain += wt * df(x)
+    m1, m2, gain = m1 / m0, m2 / m0, gain / m0
     return Moments(f0 + m1, np.maximum(m2 - m1 * m1, 0.0), gain)
 
 

@@ -185,3 +185,67 @@ class SoftmaxRule(OpRule):
         if g is None:
             return [None]
         return [p * (g - (p * g).sum(axis=attrs["axis"], keepdims=True))]
+
+
+@register
+class HardSigmoidRule(ElementwiseRule):
+    """clip(alpha x + beta, 0, 1): exact, as the clip of an affine Gaussian."""
+    op_types = ("HardSigmoid",)
+
+    def parse(self, ctx):
+        return {"alpha": float(ctx.attr("alpha", 0.2)), "beta": float(ctx.attr("beta", 0.5))}
+
+    def f(self, attrs, x):
+        return np.clip(attrs["alpha"] * x + attrs["beta"], 0.0, 1.0)
+
+    def stat(self, attrs, mu, var):
+        a = attrs["alpha"]
+        m = stats.clip_moments(a * mu + attrs["beta"], a * a * var, 0.0, 1.0)
+        return stats.Moments(m.mean, m.var, a * m.gain)
+
+
+@register
+class HardSwishRule(ElementwiseRule):
+    """x * clip(x / 6 + 1/2, 0, 1), by quadrature on its three pieces."""
+    op_types = ("HardSwish",)
+
+    def f(self, attrs, x):
+        return stats.hard_swish(x)
+
+    def stat(self, attrs, mu, var):
+        return stats.piecewise_quadrature_moments(stats.hard_swish, stats.hard_swish_grad, mu, var, (-3.0, 3.0))
+
+
+@register
+class EluRule(ElementwiseRule):
+    """Elu (x > 0: x, else alpha (e^x - 1)) and Selu (gamma times Elu), by quadrature on both sides of 0."""
+    op_types = ("Elu", "Selu")
+
+    def parse(self, ctx):
+        if ctx.node.op_type == "Selu":
+            return {"alpha": float(ctx.attr("alpha", 1.67326319217681884765625)),
+                    "gamma": float(ctx.attr("gamma", 1.05070102214813232421875))}
+        return {"alpha": float(ctx.attr("alpha", 1.0)), "gamma": 1.0}
+
+    def f(self, attrs, x):
+        return attrs["gamma"] * np.where(x > 0, x, attrs["alpha"] * np.expm1(np.minimum(x, 0.0)))
+
+    def df(self, attrs, x):
+        return attrs["gamma"] * np.where(x > 0, 1.0, attrs["alpha"] * np.exp(np.minimum(x, 0.0)))
+
+    def stat(self, attrs, mu, var):
+        return stats.piecewise_quadrature_moments(lambda x: self.f(attrs, x), lambda x: self.df(attrs, x), mu, var,
+                                                  (0.0,))
+
+
+@register
+class SoftsignRule(ElementwiseRule):
+    """x / (1 + |x|), by quadrature on both sides of 0."""
+    op_types = ("Softsign",)
+
+    def f(self, attrs, x):
+        return x / (1.0 + np.abs(x))
+
+    def stat(self, attrs, mu, var):
+        return stats.piecewise_quadrature_moments(lambda x: self.f(attrs, x),
+                                                  lambda x: 1.0 / (1.0 + np.abs(x)) ** 2, mu, var, (0.0,))

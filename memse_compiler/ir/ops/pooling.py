@@ -131,3 +131,58 @@ class MaxPoolRule(OpRule):
         g = _4d(gouts[0], attrs["one_d"])
         cols = g[..., None, None] * lin.gains[0]
         return [_back(attrs["windows"].scatter(cols), attrs["one_d"])]
+
+
+@register
+class ReduceMeanRule(OpRule):
+    """ReduceMean / ReduceSum over axes other than the batch: linear, exact (the moment pass refines the variance
+    of averaging ops for the correlation of the summed errors)."""
+    op_types = ("ReduceMean", "ReduceSum")
+
+    def operands(self, ctx):
+        return [0]
+
+    def parse(self, ctx):
+        rank = len(ctx.shape(0))
+        if len(ctx.node.input) > 1 and ctx.node.input[1]:        # opset 18 (ReduceSum: 13)
+            axes = ctx.const(1)
+            if axes is None:
+                raise ctx.fail("the axes must be a constant")
+        else:
+            axes = ctx.attr("axes")
+        if axes is None or np.size(axes) == 0:
+            if ctx.attr("noop_with_empty_axes", 0):
+                axes = []
+            else:
+                axes = range(rank)
+        axes = sorted({int(a) % rank for a in np.ravel(list(axes))})
+        if 0 in axes:
+            raise ctx.fail("reducing over the batch axis (0) is not supported")
+        return {"axes": tuple(axes), "keepdims": bool(ctx.attr("keepdims", 1)), "mean": ctx.node.op_type == "ReduceMean"}
+
+    def _count(self, attrs, shape) -> int:
+        return int(np.prod([shape[a] for a in attrs["axes"]]))
+
+    def forward(self, attrs, xs):
+        x = xs[0]
+        if not attrs["axes"]:
+            return [x]
+        s = x.sum(axis=attrs["axes"], keepdims=attrs["keepdims"])
+        return [s / self._count(attrs, x.shape) if attrs["mean"] else s]
+
+    def moments(self, attrs, means, variances):
+        v = variances[0]
+        if not attrs["axes"]:
+            return [means[0]], [v], Linearization()
+        n = self._count(attrs, v.shape) if attrs["mean"] else 1
+        return (self.forward(attrs, means), [v.sum(axis=attrs["axes"], keepdims=attrs["keepdims"]) / n ** 2],
+                Linearization())
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g = gouts[0]
+        if g is None or not attrs["axes"]:
+            return [g]
+        if not attrs["keepdims"]:
+            g = np.expand_dims(g, attrs["axes"])
+        n = self._count(attrs, in_shapes[0]) if attrs["mean"] else 1
+        return [np.broadcast_to(g / n, in_shapes[0]).copy()]
