@@ -306,6 +306,16 @@ def main() -> None:
     table += [f"| {r['model']} | {1e6 * r['cf_s']:.3g} | {r['ratio_cf']:.3g}x | {r['cf_mse']:.4g} | "
               + (f"{r['cf_full']:.4g} | {r['cf_mse'] / r['cf_full'] - 1:+.1%} |" if r["cf_full"] else "- | - |")
               for r in rows]
+    table += ["", "## What the 100x bar asks, in plain onnxruntime runs of the same batch", "",
+              "analysis = its time / one plain run; 100x budget = the MC loop to ±5% / 100 / one plain run: the time "
+              "an analysis would have to take to be 100x faster; the last column is that budget if a Monte-Carlo chip "
+              "cost exactly 2 plain runs (the executor target), i.e. chips x 2 / 100. An analysis reads every weight "
+              "at least once to get the mean (about one plain run) and again for the variance: below ~2 plain runs "
+              "no analysis fits", "",
+              "| model | MC chips to ±5% | analysis (plain runs) | 100x budget (plain runs) "
+              "| 100x budget with a chip at 2 plain runs |", "|---|---|---|---|---|"]
+    table += [f"| {r['model']} | {r['chips']} | {1e3 * r['an_s'] / r['plain_ms']:.3g} "
+              f"| {1e3 * r['loop_s'] / 100 / r['plain_ms']:.3g} | {r['chips'] * 2 / 100:.3g} |" for r in rows]
     names = [p for p in rows[0]["passes"] if any(r["passes"].get(p, 0) >= 0.005 for r in rows)]
     table += ["", "## Time per pass of the last timed compile (s)", "",
               "| model | " + " | ".join(names) + " |", "|" + "|".join(["---"] * (len(names) + 1)) + "|"]
