@@ -282,8 +282,8 @@ def piecewise_quadrature_moments(f, df, mu: np.ndarray, var: np.ndarray, breaks:
                                  n: int = 32, span: float = 8.0) -> Moments:
     """E[f(X)], Var[f(X)] and E[f'(X)] for f smooth between `breaks` (kinks of f or f'): Gauss-Legendre on each
     piece of the standardised Gaussian within +-span std, so that no node straddles a kink (Gauss-Hermite across
-    a kink of f' was 6 % off in E[f'] for ELU at var 0.5). Centred on f(mu), like `gauss_hermite_moments`;
-    loops over pieces x nodes (not elements)."""
+    the kink at 0 was 4.3 % off in ELU's mean and 5.7 % in Softsign's E[f'] at var 2.5). Centred on f(mu), like
+    `gauss_hermite_moments`; loops over pieces x nodes (not elements)."""
     mu, var = np.broadcast_arrays(np.asarray(mu, float), np.asarray(var, float))
     if n not in _GL_CACHE:
         _GL_CACHE[n] = np.polynomial.legendre.leggauss(n)
