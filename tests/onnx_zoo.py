@@ -305,6 +305,24 @@ def dense_misc_models() -> list[ZooModel]:
     y = g.matmul(g.input("x", (N, 4, K)), K, M)
     out.append(g.build(g.op("ReduceSum", [y, g.const("axes", np.array([-2]))], keepdims=1)))
 
+    g = Builder("log_softmax_after_gemm")
+    out.append(g.build(g.op("LogSoftmax", [g.gemm(g.input("x", (N, K)), K, M)], axis=1)))
+
+    g = Builder("slice_tokens_and_features")  # (N, 5, K) @ (K, M) -> tokens 1..3, every other feature
+    y = g.matmul(g.input("x", (N, 5, K)), K, M)
+    i64 = lambda name, v: g.const(name, np.array(v, np.int64))  # noqa: E731
+    y = g.op("Slice", [y, i64("starts", [1, 0]), i64("ends", [4, 1 << 40]), i64("axes", [1, -1]), i64("steps", [1, 2])])
+    out.append(g.build(g.matmul(g.op("Relu", [y]), M // 2, 4)))
+
+    g = Builder("layer_norm_tokens")          # (N, 5, K) @ (K, M) -> LayerNorm over features -> Relu -> (M, 4)
+    y = g.matmul(g.input("x", (N, 5, K)), K, M)
+    y = g.op("LayerNormalization", [y, g.vector("ln.weight", (M,), 0.5), g.vector("ln.bias", (M,), 0.2)], axis=-1)
+    out.append(g.build(g.matmul(g.op("Relu", [y]), M, 4)))
+
+    g = Builder("layer_norm_two_axes")        # normalised over (tokens, features), no bias
+    y = g.matmul(g.input("x", (N, 5, K)), K, M)
+    out.append(g.build(g.op("LayerNormalization", [y, g.vector("ln.weight", (5, M), 0.5)], axis=1)))
+
     g = Builder("mlp_gemm_relu")
     y = g.op("Relu", [g.gemm(g.input("x", (N, 16)), 16, 24, name="fc1")])
     y = g.op("Relu", [g.gemm(y, 24, 12, name="fc2")])
@@ -384,6 +402,12 @@ def bad_models(tmpdir: pathlib.Path) -> dict[str, pathlib.Path]:
     g = Builder("two_inputs")
     s = g.op("Add", [g.input("x1", (N, K)), g.input("x2", (N, K))])
     models["two_inputs"] = g.build(g.gemm(s, K, M)).model
+
+    g = Builder("maxpool_ceil_past_end")              # ceil_mode would start a window in the end padding
+    y = g.op("Relu", [g.conv(g.input("x", (N, 3, 8, 8)), 3, 4, pads=[1, 1, 1, 1])])
+    models["maxpool_ceil_past_end"] = g.build(g.gemm(g.op("Flatten", [g.op(
+        "MaxPool", [y], name="ceil_pool", kernel_shape=[3, 3], strides=[3, 3], pads=[1, 1, 1, 1], ceil_mode=1)]),
+        4 * 4 * 4, M)).model
 
     g = Builder("no_weighted_ops")
     models["no_weighted_ops"] = g.build(g.op("Relu", [g.input("x", (N, K))])).model

@@ -100,6 +100,9 @@ def pool_models() -> list[ZooModel]:
         _pool_case("maxpool_k2s2", "MaxPool", kernel_shape=[2, 2], strides=[2, 2]),
         _pool_case("maxpool_k3s2p1", "MaxPool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
         _pool_case("global_avgpool", "GlobalAveragePool"),
+        _pool_case("maxpool_k3s2_ceil", "MaxPool", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+        _pool_case("maxpool_k3s2p1_ceil", "MaxPool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                   ceil_mode=1),
     ]
     g = Builder("maxpool_before_conv")                 # pool on the input, then the weighted op
     y = g.op("MaxPool", [_image(g)], kernel_shape=[2, 2], strides=[2, 2])

@@ -82,7 +82,8 @@ def test_zoo_covers_the_brief():
     assert {"Gemm", "MatMul", "Conv", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Softplus",
             "Sigmoid", "Tanh", "Erf", "Div", "AveragePool", "MaxPool", "GlobalAveragePool", "Add", "Sub",
             "Mul", "Concat", "Flatten", "Reshape", "Transpose", "Identity", "Dropout", "Softmax", "HardSigmoid",
-            "HardSwish", "Elu", "Selu", "Softsign", "ReduceMean", "ReduceSum"} <= ops
+            "HardSwish", "Elu", "Selu", "Softsign", "ReduceMean", "ReduceSum", "LogSoftmax", "Slice",
+            "LayerNormalization"} <= ops
 
     convs = [n for _, n in nodes if n.op_type == "Conv"]
     assert {_attr(n, "group", 1) for n in convs} >= {1, 2, 4}
@@ -106,7 +107,7 @@ def test_zoo_covers_the_brief():
 def test_bad_models(tmp_path):
     paths = bad_models(tmp_path)
     assert set(paths) == {"truncated", "not_onnx", "empty", "unsupported_op", "dynamic_spatial",
-                          "nan_weight", "inf_weight", "two_inputs", "no_weighted_ops"}
+                          "nan_weight", "inf_weight", "two_inputs", "no_weighted_ops", "maxpool_ceil_past_end"}
     for kind, path in paths.items():
         assert path.exists() and path.parent == tmp_path and path.suffix == ".onnx", kind
 

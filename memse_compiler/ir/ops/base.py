@@ -55,8 +55,10 @@ class ParseContext:
     def fail(self, why: str) -> MemseInputError:
         return MemseInputError(f"node '{self.node_name}' ({self.node.op_type}): {why}")
 
-    def sliding_windows(self, kernel: list[int]):
-        """The Windows of a Conv/pool node over input 0 (strides, dilations, pads, auto_pad); 1-D as H = 1."""
+    def sliding_windows(self, kernel: list[int], ceil_mode: bool = False):
+        """The Windows of a Conv/pool node over input 0 (strides, dilations, pads, auto_pad); 1-D as H = 1.
+        ceil_mode: the output size rounds up, the windows past the end reading end padding (a window that would
+        start inside the end padding is dropped, as onnxruntime and PyTorch do)."""
         from memse_compiler.ir.geometry import Windows, conv_pads
         shape = self.shape(0)
         k = [int(v) for v in kernel]
@@ -66,6 +68,15 @@ class ParseContext:
         auto = self.attr("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         pads, out = conv_pads(shape[2:], k, s, d, self.attr("pads"), auto)
+        if ceil_mode and auto == "NOTSET":
+            pads = list(pads)
+            for a, (i, kk, ss, dd) in enumerate(zip(shape[2:], k, s, d)):
+                span = i + pads[a] + pads[a + nd] - (kk - 1) * dd - 1
+                o = -(-span // ss) + 1
+                if (o - 1) * ss >= i + pads[a]:
+                    o -= 1
+                pads[a + nd] += max((o - 1) * ss + (kk - 1) * dd + 1 - (i + pads[a] + pads[a + nd]), 0)
+                out[a] = o
         spatial = tuple(shape[2:])
         if nd == 1:
             k, s, d, pads, out, spatial = [1] + k, [1] + s, [1] + d, [0, pads[0], 0, pads[1]], [1] + out, (1,) + spatial

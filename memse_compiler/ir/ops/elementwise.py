@@ -188,6 +188,35 @@ class SoftmaxRule(OpRule):
 
 
 @register
+class LogSoftmaxRule(OpRule):
+    """x - logsumexp(x) along an axis: second-order (delta-method) mean, first-order variance, independent inputs
+    (as Softmax): E ~ mu - lse(mu) - 1/2 sum_j p_j (1 - p_j) v_j, Var_i ~ (1 - 2 p_i) v_i + sum_j p_j^2 v_j."""
+    op_types = ("LogSoftmax",)
+
+    def operands(self, ctx):
+        return [0]
+
+    def parse(self, ctx):
+        return {"axis": int(ctx.attr("axis", -1))}
+
+    def forward(self, attrs, xs):
+        x, ax = xs[0], attrs["axis"]
+        m = x.max(axis=ax, keepdims=True)
+        return [x - m - np.log(np.exp(x - m).sum(axis=ax, keepdims=True))]
+
+    def moments(self, attrs, means, variances):
+        ax, v = attrs["axis"], variances[0]
+        p = stats.softmax(means[0], ax)
+        mean = self.forward(attrs, means)[0] - 0.5 * (p * (1 - p) * v).sum(axis=ax, keepdims=True)
+        var = np.maximum((1 - 2 * p) * v + (p * p * v).sum(axis=ax, keepdims=True), 0.0)
+        return [mean], [var], Linearization(gains=[p], residual=[np.zeros_like(var)])
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g = gouts[0]
+        return [None if g is None else g - lin.gains[0] * g.sum(axis=attrs["axis"], keepdims=True)]
+
+
+@register
 class HardSigmoidRule(ElementwiseRule):
     """clip(alpha x + beta, 0, 1): exact, as the clip of an affine Gaussian."""
     op_types = ("HardSigmoid",)

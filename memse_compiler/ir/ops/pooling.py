@@ -10,13 +10,15 @@ from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, regi
 PAD_MEAN = -1e100     # stands for -inf in max-pool padding; finite so that Clark's formulas stay exact
 
 
-def pool_windows(ctx: ParseContext) -> Windows:
+def pool_windows(ctx: ParseContext, ceil_ok: bool = False) -> Windows:
+    """ceil_ok: ceil_mode=1 allowed (MaxPool: the windows past the end read padding, which never wins a max)."""
     shape = ctx.shape(0)
     if len(shape) not in (3, 4):
         raise ctx.fail(f"only 1-D and 2-D pooling is supported (input rank {len(shape)})")
-    if ctx.attr("ceil_mode", 0):
+    ceil = bool(ctx.attr("ceil_mode", 0))
+    if ceil and not ceil_ok:
         raise ctx.fail("ceil_mode=1 is not supported")
-    return ctx.sliding_windows(ctx.attr("kernel_shape"))
+    return ctx.sliding_windows(ctx.attr("kernel_shape"), ceil_mode=ceil)
 
 
 def _4d(x, one_d):
@@ -87,7 +89,14 @@ class MaxPoolRule(OpRule):
     def parse(self, ctx):
         if len([o for o in ctx.node.output if o]) > 1:
             raise ctx.fail("the Indices output of MaxPool is not supported")
-        return {"windows": pool_windows(ctx), "one_d": len(ctx.shape(0)) == 3}
+        windows = pool_windows(ctx, ceil_ok=True)
+        declared = ctx.shapes.get(ctx.node.output[0])
+        if declared and tuple(d for d in declared[2:]) != tuple(windows.out_hw[-(len(declared) - 2):]):
+            # ceil_mode with a last window starting in the end padding: onnxruntime (and PyTorch) drop it, ONNX's
+            # shape inference keeps it; the graph's shapes and the executor would disagree
+            raise ctx.fail(f"ceil_mode=1 puts a window entirely in the end padding: onnxruntime's output size "
+                           f"{tuple(windows.out_hw[-(len(declared) - 2):])} is not the ONNX shape {tuple(declared[2:])}")
+        return {"windows": windows, "one_d": len(ctx.shape(0)) == 3}
 
     def forward(self, attrs, xs):
         cols = attrs["windows"].extract(_4d(xs[0], attrs["one_d"]), fill=-np.inf)

@@ -1,0 +1,69 @@
+"""LayerNormalization: a nonlinear map of a whole feature vector, propagated by its linearisation."""
+from __future__ import annotations
+
+import numpy as np
+
+from memse_compiler.ir.ops.base import Linearization, OpRule, register
+
+
+@register
+class LayerNormRule(OpRule):
+    """y = (x - mean(x)) / sqrt(var(x) + eps) * scale + bias over the trailing axes from `axis` (constant scale
+    and bias; not over the batch). Moments by the delta method with independent inputs: the mean is the map at
+    the input mean, and with x_hat the normalised mean, s = sqrt(var + eps) and n features, the Jacobian is
+    J_ij = scale_i / s (delta_ij - (1 + x_hat_i x_hat_j) / n), so that
+    Var(y_i) = (scale_i / s)^2 [v_i (1 - 2 (1 + x_hat_i^2) / n) + (S0 + 2 x_hat_i S1 + x_hat_i^2 S2) / n^2]
+    with S_k = sum_j x_hat_j^k v_j: O(n) per vector, no Jacobian matrix."""
+    op_types = ("LayerNormalization",)
+
+    def operands(self, ctx):
+        return [0]
+
+    def parse(self, ctx):
+        rank = len(ctx.shape(0))
+        axis = int(ctx.attr("axis", -1)) % rank
+        if axis == 0:
+            raise ctx.fail("normalising over the batch axis (0) is not supported")
+        if len([o for o in ctx.node.output if o]) > 1:
+            raise ctx.fail("only the normalised output Y is supported (not Mean / InvStdDev)")
+        scale = ctx.const(1)
+        bias = ctx.const(2) if len(ctx.node.input) > 2 and ctx.node.input[2] else np.zeros(1)
+        if scale is None or bias is None:
+            raise ctx.fail("scale and bias must be constants")
+        return {"axis": axis, "epsilon": float(ctx.attr("epsilon", 1e-5)),
+                "scale": np.asarray(scale, np.float64), "bias": np.asarray(bias, np.float64)}
+
+    @staticmethod
+    def _axes(attrs, x):
+        return tuple(range(attrs["axis"], x.ndim))
+
+    def _normalise(self, attrs, x):
+        """(x_hat, s) at x."""
+        axes = self._axes(attrs, x)
+        c = x - x.mean(axis=axes, keepdims=True)
+        s = np.sqrt((c * c).mean(axis=axes, keepdims=True) + attrs["epsilon"])
+        return c / s, s
+
+    def forward(self, attrs, xs):
+        x_hat, _ = self._normalise(attrs, xs[0])
+        return [x_hat * attrs["scale"] + attrs["bias"]]
+
+    def moments(self, attrs, means, variances):
+        mu, v = means[0], variances[0]
+        axes = self._axes(attrs, mu)
+        n = int(np.prod(mu.shape[attrs["axis"]:]))
+        x_hat, s = self._normalise(attrs, mu)
+        s0, s1, s2 = (np.sum(x_hat ** k * v, axis=axes, keepdims=True) for k in range(3))
+        inner = v * (1.0 - 2.0 * (1.0 + x_hat ** 2) / n) + (s0 + 2.0 * x_hat * s1 + x_hat ** 2 * s2) / n ** 2
+        var = (attrs["scale"] / s) ** 2 * np.maximum(inner, 0.0)
+        return ([x_hat * attrs["scale"] + attrs["bias"]], [var],
+                Linearization(gains=[(x_hat, s)], residual=[np.zeros_like(var)]))
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g = gouts[0]
+        if g is None:
+            return [None]
+        x_hat, s = lin.gains[0]
+        axes = self._axes(attrs, g)
+        gs = g * attrs["scale"]                 # J^T g = (gs - mean(gs) - x_hat mean(gs x_hat)) / s
+        return [(gs - gs.mean(axis=axes, keepdims=True) - x_hat * (gs * x_hat).mean(axis=axes, keepdims=True)) / s]
