@@ -186,6 +186,25 @@ def _copy_batch(node: onnx.NodeProto, name: str, consts: dict, batch_dependent: 
                           f"Flatten, or with a fixed batch")
 
 
+def _complete_shapes(rule, attrs: dict, node: onnx.NodeProto, operands: list[str], shapes: dict, consts: dict,
+                     tensors: dict) -> None:
+    """Output dimensions ONNX's shape inference left unknown (it cannot see the constants the frontend folded,
+    e.g. Slice bounds computed from a Shape): the rule's own forward on zeros at the two probe batches; a
+    dimension that differs between them is the batch (None)."""
+    outs = [o for o in node.output if o]
+    if all(o in shapes and None not in shapes[o][1:] for o in outs):
+        return
+    if any(t not in consts and t not in shapes for t in operands):
+        return
+    probes = []
+    for b in BATCH_PROBES:
+        xs = [consts[t] if t in consts else np.zeros(tuple(b if d is None else d for d in shapes[t]))
+              for t in operands]
+        probes.append([np.shape(y) for y in rule.forward(attrs, xs)])
+    for o, s2, s3 in zip(outs, *probes):
+        shapes[o] = tensors[o] = tuple(a if a == c else None for a, c in zip(s2, s3))
+
+
 def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     """The op-level graph: one node per ONNX op (weighted ops hold a CrossbarLayer), one edge per signal."""
     model, label = load_model(model)
@@ -253,12 +272,15 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
                                   f"(supported: {', '.join(SUPPORTED_OPS)})")
         node = _copy_batch(node, name, consts, batch_dependent, label)
         ctx = ParseContext(node=node, node_name=name, consts=consts, shapes=shapes)
+        rule = rule.resolve(ctx)
         for i, inp in enumerate(node.input):
             if inp and inp not in consts and inp not in producers:
                 raise MemseInputError(f"{label}: node '{name}' reads '{inp}', which nothing produces")
         attrs = rule.parse(ctx)
         operands = [node.input[i] for i in rule.operands(ctx)]
-        g.add_node(name, op=node.op_type, kind=KIND_WEIGHTED if rule.weighted else KIND_DIGITAL,
+        _complete_shapes(rule, attrs, node, operands, shapes, consts, g.tensors)
+        g.add_node(name, op=rule.op_types[0] if rule.internal else node.op_type,
+                   kind=KIND_WEIGHTED if rule.weighted else KIND_DIGITAL,
                    inputs=operands, outputs=[o for o in node.output if o], attrs=attrs, onnx_node=node)
         for inp in dict.fromkeys(operands):
             if inp in producers:

@@ -323,6 +323,13 @@ def dense_misc_models() -> list[ZooModel]:
     y = g.matmul(g.input("x", (N, 5, K)), K, M)
     out.append(g.build(g.op("LayerNormalization", [y, g.vector("ln.weight", (5, M), 0.5)], axis=1)))
 
+    g = Builder("self_attention")             # softmax(Q K^T / sqrt(d)) V, then an output projection
+    x = g.input("x", (N, 5, K))
+    q, k, v = (g.matmul(x, K, M, name=n) for n in ("q", "k", "v"))
+    s = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 2, 1])])
+    a = g.op("Softmax", [g.op("Mul", [s, g.const("inv_sqrt_d", np.float32(1 / np.sqrt(M)))])], axis=-1)
+    out.append(g.build(g.matmul(g.op("MatMul", [a, v]), M, 4, name="o")))
+
     g = Builder("mlp_gemm_relu")
     y = g.op("Relu", [g.gemm(g.input("x", (N, 16)), 16, 24, name="fc1")])
     y = g.op("Relu", [g.gemm(y, 24, 12, name="fc2")])

@@ -109,3 +109,30 @@ def test_batch_baked_elsewhere_names_the_fixed_batch():
     np.testing.assert_allclose(g.graph["reference"]["y"], ort_run(model, X[:4]), rtol=1e-5, atol=1e-6)
     with pytest.raises(MemseInputError, match="fixed batch of 4 .* 7 inputs"):
         compile_model(model, DEVICE, X)
+
+
+def test_shapes_onnx_cannot_infer_are_completed():
+    """Slice bounds computed from a Shape (as torch exports `chunk`): ONNX's shape inference leaves the slice's
+    last dimension unknown; the frontend completes it, and the executor (read noise shaped by it) runs."""
+    rng = np.random.default_rng(3)
+    w1, w2 = rng.normal(0, 0.3, (8, 12)).astype(np.float32), rng.normal(0, 0.3, (4, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["y"]),
+             helper.make_node("Shape", ["y"], ["s"]),
+             helper.make_node("Gather", ["s", "two"], ["d"], axis=0),
+             helper.make_node("Div", ["d", "three"], ["third"]),
+             helper.make_node("Unsqueeze", ["third", "axes"], ["end"]),
+             helper.make_node("Slice", ["y", "zero1", "end", "last"], ["part"]),
+             helper.make_node("MatMul", ["part", "w2"], ["out"])]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"), i64("two", 2), i64("three", 3),
+             i64("axes", [0]), i64("zero1", [0]), i64("last", [2])]
+    graph = helper.make_graph(nodes, "chunk", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 6, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.random((7, 6, 8))
+    g, _ = compile_model(model, DEVICE, x)
+    assert g.tensors["part"] == (None, 6, 4)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x.astype(np.float32)})[0]
+    np.testing.assert_allclose(g.graph["reference"]["out"], want, rtol=1e-5, atol=1e-6)
+    mc = run_montecarlo(g, DEVICE, x, chips=3, progress=False)
+    assert mc["chips"] == 3 and np.isfinite(mc["outputs"]["out"]["mse"])

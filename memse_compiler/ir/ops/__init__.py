@@ -7,4 +7,4 @@ moments through it, back-propagate sensitivities through its linearisation, and 
 from memse_compiler.ir.ops.base import OpRule, REGISTRY, register, rule_for  # noqa: F401
 from memse_compiler.ir.ops import elementwise, linear, normalization, pooling, weighted  # noqa: F401  (registration)
 
-SUPPORTED_OPS = tuple(sorted(REGISTRY))
+SUPPORTED_OPS = tuple(sorted(op for op, rule in REGISTRY.items() if not rule.internal))

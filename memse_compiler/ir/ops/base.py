@@ -97,8 +97,15 @@ class Linearization:
 class OpRule:
     op_types: ClassVar[tuple[str, ...]] = ()
     weighted: ClassVar[bool] = False
+    internal: ClassVar[bool] = False        # reached through another rule's `resolve`, not an ONNX op type
 
     # ---- frontend --------------------------------------------------------------------------------
+    def resolve(self, ctx: ParseContext) -> "OpRule":
+        """The rule that handles this node: itself, or (an op whose meaning depends on its operands, like
+        MatMul with or without a constant weight) a rule registered under an internal name, which the graph
+        node then carries as its `op`."""
+        return self
+
     def parse(self, ctx: ParseContext) -> dict[str, Any]:
         """Validated attributes of the node (a dict stored as the node's ``attrs``)."""
         return {}

@@ -262,3 +262,39 @@ class SliceRule(OpRule):
 
     def expressions(self, attrs, mus, vs, node):
         return [mus[0]], [vs[0]]
+
+
+@register
+class SignalMatMulRule(OpRule):
+    """MatMul of two signals (attention's Q K^T and weights x values), digital, operands independent:
+    E[AB] = E[A] E[B], Var(AB)_ik = sum_j vA_ij mB_jk^2 + mA_ij^2 vB_jk + vA_ij vB_jk (the last term is the
+    residual beyond the linearisation). Reached from MatMul (weighted.MatMulRule.resolve) when neither operand
+    is a constant."""
+    op_types = ("MatMulSignals",)
+    internal = True
+
+    def parse(self, ctx):
+        if min(len(ctx.shape(0)), len(ctx.shape(1))) < 2:
+            raise ctx.fail("a product of two signals needs both operands at least 2-D")
+        return {}
+
+    def forward(self, attrs, xs):
+        return [np.matmul(xs[0], xs[1])]
+
+    def moments(self, attrs, means, variances):
+        (ma, mb), (va, vb) = means, variances
+        resid = np.matmul(va, vb)
+        var = np.matmul(va, mb * mb) + np.matmul(ma * ma, vb) + resid
+        return [np.matmul(ma, mb)], [var], Linearization(gains=[ma, mb], residual=[resid])
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g = gouts[0]
+        if g is None:
+            return [None, None]
+        ma, mb = lin.gains
+        return [unbroadcast(np.matmul(g, np.swapaxes(mb, -1, -2)), in_shapes[0]),
+                unbroadcast(np.matmul(np.swapaxes(ma, -1, -2), g), in_shapes[1])]
+
+    def expressions(self, attrs, mus, vs, node):
+        (ma, mb), (va, vb) = mus, vs
+        return [ma * mb], [va * mb ** 2 + ma ** 2 * vb + va * vb]

@@ -79,6 +79,13 @@ class GemmRule(WeightedRule):
 class MatMulRule(WeightedRule):
     op_types = ("MatMul",)
 
+    def resolve(self, ctx):
+        """Two signals (attention's Q K^T, weights times values): the digital product (linear.SignalMatMulRule)."""
+        if ctx.const(0) is None and ctx.const(1) is None:
+            from memse_compiler.ir.ops.base import rule_for
+            return rule_for("MatMulSignals")
+        return self
+
     def parse(self, ctx):
         a, b = ctx.const(0), ctx.const(1)
         if (a is None) == (b is None):
