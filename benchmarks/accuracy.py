@@ -37,7 +37,7 @@ from memse_compiler.montecarlo import run_montecarlo  # noqa: E402
 tune_allocator()     # as the CLI does (memse_compiler/allocator.py)
 
 MODELS = {"mlp": "examples/mlp_digits.onnx", "cnn": "examples/cnn_digits.onnx",
-          "rescnn": "examples/rescnn_digits.onnx"}
+          "rescnn": "examples/rescnn_digits.onnx", "attn": "examples/attn_digits.onnx"}
 INPUTS = "examples/digits_inputs.npy"
 OUTPUT = "logits"
 

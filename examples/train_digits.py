@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""Train three small digit classifiers and export them to ONNX.
+"""Train four small digit classifiers and export them to ONNX.
 
 Produces (next to this script):
-  mlp_digits.onnx, cnn_digits.onnx, rescnn_digits.onnx
+  mlp_digits.onnx, cnn_digits.onnx, rescnn_digits.onnx, attn_digits.onnx (a one-block transformer)
   digits_inputs.npy        (200,1,8,8) float32  - first 200 test images
   digits_labels.npy        (200,)      int64    - their labels
   digits_inputs_small.npz  key "input": (16,1,8,8) float32 - first 16 test images
 
 Requires torch (NOT a dependency of memse-compiler), scikit-learn, onnx,
-onnxruntime.  Usage:  python examples/train_digits.py
+onnxruntime.  Usage:  python examples/train_digits.py [--only attn_digits]
 """
 import os
 import time
@@ -89,6 +89,29 @@ class ResCNN(nn.Module):
         return self.fc(self.flatten(self.pool(h)))
 
 
+class AttnNet(nn.Module):
+    """A one-block transformer: the 8 image rows are 8 tokens of 8 pixels (torch exports the `view` as
+    Shape -> Gather -> Concat -> Reshape), single-head self-attention and a GELU feed-forward, each with a
+    residual and a LayerNorm, then the mean over tokens and a linear head."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.d = d
+        self.embed = nn.Linear(8, d)
+        self.pos = nn.Parameter(torch.zeros(8, d))
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        h = self.embed(x.view(x.size(0), 8, 8)) + self.pos
+        a = torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) / self.d ** 0.5, dim=-1)
+        h = self.ln1(h + self.o(a @ self.v(h)))
+        h = self.ln2(h + self.ff(h))
+        return self.head(h.mean(dim=1))
+
+
 def train(model, x, y, epochs, lr=1e-2, batch=64):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
@@ -156,6 +179,11 @@ def verify(model, path, x_test, y_test):
 
 
 def main():
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default=None, help="comma-separated model names (e.g. attn_digits): train and "
+                                                 "export only these, and leave the input files alone")
+    only = ap.parse_args().only
     # dynamo=False is deliberate (TorchScript exporter); silence its deprecation note.
     warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
     torch.manual_seed(SEED)
@@ -171,7 +199,10 @@ def main():
             training=torch.onnx.TrainingMode.EVAL,
             export_modules_as_functions=False,
         )),
+        ("attn_digits", AttnNet, 40, {}),
     ]
+    if only:
+        specs = [s for s in specs if s[0] in only.split(",")]
     rows = []
     for name, cls, epochs, extra in specs:
         torch.manual_seed(SEED)
@@ -198,10 +229,11 @@ def main():
         assert size < 100_000, size
         rows.append((name + ".onnx", n_params, acc, size))
 
-    np.save(os.path.join(HERE, "digits_inputs.npy"), np.ascontiguousarray(x_te[:N_SAVE], dtype=np.float32))
-    np.save(os.path.join(HERE, "digits_labels.npy"), np.ascontiguousarray(y_te[:N_SAVE], dtype=np.int64))
-    np.savez(os.path.join(HERE, "digits_inputs_small.npz"),
-             input=np.ascontiguousarray(x_te[:N_SMALL], dtype=np.float32))
+    if not only:
+        np.save(os.path.join(HERE, "digits_inputs.npy"), np.ascontiguousarray(x_te[:N_SAVE], dtype=np.float32))
+        np.save(os.path.join(HERE, "digits_labels.npy"), np.ascontiguousarray(y_te[:N_SAVE], dtype=np.int64))
+        np.savez(os.path.join(HERE, "digits_inputs_small.npz"),
+                 input=np.ascontiguousarray(x_te[:N_SMALL], dtype=np.float32))
 
     print()
     print(f"{'model':<22}{'params':>8}{'test acc (300)':>16}{'file size (B)':>15}")

@@ -39,6 +39,7 @@ CASES = [
     ("cnn", ["conductance.g_min=0", "programming_noise.sigma=5e-6", "read_noise.sigma=2e-6"], 200),
     ("rescnn", ["read_noise.sigma=0"], 200),         # literal read noise is slow in the reference; cnn has it
     ("rescnn", ["adc.bits=5", "programming_noise.sigma=1e-6", "read_noise.sigma=0"], 200),
+    ("attn", [], 200),                               # a trained one-block transformer: attention, LayerNorm
 ]
 
 
@@ -231,7 +232,7 @@ def test_second_order_programming_term_by_hand():
     assert float(second.mean()) > 0.1 * float(want.mean())                          # the test is sharp
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn"])
 def test_quantization_only_is_exact(name):
     """No programming/read noise: the chip is deterministic; the analysis mean is the programmed chip's
     output exactly (levels, DAC, ADC and tiling included) and its variance is 0."""

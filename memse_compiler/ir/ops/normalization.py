@@ -9,8 +9,10 @@ from memse_compiler.ir.ops.base import Linearization, OpRule, register
 @register
 class LayerNormRule(OpRule):
     """y = (x - mean(x)) / sqrt(var(x) + eps) * scale + bias over the trailing axes from `axis` (constant scale
-    and bias; not over the batch). Moments by the delta method with independent inputs: the mean is the map at
-    the input mean, and with x_hat the normalised mean, s = sqrt(var + eps) and n features, the Jacobian is
+    and bias; not over the batch). Moments by the delta method with independent inputs, around the normaliser the
+    noisy vector sees: s = sqrt(var(mu) + (1 - 1/n) mean(v) + eps), its expected power (without the noise term
+    the trained transformer example was +14 % and +22 % from Monte-Carlo at sigma/G 5 %, with it -7 % and -4 %).
+    The mean is the map at the input mean with that s, and with x_hat = (mu - mean(mu)) / s, the Jacobian is
     J_ij = scale_i / s (delta_ij - (1 + x_hat_i x_hat_j) / n), so that
     Var(y_i) = (scale_i / s)^2 [v_i (1 - 2 (1 + x_hat_i^2) / n) + (S0 + 2 x_hat_i S1 + x_hat_i^2 S2) / n^2]
     with S_k = sum_j x_hat_j^k v_j: O(n) per vector, no Jacobian matrix."""
@@ -37,11 +39,16 @@ class LayerNormRule(OpRule):
     def _axes(attrs, x):
         return tuple(range(attrs["axis"], x.ndim))
 
-    def _normalise(self, attrs, x):
-        """(x_hat, s) at x."""
+    def _normalise(self, attrs, x, var=None):
+        """(x_hat, s) at x. var: the inputs' noise variance, which the normaliser also sees: E[var_j(x + e)] =
+        var_j(x) + (1 - 1/n) mean(v) for independent errors, so s is taken there."""
         axes = self._axes(attrs, x)
         c = x - x.mean(axis=axes, keepdims=True)
-        s = np.sqrt((c * c).mean(axis=axes, keepdims=True) + attrs["epsilon"])
+        power = (c * c).mean(axis=axes, keepdims=True) + attrs["epsilon"]
+        if var is not None:
+            n = int(np.prod([x.shape[a] for a in axes]))
+            power = power + (1.0 - 1.0 / n) * var.mean(axis=axes, keepdims=True)
+        s = np.sqrt(power)
         return c / s, s
 
     def forward(self, attrs, xs):
@@ -52,7 +59,7 @@ class LayerNormRule(OpRule):
         mu, v = means[0], variances[0]
         axes = self._axes(attrs, mu)
         n = int(np.prod(mu.shape[attrs["axis"]:]))
-        x_hat, s = self._normalise(attrs, mu)
+        x_hat, s = self._normalise(attrs, mu, v)
         s0, s1, s2 = (np.sum(x_hat ** k * v, axis=axes, keepdims=True) for k in range(3))
         inner = v * (1.0 - 2.0 * (1.0 + x_hat ** 2) / n) + (s0 + 2.0 * x_hat * s1 + x_hat ** 2 * s2) / n ** 2
         var = (attrs["scale"] / s) ** 2 * np.maximum(inner, 0.0)
