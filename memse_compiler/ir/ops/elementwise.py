@@ -188,16 +188,10 @@ class SoftmaxRule(OpRule):
 
 
 @register
-class LogSoftmaxRule(OpRule):
+class LogSoftmaxRule(SoftmaxRule):
     """x - logsumexp(x) along an axis: second-order (delta-method) mean, first-order variance, independent inputs
     (as Softmax): E ~ mu - lse(mu) - 1/2 sum_j p_j (1 - p_j) v_j, Var_i ~ (1 - 2 p_i) v_i + sum_j p_j^2 v_j."""
     op_types = ("LogSoftmax",)
-
-    def operands(self, ctx):
-        return [0]
-
-    def parse(self, ctx):
-        return {"axis": int(ctx.attr("axis", -1))}
 
     def forward(self, attrs, xs):
         x, ax = xs[0], attrs["axis"]
