@@ -140,7 +140,10 @@ class ErfRule(ElementwiseRule):
 
 @register
 class GeluRule(ElementwiseRule):
-    """ONNX Gelu (opset 20), and the Div/Erf/Add/Mul pattern that the frontend fuses into it."""
+    """ONNX Gelu (opset 20). torch's export at lower opsets (x * 0.5 * (1 + erf(x / sqrt 2))) stays as those
+    nodes: the forward moments take the Mul of x by a function of x as independent, and the sensitivity pass
+    restores their first-order correlation (measured on a Gemm-GELU-Gemm: +0.5 / +0.7 % from Monte-Carlo at
+    sigma 5e-6 / 1e-5; SiLU as x * sigmoid(x) +2.6 / +4.8 %, Mish -0.9 / -1.5 %)."""
     op_types = ("Gelu",)
 
     def parse(self, ctx):
