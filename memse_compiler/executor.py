@@ -444,9 +444,10 @@ class NoisyExecutor:
             feed.update(p.feed(w, buffer))
         return feed
 
-    def draw_chip(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Program one chip: its weight feed, to reuse for any number of input batches with `run`."""
-        return self._weights(rng) if self.programming else self._noiseless
+    def draw_chip(self, rng: np.random.Generator, slot: int | None = None) -> dict[str, np.ndarray]:
+        """Program one chip: its weight feed, to reuse for any number of input batches with `run` (slot: into
+        that set of reused buffers, see `_weights`)."""
+        return self._weights(rng, slot) if self.programming else self._noiseless
 
     def _read_noise(self, n: int, rng: np.random.Generator | None, slot: int = 0) -> dict[str, np.ndarray]:
         """Standard-normal read-noise inputs for a batch of n (rng=None: zeros), drawn into reused buffers:
@@ -465,8 +466,7 @@ class NoisyExecutor:
     def chip_feed(self, n: int, rng: np.random.Generator, slot: int = 0) -> dict[str, np.ndarray]:
         """All the noise of one chip on a batch of n: programmed weights, then read noise (the order
         `run_chip` draws in, so prefetching the feed in another thread gives the same numbers)."""
-        weights = self._weights(rng, slot) if self.programming else self._noiseless
-        return {**weights, **self._read_noise(n, rng if self.read_sigma > 0 else None, slot)}
+        return {**self.draw_chip(rng, slot), **self._read_noise(n, rng if self.read_sigma > 0 else None, slot)}
 
     def run_feed(self, x: np.ndarray, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every exposed signal for the batch `x` with a complete noise feed (see `chip_feed`)."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from passes.crossbar_math import programming_std
 from passes.symbolic import weight_stat_function
 
 
@@ -117,7 +118,7 @@ class ClipStack:
         G = np.asarray(g_ranges, dtype=float)[:, None]
         c = np.where(self.wmax > 0, G / np.where(self.wmax > 0, self.wmax, 1.0), 1.0)
         g_on, g_off = self.g_min + frac * G, self.g_min             # each bin's pair: active device, g_min
-        std_on, std_off = (np.sqrt(sigma_v ** 2 + (self.rel * g) ** 2) for g in (g_on, g_off))
+        std_on, std_off = (programming_std(g, sigma_v, self.rel) for g in (g_on, g_off))
         w_bar, w_var = weight_stat_function(self.clip)(g_on, g_off, std_on, std_off, c)
         w = frac * self.wmax
         var_sum = (self.weight * w_var).sum(axis=1)

@@ -17,11 +17,16 @@ from memse_compiler.ir import stats
 from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
 
 
+def programming_std(g_target, sigma: float, relative) -> np.ndarray:
+    """A device's programming-noise std (DESIGN §4.4): sigma plus the state-dependent term, relative * G."""
+    return np.sqrt(sigma ** 2 + (relative * g_target) ** 2)
+
+
 def device_std(g_target: np.ndarray, device) -> np.ndarray:
     pn = device.programming_noise
     if pn.relative == 0:
         return np.full_like(g_target, pn.sigma)
-    return np.sqrt(pn.sigma ** 2 + (pn.relative * g_target) ** 2)
+    return programming_std(g_target, pn.sigma, pn.relative)
 
 
 def weight_statistics(layer: CrossbarLayer, device) -> tuple[np.ndarray, np.ndarray]:
