@@ -58,19 +58,30 @@ BATCH = "batch"               # the symbolic batch dimension
 BATCH_PROBES = (2, 3)         # batch sizes the shape arithmetic is folded at, to see what depends on the batch
 
 
-def batch_generic(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` with the data input's batch dimension symbolic: when the export fixed it at B, every Reshape whose
-    constant target starts with B on a tensor that starts with B gets 0 there (copy it), the input (and the outputs
-    that start with B) get the symbolic batch, and the shapes are inferred again. Unchanged if that inference fails
-    (the model then keeps its fixed batch)."""
+def _allows_zero(node: onnx.NodeProto) -> bool:
+    """A Reshape whose target 0 means a zero size, not "copy the input's size" (allowzero=1)."""
+    return any(a.name == "allowzero" and a.i for a in node.attribute)
+
+
+def _copying_batch(target: np.ndarray) -> np.ndarray:
+    """A Reshape target that copies the input's leading size (0) instead of naming it."""
+    return np.concatenate([[0], target.reshape(-1)[1:]]).astype(np.int64)
+
+
+def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
+    """(`model` with the data input's batch dimension symbolic, the batch B the export fixed, or None). When the
+    export fixed it, every Reshape whose constant target starts with B on a tensor that starts with B gets 0
+    there (copy it), the input (and the outputs that start with B) get the symbolic batch, and the shapes are
+    inferred again. Unchanged if that inference fails: the model then keeps its fixed batch (and B is None:
+    nothing was freed)."""
     g = model.graph
     inits = {t.name for t in g.initializer}
     data = [vi for vi in g.input if vi.name not in inits]
     if len(data) != 1 or not data[0].type.tensor_type.shape.dim:
-        return model
+        return model, None
     d0 = data[0].type.tensor_type.shape.dim[0]
     if not d0.HasField("dim_value"):
-        return model
+        return model, None
     b = d0.dim_value
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -82,23 +93,22 @@ def batch_generic(model: onnx.ModelProto) -> onnx.ModelProto:
     for k, node in enumerate(g.node):
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in values:
             continue
-        if any(a.name == "allowzero" and a.i for a in node.attribute):
+        if _allows_zero(node):
             continue
         target = numpy_helper.to_array(values[node.input[1]])
         x_dims = dims.get(node.input[0])
         if target.ndim == 1 and target.size and target[0] == b and x_dims and x_dims[0] == b:
             name = f"{node.input[1]}__batch_copy_{k}"
-            g.initializer.append(numpy_helper.from_array(np.concatenate([[0], target[1:]]).astype(target.dtype),
-                                                         name))
+            g.initializer.append(numpy_helper.from_array(_copying_batch(target), name))
             node.input[1] = name
     for vi in [i for i in g.input if i.name == data[0].name] + [o for o in g.output if (_dims(o) or (None,))[0] == b]:
         vi.type.tensor_type.shape.dim[0].Clear()
         vi.type.tensor_type.shape.dim[0].dim_param = BATCH
     del g.value_info[:]
     try:
-        return onnx.shape_inference.infer_shapes(out, strict_mode=True)
+        return onnx.shape_inference.infer_shapes(out, strict_mode=True), b
     except Exception:
-        return model
+        return model, None
 
 
 def _symbolic(vi: onnx.ValueInfoProto) -> tuple:
@@ -173,13 +183,13 @@ def _copy_batch(node: onnx.NodeProto, name: str, consts: dict, batch_dependent: 
     used = [i for i, n in enumerate(node.input) if n in batch_dependent]
     if not used:
         return node
-    if node.op_type == "Reshape" and used == [1] and not any(a.name == "allowzero" and a.i for a in node.attribute):
+    if node.op_type == "Reshape" and used == [1] and not _allows_zero(node):
         t1, t2 = consts[node.input[1]].reshape(-1), batch_dependent[node.input[1]].reshape(-1)
         if t1.size and (t1[0], t2[0]) == BATCH_PROBES and np.array_equal(t1[1:], t2[1:]):
             new = onnx.NodeProto()
             new.CopyFrom(node)
             new.input[1] = f"{node.input[1]}__batch_copy"
-            consts[new.input[1]] = np.concatenate([[0], t1[1:]]).astype(np.int64)
+            consts[new.input[1]] = _copying_batch(t1)
             return new
     raise MemseInputError(f"{label}: node '{name}' ({node.op_type}) computes with the batch size (from a Shape); "
                           f"only a Reshape that keeps the batch as its leading size is supported: export with "
@@ -208,9 +218,7 @@ def _complete_shapes(rule, attrs: dict, node: onnx.NodeProto, operands: list[str
 def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     """The op-level graph: one node per ONNX op (weighted ops hold a CrossbarLayer), one edge per signal."""
     model, label = load_model(model)
-    inits = {t.name for t in model.graph.initializer}
-    exported = [_dims(vi) for vi in model.graph.input if vi.name not in inits]     # the batch the export fixed
-    model = batch_generic(model)
+    model, export_batch = batch_generic(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     graph = model.graph
     consts: dict[str, np.ndarray] = {t.name: _as_float64(numpy_helper.to_array(t)) for t in graph.initializer}
@@ -241,7 +249,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
 
     g = MemseGraph(name=graph.name or Path(label).stem, model_path=label, opset=opset,
                    inputs=[x_vi.name], outputs=[o.name for o in graph.output], constants=consts,
-                   export_batch=exported[0][0] if exported and exported[0] else None)
+                   export_batch=export_batch)
     g.tensors.update(shapes)
     g.add_node(f"input:{x_vi.name}", op="Input", kind=KIND_INPUT, inputs=[], outputs=[x_vi.name])
     producers = {x_vi.name: f"input:{x_vi.name}"}

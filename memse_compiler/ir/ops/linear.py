@@ -227,10 +227,9 @@ class SliceRule(OpRule):
     def parse(self, ctx):
         rank = len(ctx.shape(0))
         if len(ctx.node.input) > 1:                 # opset >= 10: inputs
-            given = [ctx.const(i) if i < len(ctx.node.input) and ctx.node.input[i] else None for i in range(1, 5)]
-            if any(g is None and i < len(ctx.node.input) and ctx.node.input[i] for i, g in enumerate(given, 1)):
+            starts, ends, axes, steps = given = [ctx.const(i) for i in range(1, 5)]   # None: not given
+            if any(v is None and i < len(ctx.node.input) and ctx.node.input[i] for i, v in enumerate(given, 1)):
                 raise ctx.fail("starts, ends, axes and steps must be constants")
-            starts, ends, axes, steps = given
         else:                                       # opset < 10: attributes
             starts, ends, axes, steps = ctx.attr("starts"), ctx.attr("ends"), ctx.attr("axes"), None
         starts, ends = [int(v) for v in np.ravel(starts)], [int(v) for v in np.ravel(ends)]

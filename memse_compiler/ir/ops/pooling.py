@@ -91,11 +91,13 @@ class MaxPoolRule(OpRule):
             raise ctx.fail("the Indices output of MaxPool is not supported")
         windows = pool_windows(ctx, ceil_ok=True)
         declared = ctx.shapes.get(ctx.node.output[0])
-        if declared and tuple(d for d in declared[2:]) != tuple(windows.out_hw[-(len(declared) - 2):]):
-            # ceil_mode with a last window starting in the end padding: onnxruntime (and PyTorch) drop it, ONNX's
-            # shape inference keeps it; the graph's shapes and the executor would disagree
-            raise ctx.fail(f"ceil_mode=1 puts a window entirely in the end padding: onnxruntime's output size "
-                           f"{tuple(windows.out_hw[-(len(declared) - 2):])} is not the ONNX shape {tuple(declared[2:])}")
+        if declared:
+            spatial, computed = tuple(declared[2:]), tuple(windows.out_hw[-(len(declared) - 2):])
+            if spatial != computed:
+                # ceil_mode with a last window starting in the end padding: onnxruntime (and PyTorch) drop it,
+                # ONNX's shape inference keeps it; the graph's shapes and the executor would disagree
+                raise ctx.fail(f"ceil_mode=1 puts a window entirely in the end padding: onnxruntime's output "
+                               f"size {computed} is not the ONNX shape {spatial}")
         return {"windows": windows, "one_d": len(ctx.shape(0)) == 3}
 
     def forward(self, attrs, xs):
