@@ -255,7 +255,10 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     producers = {x_vi.name: f"input:{x_vi.name}"}
     used_names: set[str] = set()
 
-    for idx, node in enumerate(graph.node):
+    pending = list(graph.node)          # a rule may expand a node into others, parsed next
+    idx = -1
+    while pending:
+        node, idx = pending.pop(0), idx + 1
         if node.domain not in ("", "ai.onnx"):
             raise MemseInputError(f"{label}: node '{node.name or idx}' uses the custom domain '{node.domain}'")
         if node.op_type == "Constant":
@@ -279,7 +282,12 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
             raise MemseInputError(f"{label}: unsupported op '{node.op_type}' at node '{name}' "
                                   f"(supported: {', '.join(SUPPORTED_OPS)})")
         node = _copy_batch(node, name, consts, batch_dependent, label)
-        ctx = ParseContext(node=node, node_name=name, consts=consts, shapes=shapes)
+        ctx = ParseContext(node=node, node_name=name, consts=consts, shapes=shapes, opset=opset)
+        expanded = rule.expand(ctx)
+        if expanded:
+            used_names.discard(name)     # the expansion's last node takes the name
+            pending[:0] = expanded
+            continue
         rule = rule.resolve(ctx)
         for i, inp in enumerate(node.input):
             if inp and inp not in consts and inp not in producers:

@@ -133,7 +133,6 @@ RESIDUALS = {"coherent": 1.0, "half": 0.5, "independent": 0.0}
 DEFAULT_MODE = "refined"
 
 
-AVERAGING_OPS = ("GlobalAveragePool", "AveragePool", "ReduceMean", "ReduceSum")
 LARGE_MODEL_MACS = 1e9   # above this (MACs over the evaluation batch) the analysis trims its extras
 
 
@@ -233,7 +232,7 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
             # an average over positions is where the diagonal model fails most (programming noise is shared
             # by every position: ResNet-18's global pool was 5x too low), and there are few such tensors:
             # refined even on large models
-            if pool_refine and d["op"] in AVERAGING_OPS and t in g.tensors:
+            if pool_refine and rule.averages(attrs) and t in g.tensors:
                 f = refined(t, lambda: refinement_factor(g, lin, moments, t, v, rng,
                                                          probes_for_tensor(v.shape, pool_refine)))
                 v = v if f is None else v * f

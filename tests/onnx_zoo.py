@@ -26,7 +26,7 @@ OPSET = 17
 IR_VERSION = 9          # onnx 1.14 level; accepted by onnxruntime 1.32
 BATCH = 3               # concrete value fed for the symbolic batch dim
 N = "N"                 # the symbolic batch dim
-WEIGHTED_OPS = frozenset({"Gemm", "MatMul", "Conv"})
+WEIGHTED_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose"})
 
 
 @dataclass
@@ -329,6 +329,27 @@ def dense_misc_models() -> list[ZooModel]:
     s = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 2, 1])])
     a = g.op("Softmax", [g.op("Mul", [s, g.const("inv_sqrt_d", np.float32(1 / np.sqrt(M)))])], axis=-1)
     out.append(g.build(g.matmul(g.op("MatMul", [a, v]), M, 4, name="o")))
+
+    g = Builder("gather_class_token")         # (N, 5, K) @ (K, M) -> token 0 (x[:, 0]) -> Gemm
+    y = g.op("Relu", [g.matmul(g.input("x", (N, 5, K)), K, M)])
+    y = g.op("Gather", [y, g.const("token", np.array(0, np.int64))], axis=1)
+    out.append(g.build(g.gemm(y, M, 4)))
+
+    g = Builder("gather_features_repeated")   # features picked with a repeat and a negative index
+    y = g.gemm(g.input("x", (N, K)), K, M)
+    y = g.op("Gather", [y, g.const("idx", np.array([[0, 3], [-1, 3]], np.int64))], axis=-1)
+    out.append(g.build(g.gemm(g.op("Flatten", [g.op("Tanh", [y])]), 4, 3, name="fc2")))
+
+    g = Builder("split_tokens_three_ways")    # split sizes input; each part through its own ops
+    y = g.matmul(g.input("x", (N, 6, K)), K, M)
+    a, b, c = g.op("Split", [y, g.const("split", np.array([1, 2, 3], np.int64))], n_out=3, axis=1)
+    y = g.op("Concat", [g.op("Relu", [a]), g.op("Sigmoid", [b]), c], axis=1)
+    out.append(g.build(g.matmul(y, M, 4, name="out")))
+
+    g = Builder("prelu_per_feature")          # torch's nn.PReLU(num_parameters=M) on (N, M)
+    y = g.gemm(g.input("x", (N, K)), K, M)
+    y = g.op("PRelu", [y, g.const("prelu.weight", g.rng.uniform(0.05, 0.5, M))])
+    out.append(g.build(g.gemm(y, M, 4, name="fc2")))
 
     g = Builder("mlp_gemm_relu")
     y = g.op("Relu", [g.gemm(g.input("x", (N, 16)), 16, 24, name="fc1")])

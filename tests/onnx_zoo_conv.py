@@ -183,6 +183,54 @@ def block_models() -> list[ZooModel]:
     y = g.bn(g.conv(y, C, 8, kernel=(1, 1), bias=False, name="pw"), 8, "bn_pw")
     out.append(g.build(g.op("Relu", [y])))
 
+    g = Builder("pad_reflect_conv")                     # explicit reflection padding, then a VALID conv
+    y = g.op("Relu", [g.conv(_image(g), C, 6, pads=[1, 1, 1, 1], name="conv1")])
+    y = g.op("Pad", [y, g.const("pads", np.array([0, 0, 1, 2, 0, 0, 1, 0], np.int64))], mode="reflect")
+    out.append(g.build(g.op("Relu", [g.conv(y, 6, 4, name="conv2")])))
+
+    g = Builder("pad_constant_crop")                   # constant 0.5 on the width, a row cropped (negative pad)
+    y = g.op("Relu", [g.conv(_image(g), C, 6, pads=[1, 1, 1, 1], name="conv1")])
+    y = g.op("Pad", [y, g.const("pads", np.array([0, 0, -1, 2, 0, 0, 0, 1], np.int64)),
+                     g.const("value", np.float32(0.5))])
+    out.append(g.build(g.conv(y, 6, 4, name="conv2")))
+
+    g = Builder("upsample_nearest_conv")               # nn.Upsample(scale_factor=2): asymmetric, floor
+    y = g.op("Relu", [g.conv(_image(g, h=4, w=4), C, 6, pads=[1, 1, 1, 1], name="conv1")])
+    y = g.op("Resize", [y, "", g.const("scales", np.array([1, 1, 2, 2], np.float32))], mode="nearest",
+             coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    out.append(g.build(g.op("Relu", [g.conv(y, 6, 4, pads=[1, 1, 1, 1], name="conv2")])))
+
+    g = Builder("upsample_bilinear_conv")              # bilinear, align_corners=False (pytorch_half_pixel)
+    y = g.op("Relu", [g.conv(_image(g, h=4, w=4), C, 6, pads=[1, 1, 1, 1], name="conv1")])
+    y = g.op("Resize", [y, "", g.const("scales", np.array([1, 1, 2, 2], np.float32))], mode="linear",
+             coordinate_transformation_mode="pytorch_half_pixel")
+    out.append(g.build(g.op("Relu", [g.conv(y, 6, 4, pads=[1, 1, 1, 1], name="conv2")])))
+
+    g = Builder("resize_align_corners_up_down")        # align_corners=True, 6x6 -> 9x3 (up on H, down on W)
+    y = g.conv(_image(g, h=6, w=6), C, 6, pads=[1, 1, 1, 1], name="conv1")
+    y = g.op("Resize", [y, "", g.const("scales", np.array([1, 1, 1.5, 0.5], np.float32))], mode="linear",
+             coordinate_transformation_mode="align_corners")
+    out.append(g.build(g.op("Relu", [g.conv(y, 6, 4, name="conv2")])))
+
+    g = Builder("prelu_per_channel_conv")              # nn.PReLU(C): slope (C, 1, 1)
+    y = g.conv(_image(g), C, 6, pads=[1, 1, 1, 1], name="conv1")
+    y = g.op("PRelu", [y, g.const("prelu.weight", g.rng.uniform(0.05, 0.5, (6, 1, 1)))])
+    out.append(g.build(g.conv(y, 6, 4, name="conv2")))
+
+    g = Builder("conv_transpose_decoder")              # conv, then a 2x up-sampling deconv (k3 s2 p1 op1)
+    y = g.op("Relu", [g.conv(_image(g, h=4, w=4), C, 6, pads=[1, 1, 1, 1], name="conv1")])
+    w = g.weight("deconv.weight", (6, 4, 3, 3), fan_in=6 * 9 // 4)
+    y = g.op("ConvTranspose", [y, w, g.vector("deconv.bias", (4,))], name="deconv", kernel_shape=[3, 3],
+             strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])
+    out.append(g.build(g.op("Relu", [y])))
+
+    g = Builder("conv_transpose_1d_grouped")           # 1-D, 2 groups, dilation 2, stride 3, no bias, asymmetric pads
+    y = g.op("Relu", [g.conv(g.input("x", (N, C, 6)), C, 4, kernel=(3,), pads=[1, 1], name="conv1")])
+    w = g.weight("deconv.weight", (4, 3, 3), fan_in=3)
+    y = g.op("ConvTranspose", [y, w], name="deconv", kernel_shape=[3], strides=[3], dilations=[2], pads=[2, 0],
+             group=2)
+    out.append(g.build(g.op("Tanh", [y])))
+
     g = Builder("small_cnn")                           # conv-relu-maxpool-conv-relu-gap-flatten-gemm
     y = g.op("Relu", [g.conv(_image(g, c=3, dist="uniform"), 3, 8, pads=[1, 1, 1, 1], name="conv1")])
     y = g.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])

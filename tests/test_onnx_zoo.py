@@ -82,7 +82,8 @@ def test_zoo_covers_the_brief():
     assert {"Gemm", "MatMul", "Conv", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Softplus",
             "Sigmoid", "Tanh", "Erf", "Div", "AveragePool", "MaxPool", "GlobalAveragePool", "Add", "Sub",
             "Mul", "Concat", "Flatten", "Reshape", "Transpose", "Identity", "Dropout", "Softmax", "HardSigmoid",
-            "HardSwish", "Elu", "Selu", "Softsign", "ReduceMean", "ReduceSum", "LogSoftmax", "Slice",
+            "HardSwish", "Elu", "Selu", "Softsign", "ReduceMean", "ReduceSum", "LogSoftmax", "Slice", "Gather",
+            "Split", "Pad", "Resize", "PRelu", "ConvTranspose",
             "LayerNormalization"} <= ops
 
     convs = [n for _, n in nodes if n.op_type == "Conv"]

@@ -22,3 +22,10 @@ def test_setup_commands_refer_to_shipped_files():
     for path in re.findall(r"examples/\S+", setup):
         assert (ROOT / path).exists(), path
     assert "python -m pytest" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_supported_ops_list_is_the_registry():
+    """The README's op list is every registered rule (MatMulSignals is MatMul of two signals, an internal op)."""
+    from memse_compiler.ir.ops.base import REGISTRY
+    listed = re.search(r"\*\*Supported ONNX ops\*\*[^:]*:(.*?)\. Conv/", README, re.S).group(1)
+    assert sorted(op.strip() for op in listed.split(",")) == sorted(set(REGISTRY) - {"MatMulSignals"})

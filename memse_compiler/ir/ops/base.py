@@ -31,6 +31,7 @@ class ParseContext:
     node_name: str
     consts: dict[str, np.ndarray]
     shapes: dict[str, tuple]              # static shapes, None for the symbolic batch dimension
+    opset: int = 17                       # the model's default-domain opset
 
     def const(self, i: int) -> np.ndarray | None:
         if i >= len(self.node.input) or not self.node.input[i]:
@@ -106,6 +107,11 @@ class OpRule:
         node then carries as its `op`."""
         return self
 
+    def expand(self, ctx: ParseContext) -> list[onnx.NodeProto] | None:
+        """Nodes of other supported ops that compute this node exactly, which the frontend then parses in its
+        place (their new constants written into `ctx.consts`); None: the node is parsed as it is."""
+        return None
+
     def parse(self, ctx: ParseContext) -> dict[str, Any]:
         """Validated attributes of the node (a dict stored as the node's ``attrs``)."""
         return {}
@@ -129,6 +135,11 @@ class OpRule:
             in_shapes: list[tuple]) -> list[np.ndarray | None]:
         """Transpose of the node's linearisation: output sensitivities -> input sensitivities."""
         raise NotImplementedError
+
+    def averages(self, attrs: dict) -> bool:
+        """Whether the op averages over positions (a pool, a mean, a linear resampling): where treating the
+        input errors as independent fails most, so the refined analysis measures that output's variance."""
+        return False
 
     # ---- expressions -----------------------------------------------------------------------------
     def expressions(self, attrs: dict, mus: list[sympy.Expr], vs: list[sympy.Expr], node: str

@@ -71,6 +71,25 @@ class LeakyReluRule(ElementwiseRule):
 
 
 @register
+class PReluRule(LeakyReluRule):
+    """PRelu: LeakyRelu with a constant slope broadcast onto the input (one per channel, as torch exports it)."""
+    op_types = ("PRelu",)
+
+    def parse(self, ctx):
+        slope = ctx.const(1)
+        if slope is None:
+            raise ctx.fail("the slope must be a constant")
+        shape = tuple(ctx.shape(0))
+        try:
+            np.broadcast_shapes(tuple(1 if d is None else d for d in shape), np.shape(slope))
+        except ValueError:
+            raise ctx.fail(f"the slope's shape {np.shape(slope)} does not broadcast to the input's {shape}") from None
+        if len(np.shape(slope)) >= len(shape) and np.shape(slope)[0] != 1:
+            raise ctx.fail("a slope per sample (over the batch axis) is not supported")
+        return {"alpha": np.asarray(slope, dtype=np.float64)}
+
+
+@register
 class ClipRule(ElementwiseRule):
     op_types = ("Clip",)
 

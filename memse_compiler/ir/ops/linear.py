@@ -217,53 +217,6 @@ class BatchNormRule(OpRule):
 
 
 @register
-class SliceRule(OpRule):
-    """Slice of a signal (constant starts/ends/axes/steps, not along the batch): a selection, exact."""
-    op_types = ("Slice",)
-
-    def operands(self, ctx):
-        return [0]
-
-    def parse(self, ctx):
-        rank = len(ctx.shape(0))
-        if len(ctx.node.input) > 1:                 # opset >= 10: inputs
-            starts, ends, axes, steps = given = [ctx.const(i) for i in range(1, 5)]   # None: not given
-            if any(v is None and i < len(ctx.node.input) and ctx.node.input[i] for i, v in enumerate(given, 1)):
-                raise ctx.fail("starts, ends, axes and steps must be constants")
-        else:                                       # opset < 10: attributes
-            starts, ends, axes, steps = ctx.attr("starts"), ctx.attr("ends"), ctx.attr("axes"), None
-        starts, ends = [int(v) for v in np.ravel(starts)], [int(v) for v in np.ravel(ends)]
-        axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in np.ravel(axes)]
-        steps = [1] * len(starts) if steps is None else [int(s) for s in np.ravel(steps)]
-        if 0 in axes:
-            raise ctx.fail("slicing the batch axis (0) is not supported")
-        return {"axes": axes, "starts": starts, "ends": ends, "steps": steps}
-
-    @staticmethod
-    def _index(attrs, ndim):
-        idx = [slice(None)] * ndim
-        for a, s, e, st in zip(attrs["axes"], attrs["starts"], attrs["ends"], attrs["steps"]):
-            idx[a] = slice(s, e, st)         # Python's clamping is ONNX's (the ends are not adjusted first)
-        return tuple(idx)
-
-    def forward(self, attrs, xs):
-        return [xs[0][self._index(attrs, xs[0].ndim)]]
-
-    def moments(self, attrs, means, variances):
-        return self.forward(attrs, means), self.forward(attrs, variances), Linearization()
-
-    def vjp(self, attrs, lin, gouts, in_shapes):
-        if gouts[0] is None:
-            return [None]
-        g = np.zeros(in_shapes[0])
-        g[self._index(attrs, g.ndim)] = gouts[0]
-        return [g]
-
-    def expressions(self, attrs, mus, vs, node):
-        return [mus[0]], [vs[0]]
-
-
-@register
 class SignalMatMulRule(OpRule):
     """MatMul of two signals (attention's Q K^T and weights x values), digital, operands independent:
     E[AB] = E[A] E[B], Var(AB)_ik = sum_j vA_ij mB_jk^2 + mA_ij^2 vB_jk + vA_ij vB_jk (the last term is the

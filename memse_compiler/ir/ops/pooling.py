@@ -33,6 +33,9 @@ def _back(x, one_d):
 class AveragePoolRule(OpRule):
     op_types = ("AveragePool",)
 
+    def averages(self, attrs):
+        return True
+
     def operands(self, ctx):
         return [0]
 
@@ -64,6 +67,9 @@ class AveragePoolRule(OpRule):
 @register
 class GlobalAveragePoolRule(OpRule):
     op_types = ("GlobalAveragePool",)
+
+    def averages(self, attrs):
+        return True
 
     def forward(self, attrs, xs):
         x = xs[0]
@@ -149,6 +155,9 @@ class ReduceMeanRule(OpRule):
     """ReduceMean / ReduceSum over axes other than the batch: linear, exact (the moment pass refines the variance
     of averaging ops for the correlation of the summed errors)."""
     op_types = ("ReduceMean", "ReduceSum")
+
+    def averages(self, attrs):
+        return True
 
     def operands(self, ctx):
         return [0]

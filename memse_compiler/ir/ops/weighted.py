@@ -99,16 +99,22 @@ class MatMulRule(WeightedRule):
         return self._finish(ctx, 1, a[None], None, MatrixGeometry(in_columns=True, out_columns=True))
 
 
+def _conv_weight(ctx, what: str) -> np.ndarray:
+    """The constant 3-D/4-D kernel of a (transposed) convolution whose data input is a signal."""
+    w = ctx.const(1)
+    if w is None or ctx.is_const(0):
+        raise ctx.fail("the weight must be a constant and the data input a signal")
+    if w.ndim not in (3, 4):
+        raise ctx.fail(f"only 1-D and 2-D {what} are supported (weight rank {w.ndim})")
+    return w
+
+
 @register
 class ConvRule(WeightedRule):
     op_types = ("Conv",)
 
     def parse(self, ctx):
-        w = ctx.const(1)
-        if w is None or ctx.is_const(0):
-            raise ctx.fail("the weight must be a constant and the data input a signal")
-        if w.ndim not in (3, 4):
-            raise ctx.fail(f"only 1-D and 2-D convolutions are supported (weight rank {w.ndim})")
+        w = _conv_weight(ctx, "convolutions")
         shape = ctx.shape(0)
         one_d = w.ndim == 3
         g = int(ctx.attr("group", 1))
@@ -120,3 +126,66 @@ class ConvRule(WeightedRule):
         b = ctx.const(2)
         bias = None if b is None else b.reshape(g, cout // g)
         return self._finish(ctx, 0, matrix, bias, geom)
+
+
+@register
+class ConvTransposeRule(OpRule):
+    """ConvTranspose, mapped as crossbars do it: the input with s - 1 zeros inserted between elements (Reshape,
+    Pad, Reshape), bordered by (k - 1) d - pad (a Pad, negative where it crops), then a stride-1 Conv with the
+    kernel flipped and its in/out axes swapped, which is what the crossbars hold. The zeros cost a crossbar
+    nothing in noise (they carry no current) and enter the analysis as exact zeros."""
+    op_types = ("ConvTranspose",)
+
+    def expand(self, ctx):
+        w = _conv_weight(ctx, "transposed convolutions")
+        b = ctx.const(2)
+        for what, i, arr in (("weight", 1, w), ("bias", 2, b)):
+            if arr is not None and not np.all(np.isfinite(arr)):
+                raise ctx.fail(f"{what} initializer '{ctx.node.input[i]}' contains NaN or inf")
+        if ctx.opset < 11:
+            raise ctx.fail(f"opset {ctx.opset} is too old (ConvTranspose is mapped with Pad, opset >= 11)")
+        auto = ctx.attr("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto not in ("NOTSET", "VALID") or ctx.attr("output_shape") is not None:
+            raise ctx.fail("auto_pad SAME_* and output_shape are not supported (give pads and output_padding)")
+        shape = ctx.shape(0)
+        nd, g = w.ndim - 2, int(ctx.attr("group", 1))
+        cin, kernel = shape[1], list(w.shape[2:])
+        if cin != w.shape[0] or cin % g:
+            raise ctx.fail(f"weight shape {w.shape} does not fit {cin} input channels in {g} groups")
+        strides = [int(v) for v in ctx.attr("strides", [1] * nd)]
+        dil = [int(v) for v in ctx.attr("dilations", [1] * nd)]
+        pads = [0] * (2 * nd) if auto == "VALID" else [int(v) for v in ctx.attr("pads", [0] * (2 * nd))]
+        extra = [int(v) for v in ctx.attr("output_padding", [0] * nd)]
+        base, x, nodes = ctx.node_name, ctx.node.input[0], []
+        from onnx import helper
+
+        def const(label, value):
+            ctx.consts[f"{base}/{label}"] = value
+            return f"{base}/{label}"
+        spatial = [int(d) for d in shape[2:]]
+        if any(s > 1 for s in strides):
+            # (N, C, H, W) -> (N, C, H, 1, W, 1) -> zeros after each element -> (N, C, H s, W s)
+            split = [0, cin] + [v for d in spatial for v in (d, 1)]
+            ends = [0, 0] + [v for s in strides for v in (0, s - 1)]
+            for label, op, ins in (("split", "Reshape", [const("split", np.array(split, np.int64))]),
+                                   ("zeros", "Pad", [const("zeros", np.array([0] * len(split) + ends, np.int64))]),
+                                   ("merge", "Reshape", [const("merge", np.array(
+                                       [0, cin] + [d * s for d, s in zip(spatial, strides)], np.int64))])):
+                nodes.append(helper.make_node(op, [x] + ins, [f"{base}/{label}_out"], name=f"{base}/{label}"))
+                x = f"{base}/{label}_out"
+        begin = [d * (k - 1) - p for d, k, p in zip(dil, kernel, pads[:nd])]
+        end = [d * (k - 1) - p + e - (s - 1) for d, k, p, e, s in zip(dil, kernel, pads[nd:], extra, strides)]
+        if any(begin) or any(end):
+            border = const("border", np.array([0, 0] + begin + [0, 0] + end, np.int64))
+            nodes.append(helper.make_node("Pad", [x, border], [f"{base}/border_out"], name=f"{base}/border"))
+            x = f"{base}/border_out"
+        # (Cin, Cout/g, k...) -> per group (Cout/g, Cin/g, k...), flipped in space
+        flip = (slice(None),) * 3 + (slice(None, None, -1),) * nd
+        kernel_conv = w.reshape((g, cin // g) + w.shape[1:]).swapaxes(1, 2)[flip]
+        ins = [x, const("weight", np.ascontiguousarray(kernel_conv.reshape((-1, cin // g) + w.shape[2:])))]
+        if b is not None:
+            ins.append(ctx.node.input[2])
+        nodes.append(helper.make_node("Conv", ins, list(ctx.node.output[:1]), name=base, group=g, dilations=dil,
+                                      kernel_shape=kernel))
+        return nodes
