@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from memse_compiler.fusions import fuse_layer_norm
 from memse_compiler.ir import KIND_DIGITAL, KIND_INPUT, KIND_OUTPUT, KIND_WEIGHTED, MemseGraph
 from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.ops import SUPPORTED_OPS, rule_for
@@ -219,6 +220,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     """The op-level graph: one node per ONNX op (weighted ops hold a CrossbarLayer), one edge per signal."""
     model, label = load_model(model)
     model, export_batch = batch_generic(model)
+    model = fuse_layer_norm(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     graph = model.graph
     consts: dict[str, np.ndarray] = {t.name: _as_float64(numpy_helper.to_array(t)) for t in graph.initializer}

@@ -2,6 +2,9 @@
 signal ranges the converters are calibrated on (DESIGN §4.6)."""
 from __future__ import annotations
 
+import networkx as nx
+import numpy as np
+
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.interpret import run
@@ -15,7 +18,8 @@ class Calibrate(Pass):
         if ctx.inputs is None:
             raise MemseInputError("no evaluation inputs were given to calibrate on")
         try:
-            g.graph["reference"] = run(g, ctx.inputs, hardware=False)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):   # _require_finite reports
+                g.graph["reference"] = run(g, ctx.inputs, hardware=False)
         except (ValueError, IndexError) as exc:
             # a batch the export fixed as a constant somewhere (frontend.batch_generic frees the usual ones)
             b, n = g.graph.get("export_batch"), len(ctx.inputs)
@@ -25,4 +29,17 @@ class Calibrate(Pass):
             raise MemseInputError(f"the model was exported with a fixed batch of {b} and does not run on {n} "
                                   f"inputs ({first}): evaluate {b} (--batch {b}) or export with a dynamic batch "
                                   f"axis") from None
+        _require_finite(g, g.graph["reference"])
         return g
+
+
+def _require_finite(g: MemseGraph, reference: dict) -> None:
+    """The float model must give finite signals on the evaluation inputs (Sqrt or Log of a negative, a
+    division by 0): name the first node, in graph order, whose output is not finite."""
+    for unit in nx.topological_sort(g):
+        for t in g.nodes[unit].get("outputs", ()):
+            value = reference.get(t)
+            if value is not None and not np.all(np.isfinite(value)):
+                bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+                raise MemseInputError(f"node '{unit}' ({g.nodes[unit]['op']}): gives NaN or inf at {bad} of "
+                                      f"{np.size(value)} values of '{t}' on the evaluation inputs")

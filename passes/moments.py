@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from memse_compiler.ir import KIND_INPUT, KIND_OUTPUT, MemseGraph, schedule
+from memse_compiler.ir.errors import DomainError, MemseInputError
 from memse_compiler.ir.ops import rule_for
 from memse_compiler.ir.pass_base import Pass, PassContext
 from memse_compiler.ir.ops.base import Linearization
@@ -224,7 +225,10 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
             if rho is not None:
                 attrs = dict(attrs, rho=rho[: moments[d["inputs"][0]][1].shape[0]])
         rule = rule_for(d["op"])
-        means, variances, lz = rule.moments(attrs, [a for a, _ in ins], [b for _, b in ins])
+        try:
+            means, variances, lz = rule.moments(attrs, [a for a, _ in ins], [b for _, b in ins])
+        except DomainError as exc:
+            raise MemseInputError(f"node '{unit}' ({d['op']}): {exc}") from None
         if coherent and isinstance(rule, ElementwiseRule):
             lz = coherent_residual(lz, ins[0][1], coherent)
         lin[unit] = lz

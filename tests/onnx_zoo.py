@@ -46,8 +46,8 @@ class ZooModel:
 class Builder:
     """Accumulates nodes/initializers of one graph; weights and feed from a name-seeded generator."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, opset: int = OPSET):
+        self.name, self.opset = name, opset
         self.rng = np.random.default_rng(zlib.crc32(name.encode()))
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
@@ -145,7 +145,7 @@ class Builder:
         graph = helper.make_graph(self.nodes, self.name, self.graph_inputs,
                                   [helper.make_value_info(o, onnx.TypeProto()) for o in outputs],
                                   initializer=self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
                                   ir_version=IR_VERSION, producer_name="memse-onnx-zoo")
         # fill the output types/shapes (full_check requires them); drop intermediate value_info so the
         # models look like plain exporter output
@@ -221,9 +221,9 @@ def matmul_models() -> list[ZooModel]:
 # activations (each next to a Gemm)
 
 
-def _act_model(name: str, act, before: bool = False):
+def _act_model(name: str, act, before: bool = False, opset: int = OPSET):
     """`act(g, x) -> y` applied after (or before) a Linear-style Gemm."""
-    g = Builder(name)
+    g = Builder(name, opset)
     x = g.input("x", (N, K))
     if before:
         return g.build(g.gemm(act(g, x), K, M))
@@ -259,7 +259,24 @@ def activation_models() -> list[ZooModel]:
         _act_model("act_elu", simple("Elu", alpha=0.7)),
         _act_model("act_selu", simple("Selu")),
         _act_model("act_softsign", simple("Softsign")),
+        _act_model("act_gelu_op_tanh", simple("Gelu", approximate="tanh"), opset=20),
+        _act_model("act_neg", simple("Neg")),
+        _act_model("act_abs", simple("Abs")),
+        _act_model("act_exp", simple("Exp")),
+        _act_model("act_pow_square", lambda g, x: g.op("Pow", [x, g.const("two", np.float32(2.0))])),
+        _act_model("act_pow_cube", lambda g, x: g.op("Pow", [x, g.const("three", np.float32(3.0))])),
+        _act_model("act_sqrt_of_square_plus_one", lambda g, x: g.op("Sqrt", [_square_plus(g, x, 1.0)])),
+        _act_model("act_reciprocal", lambda g, x: g.op("Reciprocal", [_square_plus(g, x, 0.5)])),
+        _act_model("act_log_of_exp_plus_one", lambda g, x: g.op("Log", [g.op("Add", [
+            g.op("Exp", [x]), g.const("one", np.float32(1.0))])])),
+        _act_model("act_pow_fractional", lambda g, x: g.op("Pow", [_square_plus(g, x, 1.0),
+                                                                   g.const("p", np.float32(-1.5))])),
     ]
+
+
+def _square_plus(g: Builder, x: str, c: float) -> str:
+    """x^2 + c: a positive signal for Sqrt, Log and fractional powers."""
+    return g.op("Add", [g.op("Mul", [x, x]), g.const("c", np.float32(c))])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,6 +339,31 @@ def dense_misc_models() -> list[ZooModel]:
     g = Builder("layer_norm_two_axes")        # normalised over (tokens, features), no bias
     y = g.matmul(g.input("x", (N, 5, K)), K, M)
     out.append(g.build(g.op("LayerNormalization", [y, g.vector("ln.weight", (5, M), 0.5)], axis=1)))
+
+    g = Builder("unsqueeze_squeeze")          # (N, M) -> (N, 1, M) -> MatMul -> (N, 4)
+    axis = g.const("axis", np.array([1], np.int64))
+    y = g.op("Unsqueeze", [g.op("Relu", [g.gemm(g.input("x", (N, K)), K, M)]), axis])
+    out.append(g.build(g.op("Squeeze", [g.matmul(y, M, 4), axis])))
+
+    g = Builder("layer_norm_decomposed")      # torch's nn.LayerNorm below opset 17, fused back by the frontend
+    y = g.matmul(g.input("x", (N, 5, K)), K, M)
+    d = g.op("Sub", [y, g.op("ReduceMean", [y], axes=[-1])])
+    v = g.op("ReduceMean", [g.op("Pow", [d, g.const("two", np.float32(2.0))])], axes=[-1])
+    y = g.op("Div", [d, g.op("Sqrt", [g.op("Add", [v, g.const("eps", np.float32(1e-5))])])])
+    y = g.op("Add", [g.op("Mul", [y, g.vector("ln.weight", (M,), 0.5)]), g.vector("ln.bias", (M,), 0.2)])
+    out.append(g.build(g.matmul(g.op("Relu", [y]), M, 4)))
+
+    g = Builder("rms_norm_decomposed")        # x / sqrt(mean(x^2) + eps) * w: Mul of correlated signals
+    y = g.matmul(g.input("x", (N, 5, K)), K, M)
+    ms = g.op("ReduceMean", [g.op("Pow", [y, g.const("two", np.float32(2.0))])], axes=[-1])
+    r = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [ms, g.const("eps", np.float32(1e-6))])])])
+    y = g.op("Mul", [g.op("Mul", [y, r]), g.vector("rms.weight", (M,), 0.5)])
+    out.append(g.build(g.matmul(y, M, 4)))
+
+    g = Builder("div_by_signal")              # a / (1 + exp(b)): two branches, a divisor away from 0
+    x = g.input("x", (N, K))
+    den = g.op("Add", [g.op("Exp", [g.gemm(x, K, M, name="fc_b")]), g.const("one", np.float32(1.0))])
+    out.append(g.build(g.gemm(g.op("Div", [g.gemm(x, K, M, name="fc_a"), den]), M, 4, name="fc2")))
 
     g = Builder("self_attention")             # softmax(Q K^T / sqrt(d)) V, then an output projection
     x = g.input("x", (N, 5, K))

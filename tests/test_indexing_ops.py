@@ -148,6 +148,11 @@ def _conv_transpose_model(cin, cout, group, kernel, x_shape, bias=True, **attrs)
     (4, 4, 1, (4,), (6,), False, dict(strides=[3], pads=[1, 2], output_padding=[2])),
     (3, 5, 1, (3, 3), (5, 4), True, dict(pads=[2, 2, 2, 2])),              # stride 1: only the flipped conv
     (3, 2, 1, (2, 2), (3, 3), True, dict(strides=[2, 2], auto_pad="VALID")),
+    (2, 3, 1, (3, 3), (4, 5), True, dict(strides=[2, 2], auto_pad="SAME_UPPER")),      # odd total padding
+    (2, 3, 1, (3, 3), (4, 5), True, dict(strides=[2, 2], auto_pad="SAME_LOWER")),
+    (2, 3, 1, (3, 3), (4, 5), False, dict(strides=[2, 2], dilations=[2, 1], auto_pad="SAME_UPPER")),
+    (2, 3, 1, (3, 3), (4, 5), True, dict(strides=[3, 3], output_padding=[1, 0], auto_pad="SAME_LOWER")),
+    (2, 4, 2, (4,), (6,), True, dict(strides=[2], auto_pad="SAME_LOWER")),               # even total padding
 ])
 def test_conv_transpose_is_the_flipped_conv_on_the_zero_inserted_input(cin, cout, group, kernel, x_shape, bias, attrs):
     """The expansion (zero insertion, border, flipped conv) against onnxruntime's ConvTranspose; the crossbar
@@ -164,8 +169,13 @@ def test_conv_transpose_is_the_flipped_conv_on_the_zero_inserted_input(cin, cout
     assert weighted == ["deconv"] and g.nodes["deconv"]["op"] == "Conv"
 
 
-def test_conv_transpose_refusals_name_the_node():
+@pytest.mark.parametrize("attrs,message", [
+    (dict(strides=[2, 2], output_shape=[8, 8]), "output_shape is not supported"),
+    (dict(strides=[3, 3], auto_pad="SAME_UPPER"), "auto_pad SAME_UPPER with a kernel shorter than the stride"),
+])
+def test_conv_transpose_refusals_name_the_node(attrs, message):
+    """Forms onnxruntime and the ONNX reference compute differently are refused, naming the node."""
     from memse_compiler.frontend import build_graph
-    model = _conv_transpose_model(3, 2, 1, (3, 3), (4, 4), strides=[2, 2], auto_pad="SAME_UPPER")
-    with pytest.raises(MemseInputError, match="node 'deconv' \\(ConvTranspose\\): auto_pad SAME_"):
+    model = _conv_transpose_model(3, 2, 1, (2, 2), (4, 4), **attrs)
+    with pytest.raises(MemseInputError, match="node 'deconv' \\(ConvTranspose\\): " + message):
         build_graph(model)

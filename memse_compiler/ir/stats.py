@@ -340,6 +340,48 @@ def gelu_moments(mu, var, approximate: str = "none") -> Moments:
     return gauss_hermite_moments(gelu_erf, lambda x: norm_cdf(x) + x * norm_pdf(x), mu, var)
 
 
+# ---- arithmetic: exp, integer powers (exact), smooth functions by the delta method ---------------------------
+@chunked(2)
+def exp_moments(mu: np.ndarray, var: np.ndarray) -> Moments:
+    """exp(X) is log-normal: E = exp(mu + var/2), Var = E^2 (exp(var) - 1), E[f'] = E (exact)."""
+    mean = np.exp(np.asarray(mu, float) + 0.5 * np.asarray(var, float))
+    return Moments(mean, mean * mean * np.expm1(var), mean)
+
+
+def _central_gaussian_moments(var: np.ndarray, upto: int) -> list:
+    """E[Z^k] for Z ~ N(0, var), k = 0..upto: 0 for odd k, (k-1)!! var^(k/2) for even k."""
+    out = [np.ones_like(var), np.zeros_like(var)]
+    for k in range(2, upto + 1):
+        out.append((k - 1) * var * out[k - 2])
+    return out
+
+
+def power_moments(mu: np.ndarray, var: np.ndarray, n: int) -> Moments:
+    """X^n for an integer n >= 0, exact: X = mu + Z expanded binomially. The variance is summed over pairs of
+    non-constant terms, Cov(Z^j, Z^k) = E[Z^(j+k)] - E[Z^j] E[Z^k], so it does not cancel when var << mu^2."""
+    from math import comb
+    mu, var = np.broadcast_arrays(np.asarray(mu, float), np.maximum(np.asarray(var, float), 0.0))
+    z = _central_gaussian_moments(var, 2 * n)
+    mu_pow = [np.ones_like(mu)]
+    for _ in range(n):
+        mu_pow.append(mu_pow[-1] * mu)
+    mean = sum(comb(n, k) * mu_pow[n - k] * z[k] for k in range(n + 1))
+    v = np.zeros_like(mu)
+    for j in range(1, n + 1):
+        for k in range(1, n + 1):
+            v = v + comb(n, j) * comb(n, k) * mu_pow[n - j] * mu_pow[n - k] * (z[j + k] - z[j] * z[k])
+    gain = n * sum(comb(n - 1, k) * mu_pow[n - 1 - k] * z[k] for k in range(n)) if n else np.zeros_like(mu)
+    return Moments(mean, np.maximum(v, 0.0), gain)
+
+
+def delta_moments(f, df, d2f, mu: np.ndarray, var: np.ndarray) -> Moments:
+    """Second-order mean f(mu) + f''(mu) var / 2, first-order variance f'(mu)^2 var, gain f'(mu): for smooth f
+    whose curvature scale is large against the noise std (relative error O(var^2 / mu^4) for powers of mu)."""
+    mu, var = np.asarray(mu, float), np.asarray(var, float)
+    slope = df(mu)
+    return Moments(f(mu) + 0.5 * d2f(mu) * var, slope * slope * var, slope)
+
+
 # ---- max and softmax ------------------------------------------------------------------------------------------
 @chunked(5)
 def max_moments(mu1, v1, mu2, v2, rho=0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ Adding an op is one place: write an `OpRule` subclass in one of these modules an
 moments through it, back-propagate sensitivities through its linearisation, and write its expressions.
 """
 from memse_compiler.ir.ops.base import OpRule, REGISTRY, register, rule_for  # noqa: F401
-from memse_compiler.ir.ops import elementwise, indexing, linear, normalization, pooling, weighted  # noqa: F401  (registration)
+from memse_compiler.ir.ops import (  # noqa: F401  (registration)
+    arithmetic, elementwise, indexing, linear, normalization, pooling, weighted)
 
 SUPPORTED_OPS = tuple(sorted(op for op, rule in REGISTRY.items() if not rule.internal))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import sympy
 
+from memse_compiler.ir import stats
+from memse_compiler.ir.errors import DomainError
 from memse_compiler.ir.ops.base import Linearization, OpRule, register, unbroadcast
 
 
@@ -130,13 +132,14 @@ class ConcatRule(OpRule):
 @register
 class BinaryRule(OpRule):
     """Add, Sub, Mul, Div with numpy broadcasting. Inputs are treated as independent; a constant operand
-    enters with variance 0 (so Mul by a constant scales the variance by its square)."""
+    enters with variance 0 (so Mul by a constant scales the variance by its square). Division by a signal takes
+    the delta method (second-order mean, first-order variance), so its mean must stay away from 0."""
     op_types = ("Add", "Sub", "Mul", "Div")
 
     def parse(self, ctx):
-        if ctx.node.op_type == "Div" and not ctx.is_const(1):
-            raise ctx.fail("division by a signal is not supported (only by a constant)")
-        return {"op": ctx.node.op_type}
+        # x + x, x - x, x * x (torch exports x * x and x + x so): one variable, not two independent ones
+        same = ctx.node.input[0] == ctx.node.input[1] and not ctx.is_const(0)
+        return {"op": ctx.node.op_type, "same_operand": same}
 
     def forward(self, attrs, xs):
         a, b = xs
@@ -145,13 +148,36 @@ class BinaryRule(OpRule):
     def moments(self, attrs, means, variances):
         (ma, mb), (va, vb) = means, variances
         op = attrs["op"]
+        if attrs.get("same_operand") and op != "Div":
+            return self._same_operand(op, ma, va, mb)
         if op in ("Add", "Sub"):
             return self.forward(attrs, means), [va + vb], Linearization()
         if op == "Div":
-            return [ma / mb], [va / mb ** 2], Linearization(gains=[1.0 / mb, None])
+            if np.any(mb == 0):
+                raise DomainError(f"the divisor's mean is 0 at {int(np.size(mb) - np.count_nonzero(mb))} of "
+                                  f"{np.size(mb)} elements")
+            inv = 1.0 / mb
+            q = ma * inv
+            if not np.any(vb):                                      # a constant divisor: exact
+                return [q], [va * inv ** 2], Linearization(gains=[inv, None])
+            return ([q + q * vb * inv ** 2], [(va + q ** 2 * vb) * inv ** 2],
+                    Linearization(gains=[inv, -q * inv]))
         var = ma ** 2 * vb + mb ** 2 * va + va * vb
         lin_var = ma ** 2 * vb + mb ** 2 * va
         return [ma * mb], [var], Linearization(gains=[mb, ma], residual=[np.maximum(var - lin_var, 0.0)])
+
+    @staticmethod
+    def _same_operand(op: str, mu: np.ndarray, var: np.ndarray, mu_b: np.ndarray):
+        """x + x = 2x, x - x = 0, x * x = x^2 (exact Gaussian moments); the gains are per operand slot, which
+        the sensitivity pass adds up for the one tensor (2 in all, 2 mu for the square)."""
+        if op == "Add":
+            return [2.0 * mu], [4.0 * var], Linearization()
+        if op == "Sub":
+            zero = np.zeros_like(mu)
+            return [zero], [zero], Linearization()
+        m = stats.power_moments(mu, var, 2)
+        # per slot d(ab)/da = b, d(ab)/db = a (the same tensor in a graph; the vjp test jitters the slots apart)
+        return [m.mean], [m.var], Linearization(gains=[mu_b, mu], residual=[np.maximum(m.var - m.gain ** 2 * var, 0.0)])
 
     def vjp(self, attrs, lin, gouts, in_shapes):
         g, op = gouts[0], attrs["op"]
@@ -162,19 +188,22 @@ class BinaryRule(OpRule):
         elif op == "Sub":
             parts = [g, -g]
         elif op == "Div":
-            parts = [g * lin.gains[0], None]
+            parts = [g * lin.gains[0], None if lin.gains[1] is None else g * lin.gains[1]]
         else:
             parts = [g * lin.gains[0], g * lin.gains[1]]
         return [None if p is None else unbroadcast(p, s) for p, s in zip(parts, in_shapes)]
 
     def expressions(self, attrs, mus, vs, node):
         (ma, mb), (va, vb), op = mus, vs, attrs["op"]
+        if attrs.get("same_operand") and op != "Div":
+            return {"Add": ([2 * ma], [4 * va]), "Sub": ([sympy.Integer(0)], [sympy.Integer(0)]),
+                    "Mul": ([ma ** 2 + va], [4 * ma ** 2 * va + 2 * va ** 2])}[op]
         if op == "Add":
             return [ma + mb], [va + vb]
         if op == "Sub":
             return [ma - mb], [va + vb]
         if op == "Div":
-            return [ma / mb], [va / mb ** 2]
+            return [ma / mb + ma * vb / mb ** 3], [va / mb ** 2 + ma ** 2 * vb / mb ** 4]
         return [ma * mb], [ma ** 2 * vb + mb ** 2 * va + va * vb]
 
 

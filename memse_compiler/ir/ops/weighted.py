@@ -146,8 +146,11 @@ class ConvTransposeRule(OpRule):
             raise ctx.fail(f"opset {ctx.opset} is too old (ConvTranspose is mapped with Pad, opset >= 11)")
         auto = ctx.attr("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
-        if auto not in ("NOTSET", "VALID") or ctx.attr("output_shape") is not None:
-            raise ctx.fail("auto_pad SAME_* and output_shape are not supported (give pads and output_padding)")
+        if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+            raise ctx.fail(f"unknown auto_pad {auto!r}")
+        if ctx.attr("output_shape") is not None:
+            # onnxruntime and the ONNX reference do not agree on it (the reference refuses most forms)
+            raise ctx.fail("output_shape is not supported (give pads and output_padding)")
         shape = ctx.shape(0)
         nd, g = w.ndim - 2, int(ctx.attr("group", 1))
         cin, kernel = shape[1], list(w.shape[2:])
@@ -155,15 +158,18 @@ class ConvTransposeRule(OpRule):
             raise ctx.fail(f"weight shape {w.shape} does not fit {cin} input channels in {g} groups")
         strides = [int(v) for v in ctx.attr("strides", [1] * nd)]
         dil = [int(v) for v in ctx.attr("dilations", [1] * nd)]
-        pads = [0] * (2 * nd) if auto == "VALID" else [int(v) for v in ctx.attr("pads", [0] * (2 * nd))]
         extra = [int(v) for v in ctx.attr("output_padding", [0] * nd)]
+        spatial = [int(d) for d in shape[2:]]
+        if auto.startswith("SAME"):
+            pads = _same_transposed_pads(ctx, auto, spatial, kernel, strides, dil, extra)
+        else:
+            pads = [0] * (2 * nd) if auto == "VALID" else [int(v) for v in ctx.attr("pads", [0] * (2 * nd))]
         base, x, nodes = ctx.node_name, ctx.node.input[0], []
         from onnx import helper
 
         def const(label, value):
             ctx.consts[f"{base}/{label}"] = value
             return f"{base}/{label}"
-        spatial = [int(d) for d in shape[2:]]
         if any(s > 1 for s in strides):
             # (N, C, H, W) -> (N, C, H, 1, W, 1) -> zeros after each element -> (N, C, H s, W s)
             split = [0, cin] + [v for d in spatial for v in (d, 1)]
@@ -189,3 +195,17 @@ class ConvTransposeRule(OpRule):
         nodes.append(helper.make_node("Conv", ins, list(ctx.node.output[:1]), name=base, group=g, dilations=dil,
                                       kernel_shape=kernel))
         return nodes
+
+
+def _same_transposed_pads(ctx, auto: str, spatial, kernel, strides, dil, extra) -> list[int]:
+    """The pads auto_pad=SAME_* stands for: output = input x stride, the total padding split with the odd
+    one at the end (UPPER) or the beginning (LOWER). A negative total (kernel shorter than the stride) is
+    refused: the ONNX reference grows the output to input x stride, onnxruntime clamps the padding to 0."""
+    total = [s * (n - 1) + e + (k - 1) * d + 1 - n * s
+             for n, k, s, d, e in zip(spatial, kernel, strides, dil, extra)]
+    if min(total) < 0:
+        raise ctx.fail(f"auto_pad {auto} with a kernel shorter than the stride (total padding {total}) is "
+                       "computed differently by onnxruntime and the ONNX reference; give pads")
+    small = [t // 2 for t in total]
+    large = [t - t // 2 for t in total]
+    return small + large if auto == "SAME_UPPER" else large + small
