@@ -360,6 +360,11 @@ def dense_misc_models() -> list[ZooModel]:
     y = g.op("Mul", [g.op("Mul", [y, r]), g.vector("rms.weight", (M,), 0.5)])
     out.append(g.build(g.matmul(y, M, 4)))
 
+    g = Builder("max_min_of_branches")        # torch.maximum of two branches, then clamp at a constant ceiling
+    x = g.input("x", (N, K))
+    y = g.op("Max", [g.gemm(x, K, M, name="fc_a"), g.gemm(x, K, M, name="fc_b")])
+    out.append(g.build(g.gemm(g.op("Min", [y, g.const("ceiling", np.float32(0.6))]), M, 4, name="fc2")))
+
     g = Builder("div_by_signal")              # a / (1 + exp(b)): two branches, a divisor away from 0
     x = g.input("x", (N, K))
     den = g.op("Add", [g.op("Exp", [g.gemm(x, K, M, name="fc_b")]), g.const("one", np.float32(1.0))])

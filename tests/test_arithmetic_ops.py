@@ -227,3 +227,26 @@ def test_fusion_leaves_a_chain_whose_pieces_are_used_elsewhere():
     model.graph.output.append(helper.make_tensor_value_info("/ln1/Sub_output_0", TensorProto.FLOAT, None))
     fused = fuse_layer_norm(model)
     assert [n.name for n in fused.graph.node if n.op_type == "LayerNormalization"] == ["/ln2"]
+
+
+@pytest.mark.parametrize("op,f", [("Max", np.maximum), ("Min", np.minimum)])
+@pytest.mark.parametrize("mu,var", [(0.3, 0.5), (-2.0, 0.1), (1.2, 1e-4)])
+def test_max_min_against_a_constant_are_exact(op, f, mu, var):
+    rule = rule_for(op)
+    (m,), (v,), lin = rule.moments({"op": op, "same_operand": False}, [np.array(mu), np.array(0.25)],
+                                   [np.array(var), np.array(0.0)])
+    want = integrate(lambda x: f(x, 0.25), mu, var)
+    check((m, v, lin.gains[0]), want, 1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("op,f", [("Max", np.maximum), ("Min", np.minimum)])
+def test_max_min_of_two_independent_signals_against_sampling(op, f):
+    rule = rule_for(op)
+    ma, va, mb, vb = 0.2, 0.3, -0.1, 0.6
+    (m,), (v,), lin = rule.moments({"op": op, "same_operand": False}, [np.array(ma), np.array(mb)],
+                                   [np.array(va), np.array(vb)])
+    rng = np.random.default_rng(4)
+    a, b = ma + math.sqrt(va) * rng.standard_normal(2_000_000), mb + math.sqrt(vb) * rng.standard_normal(2_000_000)
+    y = f(a, b)
+    assert float(m) == pytest.approx(y.mean(), abs=2e-3) and float(v) == pytest.approx(y.var(), rel=5e-3)
+    assert float(lin.gains[0]) == pytest.approx(np.mean(y == a), abs=2e-3)

@@ -10,7 +10,7 @@ import sympy
 
 from memse_compiler.ir import stats
 from memse_compiler.ir.errors import DomainError
-from memse_compiler.ir.ops.base import register
+from memse_compiler.ir.ops.base import Linearization, OpRule, register, unbroadcast
 from memse_compiler.ir.ops.elementwise import ElementwiseRule
 
 MAX_EXACT_POWER = 8          # integer exponents up to this use the exact Gaussian moments
@@ -151,3 +151,35 @@ class LogRule(ElementwiseRule):
 
     def expressions(self, attrs, mus, vs, node):
         return _delta_expressions(sympy.log, mus[0], vs[0])
+
+
+@register
+class ExtremumRule(OpRule):
+    """Element-wise Max / Min of two operands (torch.maximum, clamp with tensor bounds), broadcast. Clark's
+    moments of the larger of two Gaussians, taken as independent like the other binary ops (exact against a
+    constant, where the other variance is 0); max(x, x) = x. The gains are P(operand wins)."""
+    op_types = ("Max", "Min")
+
+    def parse(self, ctx):
+        ins = [i for i in ctx.node.input if i]
+        if len(ins) != 2:
+            raise ctx.fail(f"{len(ins)} inputs (only two are supported)")
+        return {"op": ctx.node.op_type, "same_operand": ins[0] == ins[1]}
+
+    def forward(self, attrs, xs):
+        return [(np.maximum if attrs["op"] == "Max" else np.minimum)(xs[0], xs[1])]
+
+    def moments(self, attrs, means, variances):
+        (ma, mb), (va, vb) = means, variances
+        if attrs["same_operand"]:
+            return [ma], [va], Linearization(gains=[np.full_like(ma, 0.5), np.full_like(ma, 0.5)])
+        sign = 1.0 if attrs["op"] == "Max" else -1.0          # min(a, b) = -max(-a, -b)
+        mean, var, p = stats.max_moments(sign * ma, va, sign * mb, vb)
+        resid = np.maximum(var - p * p * va - (1 - p) ** 2 * vb, 0.0)
+        return [sign * mean], [var], Linearization(gains=[p, 1.0 - p], residual=[resid])
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g = gouts[0]
+        if g is None:
+            return [None, None]
+        return [unbroadcast(g * gain, shape) for gain, shape in zip(lin.gains, in_shapes)]
