@@ -50,6 +50,7 @@ from memse_compiler.chip_batching import chip_batching_obstacle
 from memse_compiler.ir import KIND_INPUT, KIND_OUTPUT, MemseGraph, schedule
 from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
 from memse_compiler.ir.geometry import ConvGeometry
+from memse_compiler.ir.ops import rule_for
 from memse_compiler.sampling import standard_normal
 from passes.crossbar_math import device_std
 
@@ -221,13 +222,14 @@ class NoisyExecutor:
             data = g.nodes[unit]
             if data["kind"] in (KIND_INPUT, KIND_OUTPUT):
                 continue
-            node = onnx.NodeProto()
-            node.CopyFrom(data["onnx_node"])
-            for name in node.input:
-                if name in consts:       # float constants are float64 in the IR; the graph runs in float32
-                    c = consts[name]
-                    b.const(name, c.astype(np.float32) if c.dtype.kind == "f" else c, name=name)
-            b.nodes.append(node)
+            original = onnx.NodeProto()
+            original.CopyFrom(data["onnx_node"])
+            for node in rule_for(data["op"]).emit(original, data["attrs"], b.const):
+                for name in node.input:
+                    if name in consts:       # float constants are float64 in the IR; the graph runs in float32
+                        c = consts[name]
+                        b.const(name, c.astype(np.float32) if c.dtype.kind == "f" else c, name=name)
+                b.nodes.append(node)
             outputs += list(data["outputs"])
         # expose float tensors only (integer side tensors such as shapes stay internal)
         outputs = [t for t in dict.fromkeys(outputs)

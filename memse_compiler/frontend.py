@@ -102,6 +102,7 @@ def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
             name = f"{node.input[1]}__batch_copy_{k}"
             g.initializer.append(numpy_helper.from_array(_copying_batch(target), name))
             node.input[1] = name
+    _free_expand_batch(g, b, values, dims)
     for vi in [i for i in g.input if i.name == data[0].name] + [o for o in g.output if (_dims(o) or (None,))[0] == b]:
         vi.type.tensor_type.shape.dim[0].Clear()
         vi.type.tensor_type.shape.dim[0].dim_param = BATCH
@@ -110,6 +111,53 @@ def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
         return onnx.shape_inference.infer_shapes(out, strict_mode=True), b
     except Exception:
         return model, None
+
+
+def _free_expand_batch(g: onnx.GraphProto, b: int, values: dict, dims: dict) -> None:
+    """Constant Expand targets that start with the fixed batch b, on a tensor that starts with b: 1 there (keep
+    its batch, whatever it is). A constant of one sample expanded to b is build_graph's (`_batch_broadcast`)."""
+    for k, node in enumerate(g.node):
+        if node.op_type != "Expand" or len(node.input) < 2 or node.input[1] not in values:
+            continue
+        target = numpy_helper.to_array(values[node.input[1]])
+        x_dims = dims.get(node.input[0])
+        if (target.ndim == 1 and target.size and target[0] == b and x_dims and len(x_dims) == target.size
+                and x_dims[0] == b):
+            name = f"{node.input[1]}__batch_one_{k}"
+            g.initializer.append(numpy_helper.from_array(np.concatenate([[1], target[1:]]).astype(np.int64), name))
+            node.input[1] = name
+
+
+def _batch_broadcast(node: onnx.NodeProto, name: str, data: str, consts: dict, batch_dependent: dict,
+                     export_batch: int | None) -> onnx.NodeProto | None:
+    """Expand of a constant of one sample to a shape that starts with the batch size (`cls.expand(x.shape[0],
+    -1, -1)`: computed from a Shape, or the batch a fixed export baked in): an internal BatchBroadcast node of
+    the data input and the sample's value, else None."""
+    if node.op_type != "Expand" or len(node.input) < 2 or node.input[1] not in consts:
+        return None
+    c = consts.get(node.input[0])
+    if c is None or node.input[0] in batch_dependent:
+        return None
+    t1 = consts[node.input[1]].reshape(-1)
+    if node.input[1] in batch_dependent:
+        t2 = batch_dependent[node.input[1]].reshape(-1)
+        if not t1.size or (t1[0], t2[0]) != BATCH_PROBES or not np.array_equal(t1[1:], t2[1:]):
+            return None
+    elif not (export_batch and export_batch > 1 and t1.size and t1[0] == export_batch):
+        return None
+    if c.ndim > t1.size:
+        return None
+    c = c.reshape((1,) * (t1.size - c.ndim) + c.shape)
+    if c.shape[0] != 1:
+        return None
+    value = np.array(np.broadcast_to(c, np.broadcast_shapes(c.shape, (1,) + tuple(int(d) for d in t1[1:]))))
+    consts[f"{name}/value"] = value
+    return onnx.helper.make_node("BatchBroadcast", [data, f"{name}/value"], [node.output[0]], name=name)
+
+
+def _batch_hint(export_batch: int | None) -> str:
+    return (f" (the export fixed the batch at {export_batch}: export with a dynamic batch axis)"
+            if export_batch else "")
 
 
 def _symbolic(vi: onnx.ValueInfoProto) -> tuple:
@@ -184,17 +232,19 @@ def _copy_batch(node: onnx.NodeProto, name: str, consts: dict, batch_dependent: 
     used = [i for i, n in enumerate(node.input) if n in batch_dependent]
     if not used:
         return node
-    if node.op_type == "Reshape" and used == [1] and not _allows_zero(node):
+    if node.op_type in ("Reshape", "Expand") and used == [1] and not _allows_zero(node):
         t1, t2 = consts[node.input[1]].reshape(-1), batch_dependent[node.input[1]].reshape(-1)
         if t1.size and (t1[0], t2[0]) == BATCH_PROBES and np.array_equal(t1[1:], t2[1:]):
             new = onnx.NodeProto()
             new.CopyFrom(node)
             new.input[1] = f"{node.input[1]}__batch_copy"
-            consts[new.input[1]] = _copying_batch(t1)
+            # Reshape copies the leading size with 0; Expand keeps it with 1 (two-way broadcast)
+            consts[new.input[1]] = (_copying_batch(t1) if node.op_type == "Reshape"
+                                    else np.concatenate([[1], t1[1:]]).astype(np.int64))
             return new
     raise MemseInputError(f"{label}: node '{name}' ({node.op_type}) computes with the batch size (from a Shape); "
-                          f"only a Reshape that keeps the batch as its leading size is supported: export with "
-                          f"Flatten, or with a fixed batch")
+                          f"only a Reshape or Expand that keeps the batch as its leading size is supported: "
+                          f"export with Flatten, or with a fixed batch")
 
 
 def _complete_shapes(rule, attrs: dict, node: onnx.NodeProto, operands: list[str], shapes: dict, consts: dict,
@@ -272,14 +322,23 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
             _fold_shape(node, shapes, symbols.get(node.input[0], ()), symbols[x_vi.name][0], consts,
                         batch_dependent, label)
             continue
-        if all((not n) or n in consts for n in node.input):
-            _fold(node, consts, batch_dependent, opset)
-            continue
         name = node.name or f"{node.op_type}_{idx}"
         while name in used_names:
             name = f"{name}_{idx}"
+        synthetic = _batch_broadcast(node, name, x_vi.name, consts, batch_dependent, export_batch)
+        if synthetic is not None:
+            node = synthetic
+        elif all((not n) or n in consts for n in node.input):
+            try:
+                _fold(node, consts, batch_dependent, opset)
+            except Exception as exc:          # onnx.reference's own errors: one line naming the node
+                raise MemseInputError(f"{label}: node '{name}' ({node.op_type}) could not be evaluated on its "
+                                      f"constant inputs{_batch_hint(export_batch)} ({_first_line(exc)})") from None
+            continue
         used_names.add(name)
         rule = rule_for(node.op_type)
+        if rule is not None and rule.internal and synthetic is None:
+            rule = None                  # internal op names are not ONNX ops
         if rule is None:
             raise MemseInputError(f"{label}: unsupported op '{node.op_type}' at node '{name}' "
                                   f"(supported: {', '.join(SUPPORTED_OPS)})")
@@ -296,7 +355,11 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
                 raise MemseInputError(f"{label}: node '{name}' reads '{inp}', which nothing produces")
         attrs = rule.parse(ctx)
         operands = [node.input[i] for i in rule.operands(ctx)]
-        _complete_shapes(rule, attrs, node, operands, shapes, consts, g.tensors)
+        try:
+            _complete_shapes(rule, attrs, node, operands, shapes, consts, g.tensors)
+        except ValueError as exc:
+            raise MemseInputError(f"{label}: node '{name}' ({node.op_type}) does not run at other batch sizes"
+                                  f"{_batch_hint(export_batch)} ({_first_line(exc)})") from None
         g.add_node(name, op=rule.op_types[0] if rule.internal else node.op_type,
                    kind=KIND_WEIGHTED if rule.weighted else KIND_DIGITAL,
                    inputs=operands, outputs=[o for o in node.output if o], attrs=attrs, onnx_node=node)

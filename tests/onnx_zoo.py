@@ -345,6 +345,21 @@ def dense_misc_models() -> list[ZooModel]:
     y = g.op("Unsqueeze", [g.op("Relu", [g.gemm(g.input("x", (N, K)), K, M)]), axis])
     out.append(g.build(g.op("Squeeze", [g.matmul(y, M, 4), axis])))
 
+    g = Builder("class_token_expand")         # ViT: cat([cls.expand(x.shape[0], -1, -1), tokens], 1) + pos
+    x = g.input("x", (N, 4, K))
+    i64 = lambda name, v: g.const(name, np.array(v, np.int64))  # noqa: E731
+    n = g.op("Unsqueeze", [g.op("Gather", [g.op("Shape", [x]), i64("zero", 0)], axis=0), i64("axis0", [0])])
+    target = g.op("Concat", [n, i64("ones", [1, 1])], axis=0)
+    cls = g.op("Expand", [g.vector("cls", (1, 1, M), 1.0), target])
+    y = g.op("Concat", [cls, g.matmul(x, K, M, name="embed")], axis=1)
+    y = g.op("Relu", [g.op("Add", [y, g.vector("pos", (1, 5, M), 0.3)])])
+    out.append(g.build(g.matmul(g.op("Gather", [y, i64("token", 0)], axis=1), M, 4, name="head")))
+
+    g = Builder("expand_signal_features")     # (N, 1, M) broadcast to (N, 3, M) with the batch kept by a 1
+    y = g.op("Unsqueeze", [g.op("Tanh", [g.gemm(g.input("x", (N, K)), K, M)]), g.const("axis", np.array([1]))])
+    y = g.op("Expand", [y, g.const("target", np.array([1, 3, M]))])
+    out.append(g.build(g.matmul(g.op("Add", [y, g.vector("shift", (3, M), 0.5)]), M, 4)))
+
     g = Builder("layer_norm_decomposed")      # torch's nn.LayerNorm below opset 17, fused back by the frontend
     y = g.matmul(g.input("x", (N, 5, K)), K, M)
     d = g.op("Sub", [y, g.op("ReduceMean", [y], axes=[-1])])

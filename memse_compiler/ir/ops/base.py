@@ -141,6 +141,13 @@ class OpRule:
         input errors as independent fails most, so the refined analysis measures that output's variance."""
         return False
 
+    # ---- executor --------------------------------------------------------------------------------
+    def emit(self, node: onnx.NodeProto, attrs: dict, const: Callable[[str, np.ndarray], str]
+             ) -> list[onnx.NodeProto]:
+        """The ONNX nodes the Monte-Carlo executor runs for this digital node: the original one; an internal op
+        with no ONNX counterpart writes its own (`const(hint, value)` adds a constant and returns its name)."""
+        return [node]
+
     # ---- expressions -----------------------------------------------------------------------------
     def expressions(self, attrs: dict, mus: list[sympy.Expr], vs: list[sympy.Expr], node: str
                     ) -> tuple[list[sympy.Expr], list[sympy.Expr]]:

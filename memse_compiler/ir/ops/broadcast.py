@@ -1,0 +1,77 @@
+"""Expand: a signal broadcast over non-batch axes (a copy, exact), and a constant broadcast to the batch (a
+class token, an initial state: `cls.expand(x.shape[0], -1, -1)`), which becomes the internal op
+BatchBroadcast, a signal of variance 0 that only takes its batch size from the data input."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+import sympy
+
+from memse_compiler.ir.ops.base import Linearization, OpRule, register
+from memse_compiler.ir.ops.indexing import CopyRule, _const_ints
+
+
+@register
+class ExpandRule(CopyRule):
+    """Expand of a signal (ONNX's two-way broadcast) with a constant shape that keeps the batch: its leading
+    entry is 1 (the frontend writes 1 where the export computed or fixed the batch size)."""
+    op_types = ("Expand",)
+
+    def parse_copy(self, ctx):
+        target = _const_ints(ctx, 1, "the shape")
+        rank = max(len(ctx.shape(0)), len(target))
+        target = [1] * (rank - len(target)) + target
+        if len(target) > len(ctx.shape(0)) or target[0] != 1:
+            raise ctx.fail(f"expanding to {target} changes the batch axis (only the other axes may grow)")
+        return {"target": target}
+
+    def select(self, attrs, x, fill):
+        shape = np.broadcast_shapes(x.shape, tuple(attrs["target"]))
+        return [np.broadcast_to(x, shape)]
+
+
+@register
+class BatchBroadcastRule(OpRule):
+    """A constant of one sample (`value`, leading axis 1) repeated over the data input's batch. Inputs: the data
+    input (for its batch size only) and the value. Exact, variance 0, no sensitivity to anything."""
+    op_types = ("BatchBroadcast",)
+    internal = True
+
+    def operands(self, ctx):
+        return [0]
+
+    def parse(self, ctx):
+        return {"value": np.asarray(ctx.const(1), np.float64)}
+
+    def _broadcast(self, attrs, x):
+        value = attrs["value"]
+        return np.broadcast_to(value, (x.shape[0],) + value.shape[1:])
+
+    def forward(self, attrs, xs):
+        return [np.array(self._broadcast(attrs, xs[0]))]
+
+    def moments(self, attrs, means, variances):
+        mean = np.array(self._broadcast(attrs, means[0]))
+        return [mean], [np.zeros_like(mean)], Linearization()
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        return [np.zeros(in_shapes[0])]          # the value does not depend on the input's values
+
+    def expressions(self, attrs, mus, vs, node):
+        return [sympy.Symbol(f"const[{node}]")], [sympy.Integer(0)]
+
+    def emit(self, node: onnx.NodeProto, attrs: dict, const: Callable[[str, np.ndarray], str]
+             ) -> list[onnx.NodeProto]:
+        """Shape(x)[:1] ++ [1, ...] -> Expand(value, that): onnxruntime's two-way broadcast repeats the value's
+        leading 1 over the batch."""
+        x, value, out = node.input[0], node.input[1], node.output[0]
+        rank = attrs["value"].ndim
+        ones = const(f"{out}/ones", np.ones(rank - 1, np.int64))
+        begin, end = const(f"{out}/begin", np.zeros(1, np.int64)), const(f"{out}/end", np.ones(1, np.int64))
+        h = onnx.helper
+        return [h.make_node("Shape", [x], [f"{out}/shape_x"], name=f"{node.name}/shape"),
+                h.make_node("Slice", [f"{out}/shape_x", begin, end], [f"{out}/batch"], name=f"{node.name}/batch"),
+                h.make_node("Concat", [f"{out}/batch", ones], [f"{out}/target"], name=f"{node.name}/target", axis=0),
+                h.make_node("Expand", [value, f"{out}/target"], [out], name=node.name)]
