@@ -48,6 +48,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from memse_compiler.chip_batching import chip_batching_obstacle
 from memse_compiler.ir import KIND_INPUT, KIND_OUTPUT, MemseGraph, schedule
+from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.ops import rule_for
@@ -200,7 +201,9 @@ class NoisyExecutor:
         self.programming = pn.sigma > 0 or pn.relative > 0
         opset = int(g.graph.get("opset", 17))
         if opset < MIN_OPSET:
-            raise ValueError(f"the executor needs ONNX opset >= {MIN_OPSET} (model has {opset})")
+            # its digital nodes run as exported, next to Round and tensor-bound Clip/Slice of opset 11
+            raise MemseInputError(f"the Monte-Carlo executor needs ONNX opset >= {MIN_OPSET} (the model has "
+                                  f"{opset}): export it with opset_version >= {MIN_OPSET}")
         self.input_name = g.graph["inputs"][0]
         self.aliases: dict[str, str] = {}
         self.plans: list[_LayerPlan] = []

@@ -200,6 +200,11 @@ def block_models() -> list[ZooModel]:
              coordinate_transformation_mode="asymmetric", nearest_mode="floor")
     out.append(g.build(g.op("Relu", [g.conv(y, 6, 4, pads=[1, 1, 1, 1], name="conv2")])))
 
+    g = Builder("upsample_opset9_linear", opset=9)      # an old export: Upsample, upgraded to Resize at load
+    y = g.op("Relu", [g.conv(_image(g, h=4, w=4), C, 6, pads=[1, 1, 1, 1], name="conv1")])
+    y = g.op("Upsample", [y, g.const("scales", np.array([1, 1, 2, 1.5], np.float32))], mode="linear")
+    out.append(g.build(g.op("Relu", [g.conv(y, 6, 4, pads=[1, 1, 1, 1], name="conv2")])))
+
     g = Builder("upsample_bilinear_conv")              # bilinear, align_corners=False (pytorch_half_pixel)
     y = g.op("Relu", [g.conv(_image(g, h=4, w=4), C, 6, pads=[1, 1, 1, 1], name="conv1")])
     y = g.op("Resize", [y, "", g.const("scales", np.array([1, 1, 2, 2], np.float32))], mode="linear",

@@ -27,7 +27,8 @@ def _node_case(op: str, consts: dict, opset: int = 17, x: np.ndarray = X, n_out:
     expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
     shapes = {"x": (None,) + x.shape[1:]}
     ctx = ParseContext(node=node, node_name="node_under_test", consts={k: np.asarray(v) for k, v in consts.items()
-                                                                       if v is not None}, shapes=shapes)
+                                                                       if v is not None}, shapes=shapes,
+                        opset=opset)
     rule = rule_for(op)
     attrs_parsed = rule.parse(ctx)
     got = rule.forward(attrs_parsed, [x.astype(np.float64)])
@@ -62,6 +63,23 @@ def test_resize_matches_onnxruntime(mode, nearest, coordinate, scales):
     np.testing.assert_allclose((g * rule.forward(attrs, [u])[0]).sum(), (gin * u).sum(), rtol=1e-10)
     if mode == "nearest":
         np.testing.assert_allclose(var, rule.forward(attrs, [v])[0])
+
+
+@pytest.mark.parametrize("op,opset,scales", [("Upsample", 9, (1, 1, 2, 3)), ("Upsample", 9, (1, 1, 2.5, 1.7)),
+                                              ("Resize", 10, (1, 1, 2.5, 1.7)), ("Resize", 10, (1, 1, 0.5, 1.5)),
+                                              ("Upsample", 7, (1, 1, 2, 1.5))])
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_legacy_upsample_and_resize_match_onnxruntime(op, opset, scales, mode):
+    """Upsample (opset 7-9) and Resize-10: asymmetric coordinates, floor rounding; opset-10 nearest downsampling
+    is refused (onnxruntime's follows none of the documented modes)."""
+    scales = np.array(scales, np.float32)
+    consts, attrs = ({}, {"scales": [float(v) for v in scales]}) if opset < 9 else ({"scales": scales}, {})
+    if op == "Resize" and mode == "nearest" and scales.min() < 1:
+        with pytest.raises(MemseInputError, match="opset-10 nearest downsampling is not supported"):
+            _node_case(op, consts, opset=opset, mode=mode, **attrs)
+        return
+    got, expected, _, _ = _node_case(op, consts, opset=opset, mode=mode, **attrs)
+    _assert_same(got, expected)
 
 
 def test_resize_by_sizes_on_the_spatial_axes():
@@ -178,4 +196,58 @@ def test_conv_transpose_refusals_name_the_node(attrs, message):
     from memse_compiler.frontend import build_graph
     model = _conv_transpose_model(3, 2, 1, (2, 2), (4, 4), **attrs)
     with pytest.raises(MemseInputError, match="node 'deconv' \\(ConvTranspose\\): " + message):
+        build_graph(model)
+
+
+def _old_upsample_model(opset: int, mode: str, scales) -> onnx.ModelProto:
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(scales, np.float32), "scales")]
+    op = "Upsample" if opset < 10 else "Resize"
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c"], ["r"], name="clip", min=0.0, max=6.0),          # opset < 11 form
+             helper.make_node(op, ["r", "scales"], ["y"], name="up", mode=mode)]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                                                               ir_version=7))
+
+
+@pytest.mark.parametrize("opset,mode", [(9, "linear"), (9, "nearest"), (10, "linear")])
+def test_old_models_are_upgraded_to_opset_11_with_their_results(opset, mode):
+    """The version converter's Resize gets Upsample's asymmetric/floor modes written out (it leaves the default
+    half_pixel, which moved linear results by up to 0.77 on a coverage model)."""
+    from memse_compiler.frontend import build_graph
+    model = _old_upsample_model(opset, mode, [1, 1, 2, 1.5])
+    x = np.random.default_rng(12).standard_normal((3, 3, 4, 5)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    g = build_graph(model)
+    assert g.graph["opset"] == 11 and g.nodes["up"]["op"] == "Resize"
+    from memse_compiler.ir.interpret import run
+    np.testing.assert_allclose(run(g, x.astype(np.float64))["y"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_upgrade_that_changes_the_results_is_not_taken(monkeypatch):
+    """The guard: a conversion whose onnxruntime outputs differ on the probe batch leaves the model as it was."""
+    from onnx import version_converter
+
+    from memse_compiler.frontend import upgrade_opset
+    model = _old_upsample_model(9, "nearest", [1, 1, 2, 2])
+    real = version_converter.convert_version
+
+    def corrupting(m, target):
+        out = real(m, target)
+        w = numpy_helper.to_array(out.graph.initializer[0]) * 2
+        out.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, out.graph.initializer[0].name))
+        return out
+    monkeypatch.setattr(version_converter, "convert_version", corrupting)
+    assert upgrade_opset(model) is model
+    monkeypatch.setattr(version_converter, "convert_version", real)
+    assert upgrade_opset(model).opset_import[0].version == 11
+
+
+def test_resize10_nearest_downsampling_is_not_upgraded_and_is_refused():
+    from memse_compiler.frontend import build_graph
+    model = _old_upsample_model(10, "nearest", [1, 1, 0.5, 2])
+    with pytest.raises(MemseInputError, match="node 'up' \\(Resize\\): opset-10 nearest downsampling"):
         build_graph(model)

@@ -253,8 +253,11 @@ def resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coordinate: st
 @register
 class ResizeRule(OpRule):
     """Resize, nearest or (bi)linear, of non-batch axes: y = A_1 ... A_k x, one matrix per resized axis.
-    Linear in the input, so moments are exact for independent elements (var through A^2), like a pool."""
-    op_types = ("Resize",)
+    Linear in the input, so moments are exact for independent elements (var through A^2), like a pool.
+    Upsample (opset 7-9) and Resize-10 are the asymmetric coordinate mapping with floor rounding, as onnxruntime
+    computes them (it rejects Upsample scales below 1, and its Resize-10 nearest downsampling follows no
+    documented mode, so that form is refused)."""
+    op_types = ("Resize", "Upsample")
 
     def operands(self, ctx):
         return [0]
@@ -279,15 +282,19 @@ class ResizeRule(OpRule):
             raise ctx.fail("antialias=1 is not supported")
         if text("keep_aspect_ratio_policy", "stretch") != "stretch":
             raise ctx.fail("keep_aspect_ratio_policy other than 'stretch' is not supported")
-        if len(ctx.node.input) < 2:
-            raise ctx.fail("Resize before opset 11 is not supported")
         axes = ctx.attr("axes")
         axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
-        scales = ctx.const(2) if len(ctx.node.input) > 2 and ctx.node.input[2] else None
-        sizes = ctx.const(3) if len(ctx.node.input) > 3 and ctx.node.input[3] else None
-        if (len(ctx.node.input) > 2 and ctx.node.input[2] and scales is None) or \
-                (len(ctx.node.input) > 3 and ctx.node.input[3] and sizes is None):
-            raise ctx.fail("the scales and sizes must be constants")
+        if ctx.node.op_type == "Upsample" or ctx.opset < 11:
+            scales, sizes = self._legacy_scales(ctx), None
+            coordinate, nearest = "asymmetric", "floor"
+            if ctx.node.op_type == "Resize" and mode == "nearest" and min(np.ravel(scales)) < 1:
+                raise ctx.fail("opset-10 nearest downsampling is not supported (export at opset 11 or later)")
+        else:
+            scales = ctx.const(2) if len(ctx.node.input) > 2 and ctx.node.input[2] else None
+            sizes = ctx.const(3) if len(ctx.node.input) > 3 and ctx.node.input[3] else None
+            if (len(ctx.node.input) > 2 and ctx.node.input[2] and scales is None) or \
+                    (len(ctx.node.input) > 3 and ctx.node.input[3] and sizes is None):
+                raise ctx.fail("the scales and sizes must be constants")
         if scales is not None and np.size(scales):
             scale = dict(zip(axes, (float(s) for s in np.ravel(scales))))
             out = {a: int(np.floor(shape[a] * scale[a])) for a in axes if a}
@@ -309,6 +316,19 @@ class ResizeRule(OpRule):
                 raise ctx.fail(f"axis {a} would be resized to {out[a]} elements")
             matrices[a] = resize_matrix(shape[a], out[a], scale[a], mode, coordinate, nearest)
         return {"mode": mode, "matrices": matrices}
+
+    @staticmethod
+    def _legacy_scales(ctx) -> np.ndarray:
+        """Upsample-7/8's `scales` attribute, or the scales input of Upsample-9 and Resize-10."""
+        if len(ctx.node.input) > 1 and ctx.node.input[1]:
+            scales = ctx.const(1)
+            if scales is None:
+                raise ctx.fail("the scales must be a constant")
+            return scales
+        scales = ctx.attr("scales")
+        if scales is None:
+            raise ctx.fail("no scales given")
+        return np.asarray(scales, float)
 
     @staticmethod
     def _apply(matrices: dict, x: np.ndarray, transpose: bool = False) -> np.ndarray:
