@@ -177,8 +177,8 @@ class Dac(_Section):
 class Adc(_Section):
     """Output analog-to-digital converter (one conversion per output per row tile)."""
     SECTION: ClassVar[str] = "adc"
-    bits: Union[int, None] = _field(None, "int", "resolution; null = ideal (no quantization)",
-                                    nullable=True, ge=1, le=16)
+    bits: Union[int, None] = _field(None, "int", "resolution (signed codes, so at least 2 bits: 1 bit leaves only "
+                                    "the code 0); null = ideal (no quantization)", nullable=True, ge=2, le=16)
     headroom: float = _field(1.0, "float", "full-scale range = headroom * max|partial sum| of the tile",
                              gt=0.0)
     energy: Union[float, None] = _field(None, "float", f"energy per conversion; null = Walden default "

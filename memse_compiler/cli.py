@@ -55,7 +55,7 @@ def _load_extensions() -> None:
 
 def run(args: argparse.Namespace) -> int:
     from memse_compiler.frontend import build_graph
-    from memse_compiler.pipeline import default_pipeline, load_inputs, synthetic_inputs
+    from memse_compiler.pipeline import check_batch, default_pipeline, load_inputs, synthetic_inputs
     from memse_compiler.ir.pass_base import PassContext
     from memse_compiler.report import build_report, hardware_table, outputs_table, write_report
 
@@ -67,9 +67,10 @@ def run(args: argparse.Namespace) -> int:
     x_name = g.graph["inputs"][0]
     shape = g.tensors[x_name]
     if args.inputs:
-        x = load_inputs(args.inputs, shape, x_name, args.batch)
+        x = load_inputs(args.inputs, shape, x_name, args.batch or shape[0])
     else:
-        x = synthetic_inputs(shape, args.batch or 64, args.seed)
+        x = synthetic_inputs(shape, args.batch or shape[0] or 64, args.seed)
+    check_batch(shape, len(x))
     options = {"seed": args.seed}
     for hook in EXTENSIONS:
         hook.configure(args, options)

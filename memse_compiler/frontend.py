@@ -367,6 +367,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     producers = {x_vi.name: f"input:{x_vi.name}"}
     used_names: set[str] = set()
 
+    batch_fixed = False                 # set by a layer that sums over the input's axis 0
     pending = list(graph.node)          # a rule may expand a node into others, parsed next
     idx = -1
     while pending:
@@ -415,6 +416,13 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
                 raise MemseInputError(f"{label}: node '{name}' reads '{inp}', which nothing produces")
         attrs = rule.parse(ctx)
         operands = [node.input[i] for i in rule.operands(ctx)]
+        if rule.weighted and getattr(attrs["layer"].geometry, "in_columns", False) and \
+                shapes.get(attrs["layer"].input, (0,))[0] is None:
+            # the activation's axis 0 is summed over (Gemm transA=1, a constant left operand): no batch there
+            if export_batch is None:
+                raise MemseInputError(f"{label}: node '{name}' ({node.op_type}) sums over axis 0 of its input, which "
+                                      f"the model declares as the batch axis")
+            batch_fixed = True
         try:
             _complete_shapes(rule, attrs, node, operands, shapes, consts, g.tensors)
         except ValueError as exc:
@@ -437,5 +445,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         g.add_signal(producers[out], f"output:{out}", out)
     if not any(d["kind"] == KIND_WEIGHTED for _, d in g.nodes(data=True)):
         raise MemseInputError(f"{label}: no weighted op (Gemm, MatMul or Conv with constant weights) to map")
+    if batch_fixed:                     # the export's batch is the only one the model runs at
+        g.tensors[x_vi.name] = (export_batch,) + tuple(g.tensors[x_vi.name][1:])
     g.rebuild_producers()
     return g

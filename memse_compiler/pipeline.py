@@ -51,6 +51,14 @@ def default_pipeline(analysis: bool = True) -> Pipeline:
     return Pipeline(lowering_passes() + (analysis_passes() if analysis else []))
 
 
+def check_batch(shape: Sequence[int | None], n: int) -> None:
+    """A model whose batch stays fixed (frontend.batch_generic could not free it, or a layer sums over the
+    input's axis 0) runs on exactly that many inputs."""
+    if shape[0] is not None and n != shape[0]:
+        raise MemseInputError(f"the model fixes its batch at {shape[0]} and {n} inputs were given: "
+                              f"evaluate {shape[0]} (--batch {shape[0]}) or export with a dynamic batch axis")
+
+
 def synthetic_inputs(shape: Sequence[int | None], batch: int, seed: int) -> np.ndarray:
     """The documented default evaluation batch: uniform on [0, 1) (normalised image-like inputs)."""
     rng = np.random.default_rng(seed)
@@ -108,9 +116,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, device, inputs: np
         inputs = synthetic_inputs(shape, batch, seed)
     elif tuple(np.shape(inputs)[1:]) != tuple(shape[1:]):
         raise MemseInputError(f"inputs of shape {np.shape(inputs)} do not match the model input {shape}")
-    if shape[0] is not None and len(inputs) != shape[0]:     # frontend.batch_generic could not free it
-        raise MemseInputError(f"the model fixes its batch at {shape[0]} and {len(inputs)} inputs were given: "
-                              f"evaluate {shape[0]} (--batch {shape[0]}) or export with a dynamic batch axis")
+    check_batch(shape, len(inputs))
     ctx = PassContext(device=device, inputs=np.asarray(inputs, dtype=np.float64),
                       options={"seed": seed, **(options or {})})
     g.graph["device"] = device

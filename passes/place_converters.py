@@ -12,6 +12,9 @@ def calibrate_layer(layer, x_ref: np.ndarray, dac_bits, adc_bits, headroom: floa
     layer.dac_bits, layer.adc_bits = dac_bits, adc_bits
     layer.dac_range = float(np.abs(x_ref).max()) if x_ref.size else 0.0
     layer.dac_signed = bool((x_ref < 0).any())
+    if layer.dac_signed and dac_bits == 1:
+        raise MemseInputError(f"layer '{layer.name}': its input takes negative values, so its DAC is signed, and a "
+                              f"signed 1-bit DAC has only the code 0: use dac.bits >= 2")
     # float partial sums of every tile: one ADC range per tile
     ps = np.abs(layer.partial_sums(layer.vectors(x_ref), layer.augmented_weight())).max(axis=(0, 1))  # G, R, O
     pad = layer.col_tiles * layer.outs_per_tile - layer.outs

@@ -121,3 +121,11 @@ def test_tune_allocator_sets_glibc_thresholds_once():
     assert tune_allocator() is done
     after = compile_model(str(EXAMPLES / "cnn_digits.onnx"), load_device("rram"), x)[0].graph["analysis"]
     assert after["outputs"]["logits"]["mse"] == before["outputs"]["logits"]["mse"]
+
+
+def test_a_signed_one_bit_dac_names_the_layer(capsys, tmp_path):
+    """Inputs with negative values make the first layer's DAC signed: 1 bit would leave only the code 0."""
+    x = tmp_path / "x.npy"
+    np.save(x, np.load(EXAMPLES / "digits_inputs.npy")[:16] - 0.5)
+    code, _, err = run_cli(capsys, CNN, "--device", "rram", "--inputs", str(x), "--set", "dac.bits=1")
+    assert_user_error(code, err, "its input takes negative values", "dac.bits >= 2")

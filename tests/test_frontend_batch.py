@@ -136,3 +136,19 @@ def test_shapes_onnx_cannot_infer_are_completed():
     np.testing.assert_allclose(g.graph["reference"]["out"], want, rtol=1e-5, atol=1e-6)
     mc = run_montecarlo(g, DEVICE, x, chips=3, progress=False)
     assert mc["chips"] == 3 and np.isfinite(mc["outputs"]["out"]["mse"])
+
+
+def test_a_layer_summing_over_the_input_axis_0_keeps_the_export_batch(tmp_path, capsys):
+    """Gemm transA=1 on the input: its axis 0 is summed over, so it is no batch. The CLI evaluates the export's
+    batch by default and refuses any other in one line (a batch of 1 used to broadcast silently, then crash)."""
+    from onnx_zoo import op_coverage_models
+    zm = next(m for m in op_coverage_models() if m.name == "gemm_transa_transb0")
+    path = tmp_path / "m.onnx"
+    onnx.save(zm.model, path)
+    assert main([str(path), "--device", "rram"]) == 0
+    assert "inputs 12 x (3,)" in capsys.readouterr().out
+    assert main([str(path), "--device", "rram", "--batch", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fixes its batch at 12 and 1 inputs were given" in err[0]
+    with pytest.raises(MemseInputError, match="fixes its batch at 12"):
+        compile_model(zm.model, "rram", np.zeros((1, 3)))
