@@ -360,6 +360,17 @@ def dense_misc_models() -> list[ZooModel]:
     y = g.op("Expand", [y, g.const("target", np.array([1, 3, M]))])
     out.append(g.build(g.matmul(g.op("Add", [y, g.vector("shift", (3, M), 0.5)]), M, 4)))
 
+    g = Builder("l2_normalize_features")      # F.normalize: x / max(||x||_2, eps), a ReduceL2 and a division
+    y = g.gemm(g.input("x", (N, K)), K, M)
+    norm = g.op("ReduceL2", [y], axes=[-1], keepdims=1)
+    y = g.op("Div", [y, g.op("Clip", [norm, g.const("eps", np.float32(1e-12)), ""])])
+    out.append(g.build(g.gemm(g.op("Cast", [y], to=TensorProto.FLOAT), M, 4, name="fc2")))
+
+    g = Builder("tile_and_reduce_variants")   # x.repeat(1, 2, 1); sum of squares, L1 and log-sum-exp per token
+    y = g.op("Tile", [g.matmul(g.input("x", (N, 3, K)), K, M), g.const("repeats", np.array([1, 2, 1]))])
+    parts = [g.op(op, [y], axes=[-1], keepdims=1) for op in ("ReduceSumSquare", "ReduceL1", "ReduceLogSumExp")]
+    out.append(g.build(g.matmul(g.op("Concat", parts, axis=-1), 3, 4, name="out")))
+
     g = Builder("layer_norm_decomposed")      # torch's nn.LayerNorm below opset 17, fused back by the frontend
     y = g.matmul(g.input("x", (N, 5, K)), K, M)
     d = g.op("Sub", [y, g.op("ReduceMean", [y], axes=[-1])])

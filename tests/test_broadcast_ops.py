@@ -108,3 +108,47 @@ def test_expand_that_grows_the_batch_is_refused():
                                {"target": np.array([2, T, M])}, x_shape=("N", T, K))
     with pytest.raises(MemseInputError, match="node 'grow' \\(Expand\\): expanding to \\[2, 3, 5\\] changes the batch"):
         compile_model(model, "rram", np.zeros((1, T, K)))
+
+
+def _single(op: str, opset: int, x_shape, inits: dict, out_type=TensorProto.FLOAT, **attrs) -> onnx.ModelProto:
+    rng = np.random.default_rng(13)
+    w = numpy_helper.from_array(rng.standard_normal((x_shape[-1], x_shape[-1])).astype(np.float32), "w")
+    consts = [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node(op, ["h"] + list(inits), ["y"], name="node", **attrs)]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"] + list(x_shape))],
+                              [helper.make_tensor_value_info("y", out_type, None)], initializer=[w] + consts)
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                                                               ir_version=8))
+
+
+@pytest.mark.parametrize("op", ["ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSumExp"])
+@pytest.mark.parametrize("opset,axes_input", [(11, False), (17, False), (18, True)])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_composite_reductions_match_onnxruntime(op, opset, axes_input, keepdims):
+    """Expanded into x*x / |x| / exp x, ReduceSum, Sqrt / Log; the last node keeps the reduction's name."""
+    from memse_compiler.frontend import build_graph
+    from memse_compiler.ir.interpret import run
+    axes = np.array([1, -1], np.int64)
+    model = _single(op, opset, (3, 4), {"axes": axes} if axes_input else {}, keepdims=keepdims,
+                    **({} if axes_input else {"axes": [1, -1]}))
+    x = np.random.default_rng(14).standard_normal((5, 3, 4)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    g = build_graph(model)
+    np.testing.assert_allclose(run(g, x.astype(np.float64))["y"], want, rtol=1e-5, atol=1e-5)
+    assert "node" in g.nodes and g.nodes["node"]["outputs"] == ["y"]
+
+
+def test_tile_and_cast_match_onnxruntime_and_refuse_what_they_cannot_map():
+    from memse_compiler.frontend import build_graph
+    from memse_compiler.ir.interpret import run
+    x = np.random.default_rng(15).standard_normal((5, 3, 4)).astype(np.float32)
+    for op, inits, attrs in (("Tile", {"r": np.array([1, 2, 3], np.int64)}, {}),
+                             ("Cast", {}, {"to": TensorProto.FLOAT})):
+        model = _single(op, 17, (3, 4), inits, **attrs)
+        want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+        np.testing.assert_allclose(run(build_graph(model), x.astype(np.float64))["y"], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(MemseInputError, match="node 'node' \\(Tile\\): repeats \\[2, 1, 1\\] must give every axis"):
+        build_graph(_single("Tile", 17, (3, 4), {"r": np.array([2, 1, 1], np.int64)}))
+    with pytest.raises(MemseInputError, match="node 'node' \\(Cast\\): a cast of a signal to INT64 is not supported"):
+        build_graph(_single("Cast", 17, (3, 4), {}, out_type=TensorProto.INT64, to=TensorProto.INT64))

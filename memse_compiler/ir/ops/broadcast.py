@@ -1,4 +1,5 @@
-"""Expand: a signal broadcast over non-batch axes (a copy, exact), and a constant broadcast to the batch (a
+"""Expand and Tile: a signal broadcast or repeated over non-batch axes (a copy, exact), and a constant broadcast
+to the batch (a
 class token, an initial state: `cls.expand(x.shape[0], -1, -1)`), which becomes the internal op
 BatchBroadcast, a signal of variance 0 that only takes its batch size from the data input."""
 from __future__ import annotations
@@ -30,6 +31,21 @@ class ExpandRule(CopyRule):
     def select(self, attrs, x, fill):
         shape = np.broadcast_shapes(x.shape, tuple(attrs["target"]))
         return [np.broadcast_to(x, shape)]
+
+
+@register
+class TileRule(CopyRule):
+    """Tile of a signal (`x.repeat(1, k, ...)`) with constant repeats, 1 along the batch."""
+    op_types = ("Tile",)
+
+    def parse_copy(self, ctx):
+        repeats = _const_ints(ctx, 1, "the repeats")
+        if repeats is None or len(repeats) != len(ctx.shape(0)) or repeats[0] != 1:
+            raise ctx.fail(f"repeats {repeats} must give every axis, with 1 for the batch axis")
+        return {"repeats": repeats}
+
+    def select(self, attrs, x, fill):
+        return [np.tile(x, attrs["repeats"])]
 
 
 @register

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import sympy
 
 from memse_compiler.ir import stats
@@ -42,6 +43,19 @@ class IdentityRule(ShapeRule):
 
     def move(self, attrs, x):
         return x
+
+
+@register
+class CastRule(IdentityRule):
+    """Cast of a signal to float or double (`x.float()`): the identity here, where signals are float64."""
+    op_types = ("Cast",)
+
+    def parse(self, ctx):
+        to = int(ctx.attr("to", 0))
+        if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+            raise ctx.fail(f"a cast of a signal to {onnx.TensorProto.DataType.Name(to)} is not supported "
+                           f"(only to FLOAT or DOUBLE)")
+        return {}
 
 
 @register

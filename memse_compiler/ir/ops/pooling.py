@@ -206,3 +206,40 @@ class ReduceMeanRule(OpRule):
             g = np.expand_dims(g, attrs["axes"])
         n = self._count(attrs, in_shapes[0]) if attrs["mean"] else 1
         return [np.broadcast_to(g / n, in_shapes[0]).copy()]
+
+
+@register
+class ReduceCompositeRule(OpRule):
+    """ReduceSumSquare, ReduceL2, ReduceL1, ReduceLogSumExp: written as the exact compositions they are
+    (x * x, |x| or exp x, then ReduceSum, then Sqrt or Log), so each step gets its own rule's moments (the
+    square of one variable is exact, not two independent factors)."""
+    op_types = ("ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSumExp")
+    STEPS = {"ReduceSumSquare": ("Mul", None), "ReduceL2": ("Mul", "Sqrt"), "ReduceL1": ("Abs", None),
+             "ReduceLogSumExp": ("Exp", "Log")}
+
+    def expand(self, ctx):
+        from onnx import helper
+        before, after = self.STEPS[ctx.node.op_type]
+        x, base, out = ctx.node.input[0], ctx.node_name, ctx.node.output[0]
+        axes = ctx.const(1) if len(ctx.node.input) > 1 and ctx.node.input[1] else ctx.attr("axes")
+        if len(ctx.node.input) > 1 and ctx.node.input[1] and axes is None:
+            raise ctx.fail("the axes must be a constant")
+        keep = {"keepdims": int(ctx.attr("keepdims", 1)),
+                "noop_with_empty_axes": int(ctx.attr("noop_with_empty_axes", 0))}
+        first = helper.make_node(before, [x, x] if before == "Mul" else [x], [f"{base}/{before.lower()}_out"],
+                                 name=f"{base}/{before.lower()}")
+        sum_inputs = [first.output[0]]
+        if axes is not None and np.size(axes):
+            if ctx.opset >= 13:            # ReduceSum takes its axes as an input from opset 13
+                ctx.consts[f"{base}/axes"] = np.asarray(np.ravel(axes), np.int64)
+                sum_inputs.append(f"{base}/axes")
+            else:
+                keep["axes"] = [int(a) for a in np.ravel(axes)]
+        if ctx.opset < 13:
+            keep.pop("noop_with_empty_axes")
+        total = helper.make_node("ReduceSum", sum_inputs, [out if after is None else f"{base}/sum_out"],
+                                 name=base if after is None else f"{base}/sum", **keep)
+        nodes = [first, total]
+        if after is not None:
+            nodes.append(helper.make_node(after, [total.output[0]], [out], name=base))
+        return nodes
