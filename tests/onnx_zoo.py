@@ -371,6 +371,12 @@ def dense_misc_models() -> list[ZooModel]:
     parts = [g.op(op, [y], axes=[-1], keepdims=1) for op in ("ReduceSumSquare", "ReduceL1", "ReduceLogSumExp")]
     out.append(g.build(g.matmul(g.op("Concat", parts, axis=-1), 3, 4, name="out")))
 
+    g = Builder("reduce_max_min_tokens")      # a text CNN's max over tokens, and a min over features, kept
+    y = g.matmul(g.input("x", (N, 6, K)), K, M)
+    hi = g.op("ReduceMax", [y], axes=[1], keepdims=0)
+    lo = g.op("ReduceMin", [y], axes=[-1], keepdims=1)
+    out.append(g.build([g.gemm(hi, M, 4, name="fc_hi"), g.matmul(lo, 1, 3, name="fc_lo")]))
+
     g = Builder("layer_norm_decomposed")      # torch's nn.LayerNorm below opset 17, fused back by the frontend
     y = g.matmul(g.input("x", (N, 5, K)), K, M)
     d = g.op("Sub", [y, g.op("ReduceMean", [y], axes=[-1])])

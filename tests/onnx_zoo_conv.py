@@ -205,6 +205,10 @@ def block_models() -> list[ZooModel]:
     y = g.op("Upsample", [y, g.const("scales", np.array([1, 1, 2, 1.5], np.float32))], mode="linear")
     out.append(g.build(g.op("Relu", [g.conv(y, 6, 4, pads=[1, 1, 1, 1], name="conv2")])))
 
+    g = Builder("global_max_pool_head")                # Keras-style GlobalMaxPooling2D before the classifier
+    y = g.op("GlobalMaxPool", [g.op("Relu", [g.conv(_image(g, h=5, w=5), C, 6, name="conv1")])])
+    out.append(g.build(g.gemm(g.op("Flatten", [y]), 6, 4, name="fc")))
+
     g = Builder("upsample_bilinear_conv")              # bilinear, align_corners=False (pytorch_half_pixel)
     y = g.op("Relu", [g.conv(_image(g, h=4, w=4), C, 6, pads=[1, 1, 1, 1], name="conv1")])
     y = g.op("Resize", [y, "", g.const("scales", np.array([1, 1, 2, 2], np.float32))], mode="linear",

@@ -152,3 +152,23 @@ def test_tile_and_cast_match_onnxruntime_and_refuse_what_they_cannot_map():
         build_graph(_single("Tile", 17, (3, 4), {"r": np.array([2, 1, 1], np.int64)}))
     with pytest.raises(MemseInputError, match="node 'node' \\(Cast\\): a cast of a signal to INT64 is not supported"):
         build_graph(_single("Cast", 17, (3, 4), {}, out_type=TensorProto.INT64, to=TensorProto.INT64))
+
+
+@pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin"])
+@pytest.mark.parametrize("axes,keepdims", [([1], 0), ([-1], 1), ([1, 2], 1), ([2], 0)])
+def test_max_reductions_are_max_pools(op, axes, keepdims):
+    """ReduceMax/ReduceMin over any non-batch axes against onnxruntime, through Transpose, Reshape, MaxPool."""
+    from memse_compiler.frontend import build_graph
+    from memse_compiler.ir.interpret import run
+    model = _single(op, 17, (3, 4), {}, axes=axes, keepdims=keepdims)
+    x = np.random.default_rng(16).standard_normal((5, 3, 4)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    g = build_graph(model)
+    np.testing.assert_allclose(run(g, x.astype(np.float64))["y"], want, rtol=1e-6, atol=1e-6)
+    assert g.nodes["node/pool"]["op"] == "MaxPool"
+
+
+def test_reduce_max_over_the_batch_is_refused():
+    from memse_compiler.frontend import build_graph
+    with pytest.raises(MemseInputError, match="node 'node' \\(ReduceMax\\): reducing over the batch axis"):
+        build_graph(_single("ReduceMax", 17, (3, 4), {}, axes=[0, 1]))

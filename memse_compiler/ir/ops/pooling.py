@@ -243,3 +243,52 @@ class ReduceCompositeRule(OpRule):
         if after is not None:
             nodes.append(helper.make_node(after, [total.output[0]], [out], name=base))
         return nodes
+
+
+@register
+class ReduceMaxRule(OpRule):
+    """ReduceMax / ReduceMin over non-batch axes and GlobalMaxPool, as the MaxPool they are: the reduced axes
+    moved last (Transpose) and flattened (Reshape) to (N, kept, reduced), a 1-D MaxPool over the whole length
+    (Clark's moments, with the refined window correlation), then the output shape (Reshape); min = -max(-x)."""
+    op_types = ("ReduceMax", "ReduceMin", "GlobalMaxPool")
+
+    def expand(self, ctx):
+        from onnx import helper
+        shape, op = ctx.shape(0), ctx.node.op_type
+        rank = len(shape)
+        if op == "GlobalMaxPool":
+            axes, keepdims = list(range(2, rank)), 1
+        else:
+            axes = ctx.const(1) if len(ctx.node.input) > 1 and ctx.node.input[1] else ctx.attr("axes")
+            if len(ctx.node.input) > 1 and ctx.node.input[1] and axes is None:
+                raise ctx.fail("the axes must be a constant")
+            axes = list(range(rank)) if axes is None or np.size(axes) == 0 else [int(a) % rank for a in np.ravel(axes)]
+            keepdims = int(ctx.attr("keepdims", 1))
+        if 0 in axes:
+            raise ctx.fail("reducing over the batch axis (0) is not supported")
+        if any(d is None for d in shape[1:]):
+            raise ctx.fail(f"the input needs a static shape past the batch axis, not {shape}")
+        reduced = sorted(set(axes))
+        kept = [a for a in range(1, rank) if a not in reduced]
+        base, x, nodes = ctx.node_name, ctx.node.input[0], []
+
+        def add(label, op_type, inputs, **attrs):
+            nodes.append(helper.make_node(op_type, inputs, [f"{base}/{label}_out"], name=f"{base}/{label}", **attrs))
+            return nodes[-1].output[0]
+
+        def ints(label, values):
+            ctx.consts[f"{base}/{label}"] = np.asarray(values, np.int64)
+            return f"{base}/{label}"
+        perm = [0] + kept + reduced
+        if perm != list(range(rank)):
+            x = add("move", "Transpose", [x], perm=perm)
+        length = int(np.prod([shape[a] for a in reduced]))
+        x = add("flatten", "Reshape", [x, ints("flat", [0, int(np.prod([shape[a] for a in kept])), length])])
+        if op == "ReduceMin":
+            x = add("negate", "Neg", [x])
+        x = add("pool", "MaxPool", [x], kernel_shape=[length])
+        if op == "ReduceMin":
+            x = add("negate_back", "Neg", [x])
+        out = [shape[a] for a in kept] if not keepdims else [1 if a in reduced else shape[a] for a in range(1, rank)]
+        nodes.append(helper.make_node("Reshape", [x, ints("shape", [0] + out)], [ctx.node.output[0]], name=base))
+        return nodes
