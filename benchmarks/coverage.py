@@ -40,7 +40,7 @@ ADDED = ["gather_class_token", "gather_features_repeated", "split_tokens_three_w
          "act_log_of_exp_plus_one", "act_pow_fractional", "unsqueeze_squeeze", "layer_norm_decomposed",
          "rms_norm_decomposed", "div_by_signal", "max_min_of_branches", "class_token_expand",
          "expand_signal_features", "l2_normalize_features", "tile_and_reduce_variants", "reduce_max_min_tokens",
-         "global_max_pool_head"]
+         "global_max_pool_head", "interpolate_to_size"]
 
 
 def jittered_inputs(x: np.ndarray, n: int = 24) -> np.ndarray:

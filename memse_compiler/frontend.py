@@ -292,6 +292,14 @@ def _copy_batch(node: onnx.NodeProto, name: str, consts: dict, batch_dependent: 
     used = [i for i, n in enumerate(node.input) if n in batch_dependent]
     if not used:
         return node
+    if node.op_type == "Resize" and used == [3]:          # F.interpolate(x, size=...): [N, C, H, W] sizes
+        t1, t2 = consts[node.input[3]].reshape(-1), batch_dependent[node.input[3]].reshape(-1)
+        if t1.size and (t1[0], t2[0]) == BATCH_PROBES and np.array_equal(t1[1:], t2[1:]):
+            new = onnx.NodeProto()
+            new.CopyFrom(node)
+            new.input[3] = f"{node.input[3]}__batch_kept"
+            consts[new.input[3]] = np.concatenate([[0], t1[1:]]).astype(np.int64)   # 0: the Resize rule's mark
+            return new
     if node.op_type in ("Reshape", "Expand") and used == [1] and not _allows_zero(node):
         t1, t2 = consts[node.input[1]].reshape(-1), batch_dependent[node.input[1]].reshape(-1)
         if t1.size and (t1[0], t2[0]) == BATCH_PROBES and np.array_equal(t1[1:], t2[1:]):

@@ -205,6 +205,13 @@ def block_models() -> list[ZooModel]:
     y = g.op("Upsample", [y, g.const("scales", np.array([1, 1, 2, 1.5], np.float32))], mode="linear")
     out.append(g.build(g.op("Relu", [g.conv(y, 6, 4, pads=[1, 1, 1, 1], name="conv2")])))
 
+    g = Builder("interpolate_to_size")                 # F.interpolate(x, size=(7, 9)): sizes [N, C] ++ [7, 9]
+    y = g.op("Relu", [g.conv(_image(g, h=4, w=5), C, 6, pads=[1, 1, 1, 1], name="conv1")])
+    head = g.op("Slice", [g.op("Shape", [y]), g.const("begin", np.array([0])), g.const("end", np.array([2]))])
+    sizes = g.op("Concat", [head, g.const("hw", np.array([7, 9]))], axis=0)
+    y = g.op("Resize", [y, "", "", sizes], mode="linear", coordinate_transformation_mode="pytorch_half_pixel")
+    out.append(g.build(g.op("Relu", [g.conv(y, 6, 4, pads=[1, 1, 1, 1], name="conv2")])))
+
     g = Builder("global_max_pool_head")                # Keras-style GlobalMaxPooling2D before the classifier
     y = g.op("GlobalMaxPool", [g.op("Relu", [g.conv(_image(g, h=5, w=5), C, 6, name="conv1")])])
     out.append(g.build(g.gemm(g.op("Flatten", [y]), 6, 4, name="fc")))

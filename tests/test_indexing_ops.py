@@ -251,3 +251,10 @@ def test_resize10_nearest_downsampling_is_not_upgraded_and_is_refused():
     model = _old_upsample_model(10, "nearest", [1, 1, 0.5, 2])
     with pytest.raises(MemseInputError, match="node 'up' \\(Resize\\): opset-10 nearest downsampling"):
         build_graph(model)
+
+
+def test_resize_sizes_with_a_baked_in_batch_are_refused():
+    """Constant sizes [B, C, H, W]: B is an export batch baked in (onnxruntime would resize the batch axis at any
+    other batch); only a batch read from a Shape (F.interpolate(x, size=...)) is kept, see interpolate_to_size."""
+    with pytest.raises(MemseInputError, match="sizes that include the batch axis are not supported"):
+        _node_case("Resize", {"roi": None, "scales": None, "sizes": np.array([2, 3, 7, 9], np.int64)}, mode="linear")
