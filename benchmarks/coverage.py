@@ -100,7 +100,7 @@ def main() -> None:
         dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT).stdout
         Path(out).write_text("\n".join([
             "# Op-coverage models: analysis vs Monte-Carlo", "",
-            f"- Command: `python benchmarks/coverage.py` (from the repository root)",
+            "- Command: `python benchmarks/coverage.py` (from the repository root)",
             f"- Date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC; code: git {commit}"
             + (" + uncommitted changes" if dirty.strip() else ""),
             f"- Device points: bundled `rram` with {'; '.join(f'{k}: ' + ' '.join(v) for k, v in POINTS.items())}",
