@@ -50,15 +50,21 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
     return upgrade_opset(model), label
 
 
-def _nearest_downsampling(node: onnx.NodeProto, graph: onnx.GraphProto) -> bool:
+def _constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and Constant-node values by tensor name (before any folding)."""
+    values = {t.name: t for t in graph.initializer}
+    values.update((n.output[0], n.attribute[0].t) for n in graph.node
+                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value")
+    return values
+
+
+def _nearest_downsampling(node: onnx.NodeProto, values: dict[str, onnx.TensorProto]) -> bool:
     """A Resize-10 in nearest mode whose scales go below 1 or are not a visible constant."""
     if node.op_type != "Resize":
         return False
     mode = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"nearest")
     if mode not in (b"nearest", "nearest"):
         return False
-    values = {t.name: t for t in graph.initializer}
-    values.update((n.output[0], n.attribute[0].t) for n in graph.node if n.op_type == "Constant" and n.attribute)
     scales = values.get(node.input[1]) if len(node.input) > 1 else None
     return scales is None or bool(np.min(numpy_helper.to_array(scales)) < 1)
 
@@ -73,7 +79,10 @@ def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     probe batch (then the rules read the old forms, and the executor refuses the model in one line), and for
     Resize-10 nearest downsampling (onnxruntime's follows no documented mode; its rule refuses it)."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), UPGRADE_TO)
-    if opset >= UPGRADE_TO or any(_nearest_downsampling(n, model.graph) for n in model.graph.node):
+    if opset >= UPGRADE_TO:
+        return model
+    values = _constant_tensors(model.graph)
+    if any(_nearest_downsampling(n, values) for n in model.graph.node):
         return model
     from onnx import version_converter
     try:
@@ -96,9 +105,9 @@ def _same_results(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     """onnxruntime gives the same outputs for both models on a probe batch of 2 uniform [0, 1) inputs."""
     import onnxruntime as ort
     try:
-        feeds = {}
+        feeds, weights = {}, {t.name for t in a.graph.initializer}
         for vi in a.graph.input:
-            if vi.name in {t.name for t in a.graph.initializer}:
+            if vi.name in weights:
                 continue
             dims = [d.dim_value if d.HasField("dim_value") else 2 for d in vi.type.tensor_type.shape.dim]
             dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
@@ -117,6 +126,9 @@ def _first_line(exc: Exception) -> str:
 
 BATCH = "batch"               # the symbolic batch dimension
 BATCH_PROBES = (2, 3)         # batch sizes the shape arithmetic is folded at, to see what depends on the batch
+# where a batch size read from a Shape may stand (the input, as the leading entry) and what replaces it there:
+# a Reshape target (0: copy), an Expand shape (1: keep), Resize sizes (`F.interpolate(x, size=...)`; 0: its mark)
+BATCH_SLOTS = {"Reshape": (1, 0), "Expand": (1, 1), "Resize": (3, 0)}
 
 
 def _allows_zero(node: onnx.NodeProto) -> bool:
@@ -124,15 +136,17 @@ def _allows_zero(node: onnx.NodeProto) -> bool:
     return any(a.name == "allowzero" and a.i for a in node.attribute)
 
 
-def _copying_batch(target: np.ndarray) -> np.ndarray:
-    """A Reshape target that copies the input's leading size (0) instead of naming it."""
-    return np.concatenate([[0], target.reshape(-1)[1:]]).astype(np.int64)
+def _with_leading(target: np.ndarray, lead: int) -> np.ndarray:
+    """A shape-like target with its batch entry replaced: 0 in a Reshape copies the input's leading size, 1 in an
+    Expand keeps it (two-way broadcast), 0 in Resize sizes is the Resize rule's mark for "the batch"."""
+    return np.concatenate([[lead], target.reshape(-1)[1:]]).astype(np.int64)
 
 
 def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
     """(`model` with the data input's batch dimension symbolic, the batch B the export fixed, or None). When the
-    export fixed it, every Reshape whose constant target starts with B on a tensor that starts with B gets 0
-    there (copy it), the input (and the outputs that start with B) get the symbolic batch, and the shapes are
+    export fixed it, every Reshape (Expand) whose constant target starts with B on a tensor that starts with B
+    gets 0 (1) there, which keeps the batch, whatever it is; a constant of one sample expanded to B is
+    build_graph's (`_batch_broadcast`). The input (and the outputs that start with B) get the symbolic batch, and the shapes are
     inferred again. Unchanged if that inference fails: the model then keeps its fixed batch (and B is None:
     nothing was freed)."""
     g = model.graph
@@ -147,22 +161,22 @@ def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    values = {t.name: t for t in g.initializer}
-    values.update((n.output[0], n.attribute[0].t) for n in g.node
-                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value")
+    values = _constant_tensors(g)
     dims = {vi.name: _dims(vi) for vi in list(g.value_info) + list(g.input) + list(g.output)}
     for k, node in enumerate(g.node):
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in values:
+        if node.op_type not in ("Reshape", "Expand") or len(node.input) < 2 or node.input[1] not in values:
             continue
         if _allows_zero(node):
             continue
         target = numpy_helper.to_array(values[node.input[1]])
         x_dims = dims.get(node.input[0])
-        if target.ndim == 1 and target.size and target[0] == b and x_dims and x_dims[0] == b:
-            name = f"{node.input[1]}__batch_copy_{k}"
-            g.initializer.append(numpy_helper.from_array(_copying_batch(target), name))
+        # an Expand's shape aligns with its input from the right: its entry 0 is the input's axis 0 at equal rank
+        aligned = node.op_type == "Reshape" or (x_dims and len(x_dims) == target.size)
+        if target.ndim == 1 and target.size and target[0] == b and x_dims and x_dims[0] == b and aligned:
+            lead = BATCH_SLOTS[node.op_type][1]
+            name = f"{node.input[1]}__batch_{lead}_{k}"
+            g.initializer.append(numpy_helper.from_array(_with_leading(target, lead), name))
             node.input[1] = name
-    _free_expand_batch(g, b, values, dims)
     for vi in [i for i in g.input if i.name == data[0].name] + [o for o in g.output if (_dims(o) or (None,))[0] == b]:
         vi.type.tensor_type.shape.dim[0].Clear()
         vi.type.tensor_type.shape.dim[0].dim_param = BATCH
@@ -171,21 +185,6 @@ def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
         return onnx.shape_inference.infer_shapes(out, strict_mode=True), b
     except Exception:
         return model, None
-
-
-def _free_expand_batch(g: onnx.GraphProto, b: int, values: dict, dims: dict) -> None:
-    """Constant Expand targets that start with the fixed batch b, on a tensor that starts with b: 1 there (keep
-    its batch, whatever it is). A constant of one sample expanded to b is build_graph's (`_batch_broadcast`)."""
-    for k, node in enumerate(g.node):
-        if node.op_type != "Expand" or len(node.input) < 2 or node.input[1] not in values:
-            continue
-        target = numpy_helper.to_array(values[node.input[1]])
-        x_dims = dims.get(node.input[0])
-        if (target.ndim == 1 and target.size and target[0] == b and x_dims and len(x_dims) == target.size
-                and x_dims[0] == b):
-            name = f"{node.input[1]}__batch_one_{k}"
-            g.initializer.append(numpy_helper.from_array(np.concatenate([[1], target[1:]]).astype(np.int64), name))
-            node.input[1] = name
 
 
 def _batch_broadcast(node: onnx.NodeProto, name: str, data: str, consts: dict, batch_dependent: dict,
@@ -287,28 +286,20 @@ def _fold(node: onnx.NodeProto, consts: dict, batch_dependent: dict, opset: int)
 
 
 def _copy_batch(node: onnx.NodeProto, name: str, consts: dict, batch_dependent: dict, label: str) -> onnx.NodeProto:
-    """A node reading a batch-dependent constant: a Reshape whose target starts with the batch size (and only
-    there depends on it) copies it instead (target 0, a new constant); any other use is refused."""
+    """A node reading a batch-dependent constant: where `BATCH_SLOTS` allows it and the constant depends on the
+    batch only in its leading entry, that entry gets the slot's replacement (a new constant); any other use is
+    refused."""
     used = [i for i, n in enumerate(node.input) if n in batch_dependent]
     if not used:
         return node
-    if node.op_type == "Resize" and used == [3]:          # F.interpolate(x, size=...): [N, C, H, W] sizes
-        t1, t2 = consts[node.input[3]].reshape(-1), batch_dependent[node.input[3]].reshape(-1)
+    slot, lead = BATCH_SLOTS.get(node.op_type, (None, None))
+    if used == [slot] and not _allows_zero(node):
+        t1, t2 = consts[node.input[slot]].reshape(-1), batch_dependent[node.input[slot]].reshape(-1)
         if t1.size and (t1[0], t2[0]) == BATCH_PROBES and np.array_equal(t1[1:], t2[1:]):
             new = onnx.NodeProto()
             new.CopyFrom(node)
-            new.input[3] = f"{node.input[3]}__batch_kept"
-            consts[new.input[3]] = np.concatenate([[0], t1[1:]]).astype(np.int64)   # 0: the Resize rule's mark
-            return new
-    if node.op_type in ("Reshape", "Expand") and used == [1] and not _allows_zero(node):
-        t1, t2 = consts[node.input[1]].reshape(-1), batch_dependent[node.input[1]].reshape(-1)
-        if t1.size and (t1[0], t2[0]) == BATCH_PROBES and np.array_equal(t1[1:], t2[1:]):
-            new = onnx.NodeProto()
-            new.CopyFrom(node)
-            new.input[1] = f"{node.input[1]}__batch_copy"
-            # Reshape copies the leading size with 0; Expand keeps it with 1 (two-way broadcast)
-            consts[new.input[1]] = (_copying_batch(t1) if node.op_type == "Reshape"
-                                    else np.concatenate([[1], t1[1:]]).astype(np.int64))
+            new.input[slot] = f"{node.input[slot]}__batch_{lead}"
+            consts[new.input[slot]] = _with_leading(t1, lead)
             return new
     raise MemseInputError(f"{label}: node '{name}' ({node.op_type}) computes with the batch size (from a Shape); "
                           f"only a Reshape or Expand that keeps the batch as its leading size is supported: "
