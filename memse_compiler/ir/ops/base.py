@@ -157,6 +157,19 @@ class OpRule:
         return [f_mean(*mus, *vs)], [f_var(*mus, *vs)]
 
 
+def batch_sized_shape(x: str, tail: np.ndarray, base: str, const: Callable[[str, np.ndarray], str]
+                      ) -> tuple[list[onnx.NodeProto], str]:
+    """(nodes, name) of the shape `[batch size of x] ++ tail`, read at run time (Shape, Slice, Concat): what an
+    emitted node needs where its export read the batch from a Shape."""
+    h = onnx.helper
+    begin, end = const(f"{base}/begin", np.zeros(1, np.int64)), const(f"{base}/end", np.ones(1, np.int64))
+    rest = const(f"{base}/tail", np.asarray(tail, np.int64))
+    return ([h.make_node("Shape", [x], [f"{base}/shape_x"], name=f"{base}/shape"),
+             h.make_node("Slice", [f"{base}/shape_x", begin, end], [f"{base}/batch"], name=f"{base}/batch"),
+             h.make_node("Concat", [f"{base}/batch", rest], [f"{base}/target"], name=f"{base}/target", axis=0)],
+            f"{base}/target")
+
+
 def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
     """Sum a broadcast result's sensitivity back to an operand's shape."""
     while g.ndim > len(shape):

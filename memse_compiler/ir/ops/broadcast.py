@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import sympy
 
-from memse_compiler.ir.ops.base import Linearization, OpRule, register
+from memse_compiler.ir.ops.base import Linearization, OpRule, batch_sized_shape, register
 from memse_compiler.ir.ops.indexing import CopyRule, _const_ints
 
 
@@ -80,14 +80,8 @@ class BatchBroadcastRule(OpRule):
 
     def emit(self, node: onnx.NodeProto, attrs: dict, const: Callable[[str, np.ndarray], str]
              ) -> list[onnx.NodeProto]:
-        """Shape(x)[:1] ++ [1, ...] -> Expand(value, that): onnxruntime's two-way broadcast repeats the value's
-        leading 1 over the batch."""
-        x, value, out = node.input[0], node.input[1], node.output[0]
-        rank = attrs["value"].ndim
-        ones = const(f"{out}/ones", np.ones(rank - 1, np.int64))
-        begin, end = const(f"{out}/begin", np.zeros(1, np.int64)), const(f"{out}/end", np.ones(1, np.int64))
-        h = onnx.helper
-        return [h.make_node("Shape", [x], [f"{out}/shape_x"], name=f"{node.name}/shape"),
-                h.make_node("Slice", [f"{out}/shape_x", begin, end], [f"{out}/batch"], name=f"{node.name}/batch"),
-                h.make_node("Concat", [f"{out}/batch", ones], [f"{out}/target"], name=f"{node.name}/target", axis=0),
-                h.make_node("Expand", [value, f"{out}/target"], [out], name=node.name)]
+        """Expand(value, [batch of x, 1, ...]): onnxruntime's two-way broadcast repeats the value's leading 1
+        over the batch."""
+        x, value = node.input[0], node.input[1]
+        nodes, target = batch_sized_shape(x, np.ones(attrs["value"].ndim - 1), node.name, const)
+        return nodes + [onnx.helper.make_node("Expand", [value, target], [node.output[0]], name=node.name)]

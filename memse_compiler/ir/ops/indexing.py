@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import sympy
 
-from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, register
+from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, batch_sized_shape, register
 
 
 def _sample_shape(ctx: ParseContext) -> tuple[int, ...]:
@@ -304,13 +304,13 @@ class ResizeRule(OpRule):
             scale = {a: (float(np.float32(out[a]) / np.float32(shape[a])) if a else 1.0) for a in axes}
         else:
             raise ctx.fail("neither scales nor sizes is given")
-        keep_batch = False
+        keep_batch = None
         if 0 in axes and sizes is not None and not (scales is not None and np.size(scales)):
             # 0: the frontend's mark for a batch size read from a Shape (`F.interpolate(x, size=...)`); any other
             # number is an export batch baked in, which onnxruntime would apply at another batch
             if out[0] != 0:
                 raise ctx.fail("sizes that include the batch axis are not supported (export with a scale factor)")
-            keep_batch = True
+            keep_batch = [int(v) for v in np.ravel(sizes)[1:]]   # the sizes after the marked entry
         if scale.get(0, 1.0) != 1.0:
             raise ctx.fail("resizing the batch axis (0) is not supported")
         matrices = {}
@@ -323,22 +323,14 @@ class ResizeRule(OpRule):
         return {"mode": mode, "matrices": matrices, "keep_batch": keep_batch}
 
     def emit(self, node, attrs, const):
-        """Sizes whose batch entry is the frontend's 0: the executor reads the batch from the input (Shape,
-        Slice, Concat before the Resize), as the exported graph did."""
-        if not attrs.get("keep_batch"):
+        """Sizes whose batch entry is the frontend's 0: the executor reads the batch from the input, as the
+        exported graph did."""
+        if attrs.get("keep_batch") is None:
             return [node]
-        from onnx import helper
-        x, sizes, base = node.input[0], node.input[3], node.name
-        begin, end = const(f"{base}/begin", np.zeros(1, np.int64)), const(f"{base}/end", np.ones(1, np.int64))
-        rest, last = const(f"{base}/rest", np.ones(1, np.int64)), const(f"{base}/last", np.array([1 << 62], np.int64))
-        nodes = [helper.make_node("Shape", [x], [f"{base}/shape_x"], name=f"{base}/shape"),
-                 helper.make_node("Slice", [f"{base}/shape_x", begin, end], [f"{base}/batch"], name=f"{base}/batch"),
-                 helper.make_node("Slice", [sizes, rest, last], [f"{base}/tail"], name=f"{base}/tail"),
-                 helper.make_node("Concat", [f"{base}/batch", f"{base}/tail"], [f"{base}/sizes"], name=f"{base}/sizes",
-                                  axis=0)]
+        nodes, sizes = batch_sized_shape(node.input[0], attrs["keep_batch"], node.name, const)
         resized = onnx.NodeProto()
         resized.CopyFrom(node)
-        resized.input[3] = f"{base}/sizes"
+        resized.input[3] = sizes
         return nodes + [resized]
 
     @staticmethod

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
 from memse_compiler.ir import stats
 from memse_compiler.ir.geometry import Windows
 from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, register
+from memse_compiler.ir.ops.indexing import _sample_shape
 
 PAD_MEAN = -1e100     # stands for -inf in max-pool padding; finite so that Clark's formulas stay exact
 
@@ -150,6 +152,17 @@ class MaxPoolRule(OpRule):
         return [_back(attrs["windows"].scatter(cols), attrs["one_d"])]
 
 
+def reduce_axes(ctx):
+    """A reduction's axes: the constant input (ReduceSum from opset 13, the others from 18) or the attribute;
+    None when neither is given."""
+    if len(ctx.node.input) > 1 and ctx.node.input[1]:
+        axes = ctx.const(1)
+        if axes is None:
+            raise ctx.fail("the axes must be a constant")
+        return axes
+    return ctx.attr("axes")
+
+
 @register
 class ReduceMeanRule(OpRule):
     """ReduceMean / ReduceSum over axes other than the batch: linear, exact (the moment pass refines the variance
@@ -164,12 +177,7 @@ class ReduceMeanRule(OpRule):
 
     def parse(self, ctx):
         rank = len(ctx.shape(0))
-        if len(ctx.node.input) > 1 and ctx.node.input[1]:        # opset 18 (ReduceSum: 13)
-            axes = ctx.const(1)
-            if axes is None:
-                raise ctx.fail("the axes must be a constant")
-        else:
-            axes = ctx.attr("axes")
+        axes = reduce_axes(ctx)
         if axes is None or np.size(axes) == 0:
             if ctx.attr("noop_with_empty_axes", 0):
                 axes = []
@@ -218,12 +226,9 @@ class ReduceCompositeRule(OpRule):
              "ReduceLogSumExp": ("Exp", "Log")}
 
     def expand(self, ctx):
-        from onnx import helper
         before, after = self.STEPS[ctx.node.op_type]
         x, base, out = ctx.node.input[0], ctx.node_name, ctx.node.output[0]
-        axes = ctx.const(1) if len(ctx.node.input) > 1 and ctx.node.input[1] else ctx.attr("axes")
-        if len(ctx.node.input) > 1 and ctx.node.input[1] and axes is None:
-            raise ctx.fail("the axes must be a constant")
+        axes = reduce_axes(ctx)
         keep = {"keepdims": int(ctx.attr("keepdims", 1)),
                 "noop_with_empty_axes": int(ctx.attr("noop_with_empty_axes", 0))}
         first = helper.make_node(before, [x, x] if before == "Mul" else [x], [f"{base}/{before.lower()}_out"],
@@ -253,21 +258,17 @@ class ReduceMaxRule(OpRule):
     op_types = ("ReduceMax", "ReduceMin", "GlobalMaxPool")
 
     def expand(self, ctx):
-        from onnx import helper
         shape, op = ctx.shape(0), ctx.node.op_type
         rank = len(shape)
         if op == "GlobalMaxPool":
             axes, keepdims = list(range(2, rank)), 1
         else:
-            axes = ctx.const(1) if len(ctx.node.input) > 1 and ctx.node.input[1] else ctx.attr("axes")
-            if len(ctx.node.input) > 1 and ctx.node.input[1] and axes is None:
-                raise ctx.fail("the axes must be a constant")
+            axes = reduce_axes(ctx)
             axes = list(range(rank)) if axes is None or np.size(axes) == 0 else [int(a) % rank for a in np.ravel(axes)]
             keepdims = int(ctx.attr("keepdims", 1))
         if 0 in axes:
             raise ctx.fail("reducing over the batch axis (0) is not supported")
-        if any(d is None for d in shape[1:]):
-            raise ctx.fail(f"the input needs a static shape past the batch axis, not {shape}")
+        _sample_shape(ctx)
         reduced = sorted(set(axes))
         kept = [a for a in range(1, rank) if a not in reduced]
         base, x, nodes = ctx.node_name, ctx.node.input[0], []

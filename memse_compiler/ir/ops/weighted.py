@@ -6,6 +6,7 @@ adder, analysed as one vectorised unit by the moment passes from the CrossbarLay
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
 from memse_compiler.ir.crossbar import CrossbarLayer
 from memse_compiler.ir.geometry import ConvGeometry, MatrixGeometry
@@ -19,9 +20,8 @@ class WeightedRule(OpRule):
         return [attrs["layer"].float_forward(xs[0])]
 
     def _finish(self, ctx: ParseContext, act: int, weight: np.ndarray, bias, geometry) -> dict:
-        for what, arr in (("weight", weight), ("bias", bias)):
-            if arr is not None and not np.all(np.isfinite(arr)):
-                raise ctx.fail(f"{what} initializer '{self._param_name(ctx, what)}' contains NaN or inf")
+        _require_finite(ctx, [("weight", self._param_name(ctx, "weight"), weight),
+                              ("bias", self._param_name(ctx, "bias"), bias)])
         layer = CrossbarLayer(name=ctx.node_name, op=ctx.node.op_type, input=ctx.node.input[act],
                               output=ctx.node.output[0], geometry=geometry,
                               weight=np.ascontiguousarray(weight, dtype=np.float64),
@@ -35,6 +35,13 @@ class WeightedRule(OpRule):
 
     def operands(self, ctx):
         return [i for i, n in enumerate(ctx.node.input) if n and n not in ctx.consts]
+
+
+def _require_finite(ctx: ParseContext, params: list[tuple[str, str, np.ndarray | None]]) -> None:
+    """(what, initializer name, value) of each parameter: a NaN or inf is refused, naming the initializer."""
+    for what, name, arr in params:
+        if arr is not None and not np.all(np.isfinite(arr)):
+            raise ctx.fail(f"{what} initializer '{name}' contains NaN or inf")
 
 
 def _bias_vector(ctx: ParseContext, c: np.ndarray | None, outs: int, out_axis_last: bool) -> np.ndarray | None:
@@ -139,9 +146,7 @@ class ConvTransposeRule(OpRule):
     def expand(self, ctx):
         w = _conv_weight(ctx, "transposed convolutions")
         b = ctx.const(2)
-        for what, i, arr in (("weight", 1, w), ("bias", 2, b)):
-            if arr is not None and not np.all(np.isfinite(arr)):
-                raise ctx.fail(f"{what} initializer '{ctx.node.input[i]}' contains NaN or inf")
+        _require_finite(ctx, [("weight", ctx.node.input[1], w), ("bias", ctx.node.input[2] if b is not None else "", b)])
         if ctx.opset < 11:
             raise ctx.fail(f"opset {ctx.opset} is too old (ConvTranspose is mapped with Pad, opset >= 11)")
         auto = ctx.attr("auto_pad", b"NOTSET")
@@ -165,7 +170,6 @@ class ConvTransposeRule(OpRule):
         else:
             pads = [0] * (2 * nd) if auto == "VALID" else [int(v) for v in ctx.attr("pads", [0] * (2 * nd))]
         base, x, nodes = ctx.node_name, ctx.node.input[0], []
-        from onnx import helper
 
         def const(label, value):
             ctx.consts[f"{base}/{label}"] = value
