@@ -146,9 +146,9 @@ def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
     """(`model` with the data input's batch dimension symbolic, the batch B the export fixed, or None). When the
     export fixed it, every Reshape (Expand) whose constant target starts with B on a tensor that starts with B
     gets 0 (1) there, which keeps the batch, whatever it is; a constant of one sample expanded to B is
-    build_graph's (`_batch_broadcast`). The input (and the outputs that start with B) get the symbolic batch, and the shapes are
-    inferred again. Unchanged if that inference fails: the model then keeps its fixed batch (and B is None:
-    nothing was freed)."""
+    build_graph's (`_batch_broadcast`). The input (and the outputs that start with B) get the symbolic batch,
+    and the shapes are inferred again. Unchanged if that inference fails: the model then keeps its fixed batch
+    (and B is None: nothing was freed)."""
     g = model.graph
     inits = {t.name for t in g.initializer}
     data = [vi for vi in g.input if vi.name not in inits]

@@ -1,6 +1,5 @@
 """Expand and Tile: a signal broadcast or repeated over non-batch axes (a copy, exact), and a constant broadcast
-to the batch (a
-class token, an initial state: `cls.expand(x.shape[0], -1, -1)`), which becomes the internal op
+to the batch (a class token, an initial state: `cls.expand(x.shape[0], -1, -1)`), which becomes the internal op
 BatchBroadcast, a signal of variance 0 that only takes its batch size from the data input."""
 from __future__ import annotations
 

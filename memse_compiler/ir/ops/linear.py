@@ -191,7 +191,8 @@ class BinaryRule(OpRule):
             return [zero], [zero], Linearization()
         m = stats.power_moments(mu, var, 2)
         # per slot d(ab)/da = b, d(ab)/db = a (the same tensor in a graph; the vjp test jitters the slots apart)
-        return [m.mean], [m.var], Linearization(gains=[mu_b, mu], residual=[np.maximum(m.var - m.gain ** 2 * var, 0.0)])
+        resid = np.maximum(m.var - m.gain ** 2 * var, 0.0)
+        return [m.mean], [m.var], Linearization(gains=[mu_b, mu], residual=[resid])
 
     def vjp(self, attrs, lin, gouts, in_shapes):
         g, op = gouts[0], attrs["op"]

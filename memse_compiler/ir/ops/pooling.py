@@ -264,7 +264,8 @@ class ReduceMaxRule(OpRule):
             axes, keepdims = list(range(2, rank)), 1
         else:
             axes = reduce_axes(ctx)
-            axes = list(range(rank)) if axes is None or np.size(axes) == 0 else [int(a) % rank for a in np.ravel(axes)]
+            axes = (list(range(rank)) if axes is None or np.size(axes) == 0
+                    else [int(a) % rank for a in np.ravel(axes)])
             keepdims = int(ctx.attr("keepdims", 1))
         if 0 in axes:
             raise ctx.fail("reducing over the batch axis (0) is not supported")

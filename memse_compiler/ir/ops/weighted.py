@@ -146,7 +146,8 @@ class ConvTransposeRule(OpRule):
     def expand(self, ctx):
         w = _conv_weight(ctx, "transposed convolutions")
         b = ctx.const(2)
-        _require_finite(ctx, [("weight", ctx.node.input[1], w), ("bias", ctx.node.input[2] if b is not None else "", b)])
+        _require_finite(ctx, [("weight", ctx.node.input[1], w),
+                              ("bias", ctx.node.input[2] if b is not None else "", b)])
         if ctx.opset < 11:
             raise ctx.fail(f"opset {ctx.opset} is too old (ConvTranspose is mapped with Pad, opset >= 11)")
         auto = ctx.attr("auto_pad", b"NOTSET")
