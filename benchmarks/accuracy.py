@@ -37,7 +37,8 @@ from memse_compiler.montecarlo import run_montecarlo  # noqa: E402
 tune_allocator()     # as the CLI does (memse_compiler/allocator.py)
 
 MODELS = {"mlp": "examples/mlp_digits.onnx", "cnn": "examples/cnn_digits.onnx",
-          "rescnn": "examples/rescnn_digits.onnx", "attn": "examples/attn_digits.onnx"}
+          "rescnn": "examples/rescnn_digits.onnx", "attn": "examples/attn_digits.onnx",
+          "vit": "examples/vit_digits.onnx"}
 INPUTS = "examples/digits_inputs.npy"
 OUTPUT = "logits"
 
@@ -201,8 +202,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="4 points, 50 inputs, precision 5%%, cap 500; no file")
     ap.add_argument("--models", default="mlp,cnn,rescnn",
-                    help=f"comma-separated, of {', '.join(MODELS)} (default: the three of DESIGN §9; the transformer's "
-                         "table is benchmarks/results/accuracy_attn.md, from --models attn)")
+                    help=f"comma-separated, of {', '.join(MODELS)} (default: the three of DESIGN §9; the transformers' "
+                         "tables are benchmarks/results/accuracy_attn.md and accuracy_vit.md, from --models attn "
+                         "and --models vit)")
     ap.add_argument("--points", default=None, help="comma-separated point names (default: all, or the quick set)")
     ap.add_argument("--inputs", type=int, default=None, help="first N of examples/digits_inputs.npy (default 200)")
     ap.add_argument("--precision", type=float, default=None, help="MC target CI half-width / mean (default 0.03)")

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Train four small digit classifiers and export them to ONNX.
+"""Train five small digit classifiers and export them to ONNX.
 
 Produces (next to this script):
-  mlp_digits.onnx, cnn_digits.onnx, rescnn_digits.onnx, attn_digits.onnx (a one-block transformer)
+  mlp_digits.onnx, cnn_digits.onnx, rescnn_digits.onnx, attn_digits.onnx (a one-block transformer),
+  vit_digits.onnx (a vision transformer of torch's nn.TransformerEncoderLayer)
   digits_inputs.npy        (200,1,8,8) float32  - first 200 test images
   digits_labels.npy        (200,)      int64    - their labels
   digits_inputs_small.npz  key "input": (16,1,8,8) float32 - first 16 test images
@@ -112,6 +113,27 @@ class AttnNet(nn.Module):
         return self.head(h.mean(dim=1))
 
 
+class ViTNet(nn.Module):
+    """A vision transformer from torch's own modules: 2x2-pixel patches (a strided Conv) as 16 tokens, a class
+    token, learned positions, one nn.TransformerEncoderLayer (nn.MultiheadAttention with 2 heads, which moves the
+    batch off axis 0 and folds it into the heads: memse_compiler/batch_layout.py), and a linear head on the
+    class token."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.patch = nn.Conv2d(1, d, 2, stride=2)
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(torch.zeros(1, 17, d))
+        self.encoder = nn.TransformerEncoderLayer(d, 2, 2 * d, dropout=0.0, batch_first=True,
+                                                  activation="gelu")
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1) + self.pos
+        return self.head(self.encoder(t)[:, 0])
+
+
 def train(model, x, y, epochs, lr=1e-2, batch=64):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
@@ -200,6 +222,7 @@ def main():
             export_modules_as_functions=False,
         )),
         ("attn_digits", AttnNet, 40, {}),
+        ("vit_digits", ViTNet, 40, {}),
     ]
     if only:
         specs = [s for s in specs if s[0] in only.split(",")]

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from memse_compiler.batch_first import batch_first
 from memse_compiler.fusions import fuse_layer_norm
 from memse_compiler.ir import KIND_DIGITAL, KIND_INPUT, KIND_OUTPUT, KIND_WEIGHTED, MemseGraph
 from memse_compiler.ir.errors import MemseInputError
@@ -180,7 +181,9 @@ def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
     for vi in [i for i in g.input if i.name == data[0].name] + [o for o in g.output if (_dims(o) or (None,))[0] == b]:
         vi.type.tensor_type.shape.dim[0].Clear()
         vi.type.tensor_type.shape.dim[0].dim_param = BATCH
+    rewritten = [vi for vi in g.value_info if _symbolic(vi)[:1] == (BATCH,)]    # batch_layout's batch-first signals
     del g.value_info[:]
+    g.value_info.extend(rewritten)
     try:
         return onnx.shape_inference.infer_shapes(out, strict_mode=True), b
     except Exception:
@@ -328,6 +331,7 @@ def _complete_shapes(rule, attrs: dict, node: onnx.NodeProto, operands: list[str
 def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     """The op-level graph: one node per ONNX op (weighted ops hold a CrossbarLayer), one edge per signal."""
     model, label = load_model(model)
+    model = batch_first(model, label, BATCH)
     model, export_batch = batch_generic(model)
     model = fuse_layer_norm(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)

@@ -40,6 +40,9 @@ CASES = [
     ("rescnn", ["read_noise.sigma=0"], 200),         # literal read noise is slow in the reference; cnn has it
     ("rescnn", ["adc.bits=5", "programming_noise.sigma=1e-6", "read_noise.sigma=0"], 200),
     ("attn", [], 200),                               # a trained one-block transformer: attention, LayerNorm
+    # torch's nn.TransformerEncoderLayer: batch moved off axis 0 and folded into the heads (batch_layout.py)
+    ("vit", [], 200),
+    ("vit", ["programming_noise.sigma=5e-6", "adc.bits=6", "crossbar.rows=32"], 200),
 ]
 
 
@@ -232,7 +235,7 @@ def test_second_order_programming_term_by_hand():
     assert float(second.mean()) > 0.1 * float(want.mean())                          # the test is sharp
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn", "vit"])
 def test_quantization_only_is_exact(name):
     """No programming/read noise: the chip is deterministic; the analysis mean is the programmed chip's
     output exactly (levels, DAC, ADC and tiling included) and its variance is 0."""

@@ -58,7 +58,7 @@ def assert_close(got, want, rtol=1e-5, what=""):
 
 
 # ---- (a) noise off, ideal device: the original model -------------------------------------------------
-@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn", "vit"])
 def test_ideal_examples_match_onnxruntime(name):
     path = EXAMPLES / f"{name}_digits.onnx"
     g = lower(path, IDEAL, X)
@@ -96,7 +96,7 @@ def check_against_interpreter(g, x):
             assert_close(got, ps[:, :, :, r, :], what=f"{lay.name} row tile {r}")
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn", "vit"])
 def test_quantized_tiled_examples_match_interpreter(name):
     dev = load_device("rram", QUANT + ["crossbar.rows=32"])
     g = lower(EXAMPLES / f"{name}_digits.onnx", dev, X[:64])

@@ -100,11 +100,22 @@ def test_batch_used_as_a_value_is_refused(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "'per_batch' (Div)" in err[0] and "batch size" in err[0]
 
 
-def test_batch_baked_elsewhere_names_the_fixed_batch():
-    """A target that folds the batch into another dimension cannot be freed: the export's batch still compiles,
-    another one is refused with a message naming the fixed batch."""
+def test_batch_folded_into_another_axis_is_freed():
+    """A fixed export's target that folds the batch into another axis ((4, 108) -> (12, 36) -> (4, 108)):
+    batch_layout follows the batch through it, so the model runs at any batch, sample by sample as exported."""
     model = conv_net(4, [helper.make_node("Reshape", ["r", "t1"], ["m"]),
                          helper.make_node("Reshape", ["m", "t2"], ["f"])], [i64("t1", [12, 36]), i64("t2", [4, 108])])
+    g, _ = compile_model(model, DEVICE, X[:4])
+    np.testing.assert_allclose(g.graph["reference"]["y"], ort_run(model, X[:4]), rtol=1e-5, atol=1e-6)
+    g, _ = compile_model(model, DEVICE, X)
+    np.testing.assert_allclose(g.graph["reference"]["y"][:4], ort_run(model, X[:4]), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_split_by_a_reshape_names_the_fixed_batch():
+    """A target that splits the batch (4 -> 2 x 2) cannot be freed: the export's batch still compiles, another
+    one is refused with a message naming the fixed batch."""
+    model = conv_net(4, [helper.make_node("Reshape", ["r", "t1"], ["m"]),
+                         helper.make_node("Reshape", ["m", "t2"], ["f"])], [i64("t1", [2, 216]), i64("t2", [4, 108])])
     g, _ = compile_model(model, DEVICE, X[:4])
     np.testing.assert_allclose(g.graph["reference"]["y"], ort_run(model, X[:4]), rtol=1e-5, atol=1e-6)
     with pytest.raises(MemseInputError, match="fixed batch of 4 .* 7 inputs"):

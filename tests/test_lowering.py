@@ -25,7 +25,7 @@ def lower(model, x, device=IDEAL):
     return compile_model(model, device, x, pipeline=default_pipeline(analysis=False))[0]
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn", "vit"])
 @pytest.mark.parametrize("rows", [128, 16])
 def test_examples_lower_exactly(name, rows):
     path = EXAMPLES / f"{name}_digits.onnx"

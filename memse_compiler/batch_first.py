@@ -1,0 +1,104 @@
+"""ONNX-level rewrite applied before parsing: every signal carries the batch on its axis 0, alone.
+
+The IR keeps the batch as the leading axis of every signal (per-sample moments, the executor's chips). torch's
+`nn.MultiheadAttention` (so `nn.TransformerEncoderLayer`) moves it: the sequence goes first, (L, N, E); the heads
+are folded into the batch, (N*H, L, d); the output projection runs on (L*N, E). `batch_first` probes the model
+once with onnxruntime (every intermediate exposed, for the shapes), rewrites it batch-first
+(memse_compiler/batch_layout.py), and checks the result against onnxruntime on the original model before it is
+used. Models whose signals all keep the batch first are returned as they are, and not run unless their inferred
+shapes leave that open (Shape arithmetic, an unknown dimension, a Transpose that moves axis 0).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from memse_compiler.batch_layout import BatchFirstRewriter, attribute
+from memse_compiler.ir.errors import MemseInputError
+
+
+def _needs_rewrite(model: onnx.ModelProto, data: str) -> bool:
+    """Cheap test on the inferred shapes: a Transpose that moves axis 0 of a computed tensor, or a float tensor
+    whose shape is not the batch followed by static sizes, may hold the batch elsewhere."""
+    g = model.graph
+    consts = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    x_dims = g.input[[vi.name for vi in g.input].index(data)].type.tensor_type.shape.dim
+    batch = x_dims[0].dim_param or x_dims[0].dim_value
+    for node in g.node:
+        if node.op_type == "Transpose" and node.input[0] not in consts and (attribute(node, "perm") or [1])[0] != 0:
+            return True
+    float_types = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+    for vi in list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        if t.elem_type not in float_types or vi.name in consts:
+            continue
+        if not t.HasField("shape"):
+            return True
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        if not dims or dims[0] != batch or any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
+            return True
+    return False
+
+
+def _probe(model: onnx.ModelProto, data: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Every tensor's value on a batch of uniform [0, 1) inputs (onnxruntime, optimisations off)."""
+    import onnxruntime as ort
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    known = {o.name for o in m.graph.output}
+    produced = {o for n in m.graph.node for o in n.output if o}
+    m.graph.output.extend(vi for vi in m.graph.value_info if vi.name in produced and vi.name not in known)
+    x_vi = next(vi for vi in m.graph.input if vi.name == data)
+    dims = [batch] + [d.dim_value for d in x_vi.type.tensor_type.shape.dim[1:]]
+    x = np.random.default_rng(seed).random(dims).astype(helper.tensor_dtype_to_np_dtype(x_vi.type.tensor_type.elem_type))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = dict(zip(names, sess.run(names, {data: x})))
+    values[data] = x
+    values.update((t.name, numpy_helper.to_array(t)) for t in m.graph.initializer)
+    return values
+
+
+def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelProto:
+    """`model` with every signal's batch on axis 0 (unchanged when that already holds). Refused in one line
+    when a signal's batch cannot be followed (an op that works along it, a Reshape that splits it). The
+    rewritten signals' shapes are written with the input's batch symbol, or `symbol` if the export fixed it
+    (the rewrite itself runs at any batch)."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    data = [vi.name for vi in g.input if vi.name not in inits]
+    if len(data) != 1 or not _needs_rewrite(model, data[0]):
+        return model
+    x_vi = next(vi for vi in g.input if vi.name == data[0])
+    dims = x_vi.type.tensor_type.shape.dim
+    if not dims or any(not d.HasField("dim_value") for d in dims[1:]):
+        return model
+    fixed = dims[0].dim_value if dims[0].HasField("dim_value") else None
+    batch = fixed or 3
+    try:
+        values = _probe(model, data[0], batch)
+    except Exception:
+        return model                     # the frontend's own checks say what is wrong
+    rewriter = BatchFirstRewriter(model, data[0], batch, values, label, (fixed is None and dims[0].dim_param) or symbol)
+    if not rewriter.run() or all(lay.leading for lay in rewriter.layouts.values()):
+        return model
+    out = rewriter.model_out()
+    try:
+        mine = {vi.name: vi for vi in out.graph.value_info}
+        out = onnx.shape_inference.infer_shapes(out, strict_mode=True)
+        # inference through a fixed export's constants writes its batch back: the batch-first shapes win
+        inferred = [vi for vi in out.graph.value_info if vi.name not in mine]
+        del out.graph.value_info[:]
+        out.graph.value_info.extend(list(mine.values()) + inferred)
+        check = _probe(out, data[0], fixed or 5, seed=1)
+        ref = _probe(model, data[0], fixed or 5, seed=1)
+    except Exception as exc:
+        raise MemseInputError(f"{label}: moving the batch to axis 0 failed ({str(exc).strip().splitlines()[0]})") \
+            from None
+    for o in g.output:
+        if not np.allclose(check[o.name], ref[o.name], rtol=1e-4, atol=1e-5):
+            raise MemseInputError(f"{label}: moving the batch to axis 0 changed output '{o.name}' (internal error)")
+    return out
