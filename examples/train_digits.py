@@ -3,7 +3,8 @@
 
 Produces (next to this script):
   mlp_digits.onnx, cnn_digits.onnx, rescnn_digits.onnx, attn_digits.onnx (a one-block transformer),
-  vit_digits.onnx (a vision transformer of torch's nn.TransformerEncoderLayer)
+  vit_digits.onnx (a vision transformer of torch's nn.TransformerEncoderLayer), and the same weights as
+  vit_digits_dynamo.onnx (torch's dynamo exporter, batch fixed at 1; needs onnxscript)
   digits_inputs.npy        (200,1,8,8) float32  - first 200 test images
   digits_labels.npy        (200,)      int64    - their labels
   digits_inputs_small.npz  key "input": (16,1,8,8) float32 - first 16 test images
@@ -181,6 +182,27 @@ def export(model, path, **extra):
     return m
 
 
+def export_dynamo(model, path):
+    """torch.onnx.export's default since torch 2.9 (needs onnxscript): the shapes of the dummy batch are baked in,
+    Reshape targets get allowzero=1 and the class token's expand is folded into a (1, 1, d) constant."""
+    if os.path.exists(path):
+        os.remove(path)
+    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), path, dynamo=True, external_data=False, opset_version=18,
+                      input_names=["input"], output_names=["logits"])
+    onnx.checker.check_model(path, full_check=True)
+
+
+def verify_fixed(model, path, x):
+    """A batch-1 export against torch, sample by sample."""
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    out = np.concatenate([sess.run(["logits"], {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    diff = float(np.abs(out - ref).max())
+    print(f"  [{os.path.basename(path)}] max|dlogits| torch vs onnxruntime, {len(x)} samples one by one = {diff:.2e}")
+    assert diff < 1e-4, diff
+
+
 def verify(model, path, x_test, y_test):
     onnx.checker.check_model(path, full_check=True)
     with torch.no_grad():
@@ -251,6 +273,11 @@ def main():
         size = os.path.getsize(path)
         assert size < 100_000, size
         rows.append((name + ".onnx", n_params, acc, size))
+        if cls is ViTNet:    # the same weights through torch's default exporter (dynamo), fixed batch 1
+            dyn_path = os.path.join(HERE, name + "_dynamo.onnx")
+            export_dynamo(model, dyn_path)
+            verify_fixed(model, dyn_path, x_te[:8])
+            rows.append((name + "_dynamo.onnx", n_params, acc, os.path.getsize(dyn_path)))
 
     if not only:
         np.save(os.path.join(HERE, "digits_inputs.npy"), np.ascontiguousarray(x_te[:N_SAVE], dtype=np.float32))

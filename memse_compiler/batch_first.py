@@ -62,6 +62,35 @@ def _probe(model: onnx.ModelProto, data: str, batch: int, seed: int = 0) -> dict
     return values
 
 
+MAX_ATTEMPTS = 256
+
+
+def _rewrite(model: onnx.ModelProto, data: str, batch: int, values: dict, label: str,
+             symbol: str) -> BatchFirstRewriter | None:
+    """The rewriter that went through every node, or None if the batch never moved. At batch 1 a Reshape may
+    put the batch at several axis boundaries: the choices are searched depth first, the latest undone first,
+    until every node accepts its inputs' layouts (a wrong guess soon meets an op that works along the batch);
+    the first refusal is the one reported."""
+    choices: dict[str, int] = {}
+    first = None
+    for _ in range(MAX_ATTEMPTS):
+        rewriter = BatchFirstRewriter(model, data, batch, values, label, symbol, choices)
+        try:
+            if not rewriter.run() or all(lay.leading for lay in rewriter.layouts.values()):
+                return None
+            return rewriter
+        except MemseInputError as exc:
+            first = first or exc
+        points = rewriter.points
+        while points and choices.get(points[-1][0], 0) + 1 >= points[-1][1]:
+            points = points[:-1]
+        if not points:
+            break
+        choices = {key: choices.get(key, 0) for key, _ in points}
+        choices[points[-1][0]] += 1
+    raise first
+
+
 def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelProto:
     """`model` with every signal's batch on axis 0 (unchanged when that already holds). Refused in one line
     when a signal's batch cannot be followed (an op that works along it, a Reshape that splits it). The
@@ -82,8 +111,8 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
         values = _probe(model, data[0], batch)
     except Exception:
         return model                     # the frontend's own checks say what is wrong
-    rewriter = BatchFirstRewriter(model, data[0], batch, values, label, (fixed is None and dims[0].dim_param) or symbol)
-    if not rewriter.run() or all(lay.leading for lay in rewriter.layouts.values()):
+    rewriter = _rewrite(model, data[0], batch, values, label, (fixed is None and dims[0].dim_param) or symbol)
+    if rewriter is None:
         return model
     out = rewriter.model_out()
     try:
@@ -102,3 +131,35 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
         if not np.allclose(check[o.name], ref[o.name], rtol=1e-4, atol=1e-5):
             raise MemseInputError(f"{label}: moving the batch to axis 0 changed output '{o.name}' (internal error)")
     return out
+
+
+CHECK_UP_TO = 16        # export batches whose freed graph is checked (at twice the batch; larger ones are not)
+
+
+def check_freed_batch(g, original: onnx.ModelProto, export_batch: int) -> bool:
+    """Whether a fixed-batch export made batch-generic (frontend.batch_generic, batch_first, the baked
+    broadcasts) gives at another batch, sample by sample, what onnxruntime gives on the export at its own batch:
+    the graph at twice the batch against the export on each half (three samples one by one for a batch-1
+    export). Not checked (True) above CHECK_UP_TO."""
+    if export_batch > CHECK_UP_TO:
+        return True
+    import onnxruntime as ort
+    from memse_compiler.ir.interpret import run
+    x_name = g.graph["inputs"][0]
+    m = 2 * export_batch if export_batch > 1 else 3
+    x = np.random.default_rng(0).random((m,) + tuple(g.tensors[x_name][1:])).astype(np.float32)
+    try:
+        got = run(g, x.astype(np.float64))
+    except Exception:           # a batch the export baked in somewhere else: not freed
+        return False
+    sess = ort.InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    chunks = [sess.run(names, {x_name: x[i:i + export_batch]}) for i in range(0, m, export_batch)]
+    for k, name in enumerate(names):
+        want = np.concatenate([c[k] for c in chunks])
+        if want.dtype.kind != "f" or name not in got:
+            continue
+        scale = max(float(np.abs(want).max()) if want.size else 0.0, 1.0)
+        if got[name].shape != want.shape or not np.allclose(got[name], want, rtol=1e-4, atol=1e-5 * scale):
+            return False
+    return True

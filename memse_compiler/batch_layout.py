@@ -71,20 +71,28 @@ def _prod(xs) -> int:
     return int(np.prod(xs, dtype=np.int64)) if len(xs) else 1
 
 
-def reshaped_layout(src: Layout, shape: tuple, n: int) -> Layout | None:
-    """The layout after a row-major reshape of `src` to `shape`: the batch must stay one digit of one axis, i.e.
-    that axis's stride divides what follows the batch and its span covers the batch. None if the reshape splits
-    it (e.g. N = 4 into 2 x 2)."""
+def reshaped_layouts(src: Layout, shape: tuple, n: int) -> list[Layout]:
+    """The layouts the batch may have after a row-major reshape of `src` to `shape`: it must stay one digit of
+    one axis, i.e. that axis's stride divides what follows the batch and its span covers the batch. Empty if the
+    reshape splits it (e.g. N = 4 into 2 x 2). One layout when n > 1 (up to size-1 axes); at n = 1 (a batch-1
+    export) every axis boundary fits, and the caller tries them in this order: an axis of its own first."""
     pre = _prod(src.shape[:src.axis]) * src.before
     post = src.after * _prod(src.shape[src.axis + 1:])
+    found = []
     for j in range(len(shape)):
         stride = _prod(shape[j + 1:])
         if post % stride or (shape[j] * stride) % (n * post):
             continue
         before = shape[j] * stride // (n * post)
         if _prod(shape[:j]) * before == pre:
-            return Layout(tuple(shape), j, before, post // stride)
-    return None
+            found.append(Layout(tuple(shape), j, before, post // stride))
+    return sorted(found, key=lambda lay: (lay.before * lay.after > 1, lay.axis))
+
+
+def reshaped_layout(src: Layout, shape: tuple, n: int) -> Layout | None:
+    """The first of `reshaped_layouts`, or None."""
+    found = reshaped_layouts(src, shape, n)
+    return found[0] if found else None
 
 
 def attribute(node: onnx.NodeProto, name: str, default=None):
@@ -108,9 +116,12 @@ def _write_axis(node: onnx.NodeProto, axes: list[int]) -> None:
 class BatchFirstRewriter:
     """One pass over the nodes: each signal's layout, the batch-first nodes, and what replaced what."""
 
-    def __init__(self, model: onnx.ModelProto, data: str, batch: int, values: dict, label: str, symbol: str):
+    def __init__(self, model: onnx.ModelProto, data: str, batch: int, values: dict, label: str, symbol: str,
+                 choices: dict | None = None):
         self.model, self.n, self.values, self.label, self.data = model, batch, values, label, data
         self.symbol = symbol
+        self.choices = choices or {}       # node -> which of its candidate layouts to take (batch-1 exports)
+        self.points: list[tuple[str, int]] = []     # the nodes that had a choice, in order, and how many
         self.layouts = {data: Layout(tuple(values[data].shape))}
         self.names = {data: data}          # original signal -> its batch-first tensor
         self.nodes: list[onnx.NodeProto] = []
@@ -162,6 +173,13 @@ class BatchFirstRewriter:
             self.layouts[t], self.names[t] = lay, self.out_name(t, lay)
         self.nodes.append(self.renamed(node, {t: self.names[t] for t in layouts}))
 
+    def choose(self, node: onnx.NodeProto, candidates: list[Layout]) -> Layout | None:
+        if len(candidates) > 1:
+            key = node.name or node.output[0]
+            self.points.append((key, len(candidates)))
+            return candidates[self.choices.get(key, 0)]
+        return candidates[0] if candidates else None
+
     def signals(self, node: onnx.NodeProto) -> list[str]:
         return [t for t in node.input if t in self.layouts]
 
@@ -191,22 +209,28 @@ class BatchFirstRewriter:
         return True
 
     def shape_of(self, node: onnx.NodeProto) -> None:
-        """A Shape of a signal whose batch moved: a constant when it leaves the batch's axis out (else kept as it
-        is, reading a tensor that no longer exists: fine if only rewritten Reshapes used it, refused if not)."""
+        """A Shape of a signal whose batch moved, rebuilt from the batch-first tensor's: its static sizes with
+        the batch's axis as batch x before x after (so the frontend folds it as it folds any batch arithmetic)."""
         src = node.input[0]
         lay = self.layouts.get(src)
-        if lay is None or lay.leading:
-            self.nodes.append(self.renamed(node))
+        if lay is None or lay.leading or node.op_type != "Shape":
+            self.nodes.append(self.renamed(node))     # a Size of a moved batch: refused if anything reads it
             return
+        base, out = node.name or node.output[0], node.output[0]
+        batch, axis = f"{out}/batch{SUFFIX}", f"{out}/batch_axis{SUFFIX}"
+        self.emit("Shape", [self.names[src]], batch, f"{base}/batch", start=0, end=1)
+        self.emit("Mul", [batch, self.const(f"{out}/merged", np.array([lay.before * lay.after], np.int64))], axis,
+                  f"{base}/batch_axis")
+        parts = [self.const(f"{out}/{k}", np.array(sizes, np.int64)) if k != "batch" else axis
+                 for k, sizes in (("leading", lay.shape[:lay.axis]), ("batch", ()),
+                                  ("trailing", lay.shape[lay.axis + 1:])) if k == "batch" or sizes]
         rank = len(lay.shape)
         start, end = attribute(node, "start", 0), attribute(node, "end", rank)
-        kept = range(rank)[slice(start, end)] if node.op_type == "Shape" else range(rank)
-        if lay.axis in kept:
-            self.nodes.append(node)
-            return
-        value = helper.make_tensor(node.output[0], onnx.TensorProto.INT64, [len(kept)],
-                                   [lay.shape[i] for i in kept])
-        self.nodes.append(helper.make_node("Constant", [], [node.output[0]], name=node.name, value=value))
+        full = out if (start, end) == (0, rank) else f"{out}/full{SUFFIX}"
+        self.emit("Concat", parts, full, f"{base}/sizes", axis=0)
+        if full != out:
+            self.emit("Slice", [full, self.const(f"{out}/start", np.array([start], np.int64)),
+                                self.const(f"{out}/end", np.array([end], np.int64))], out, base)
 
     def batch_first_only(self, node: onnx.NodeProto) -> None:
         """Any other op: its signals must carry the batch first, and so do its outputs."""
@@ -269,7 +293,7 @@ class BatchFirstRewriter:
         (its Shape arithmetic, which computed with the batch, is no longer read)."""
         src, out = node.input[0], node.output[0]
         lay_in = self.layouts[src]
-        lay = reshaped_layout(lay_in, self.shape(out), self.n)
+        lay = self.choose(node, reshaped_layouts(lay_in, self.shape(out), self.n))
         if lay is None:
             raise self.refuse(node, f"splits the batch of '{src}' over several axes ({list(lay_in.shape)} -> "
                                     f"{list(self.shape(out))})")

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from memse_compiler.batch_first import batch_first
+from memse_compiler.batch_first import batch_first, check_freed_batch
 from memse_compiler.fusions import fuse_layer_norm
 from memse_compiler.ir import KIND_DIGITAL, KIND_INPUT, KIND_OUTPUT, KIND_WEIGHTED, MemseGraph
 from memse_compiler.ir.errors import MemseInputError
@@ -137,6 +137,15 @@ def _allows_zero(node: onnx.NodeProto) -> bool:
     return any(a.name == "allowzero" and a.i for a in node.attribute)
 
 
+def _batch_entry(node: onnx.NodeProto, target: np.ndarray) -> int | None:
+    """What replaces the batch in a target: the slot's entry; for a Reshape with allowzero=1 (torch's dynamo
+    exporter writes it), whose 0 is a zero size, -1 (inferred) when no other entry is -1; else None."""
+    lead = BATCH_SLOTS[node.op_type][1]
+    if lead == 0 and node.op_type == "Reshape" and _allows_zero(node):
+        return None if np.any(target.reshape(-1)[1:] == -1) else -1
+    return lead
+
+
 def _with_leading(target: np.ndarray, lead: int) -> np.ndarray:
     """A shape-like target with its batch entry replaced: 0 in a Reshape copies the input's leading size, 1 in an
     Expand keeps it (two-way broadcast), 0 in Resize sizes is the Resize rule's mark for "the batch"."""
@@ -163,18 +172,19 @@ def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
     out.CopyFrom(model)
     g = out.graph
     values = _constant_tensors(g)
-    dims = {vi.name: _dims(vi) for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    infos = list(g.value_info) + list(g.input) + list(g.output)
+    # a leading size of B, or the symbol batch_first gave the signals it wrote (the batch it follows)
+    dims = {vi.name: (b,) + _dims(vi)[1:] if _symbolic(vi)[:1] == (BATCH,) else _dims(vi) for vi in infos}
     for k, node in enumerate(g.node):
         if node.op_type not in ("Reshape", "Expand") or len(node.input) < 2 or node.input[1] not in values:
             continue
-        if _allows_zero(node):
-            continue
         target = numpy_helper.to_array(values[node.input[1]])
+        lead = _batch_entry(node, target)
         x_dims = dims.get(node.input[0])
         # an Expand's shape aligns with its input from the right: its entry 0 is the input's axis 0 at equal rank
         aligned = node.op_type == "Reshape" or (x_dims and len(x_dims) == target.size)
-        if target.ndim == 1 and target.size and target[0] == b and x_dims and x_dims[0] == b and aligned:
-            lead = BATCH_SLOTS[node.op_type][1]
+        if target.ndim == 1 and target.size and target[0] == b and x_dims and x_dims[0] == b and aligned and \
+                lead is not None:
             name = f"{node.input[1]}__batch_{lead}_{k}"
             g.initializer.append(numpy_helper.from_array(_with_leading(target, lead), name))
             node.input[1] = name
@@ -215,6 +225,28 @@ def _batch_broadcast(node: onnx.NodeProto, name: str, data: str, consts: dict, b
     value = np.array(np.broadcast_to(c, np.broadcast_shapes(c.shape, (1,) + tuple(int(d) for d in t1[1:]))))
     consts[f"{name}/value"] = value
     return onnx.helper.make_node("BatchBroadcast", [data, f"{name}/value"], [node.output[0]], name=name)
+
+
+def _baked_broadcasts(node: onnx.NodeProto, name: str, data: str, consts: dict,
+                      export_batch: int | None) -> list[onnx.NodeProto] | None:
+    """A Concat (along another axis) of a constant that a fixed-batch export folded from a broadcast of one
+    sample (torch's dynamo exporter folds `cls.expand(B, -1, -1)` into a (B, 1, d) initializer): each such
+    constant, B equal slices, becomes a BatchBroadcast node of its first slice ahead of the Concat. None if
+    there is none."""
+    if node.op_type != "Concat" or not export_batch:
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    new, nodes = onnx.NodeProto(), []
+    new.CopyFrom(node)
+    for i, t in enumerate(node.input):
+        c = consts.get(t)
+        if c is None or c.ndim < 2 or axis % c.ndim == 0 or c.shape[0] != export_batch or not np.all(c == c[:1]):
+            continue
+        bb = f"{name}/batch_broadcast_{i}"
+        consts[f"{bb}/value"] = c[:1]
+        nodes.append(onnx.helper.make_node("BatchBroadcast", [data, f"{bb}/value"], [f"{bb}/out"], name=bb))
+        new.input[i] = f"{bb}/out"
+    return nodes + [new] if nodes else None
 
 
 def _batch_hint(export_batch: int | None) -> str:
@@ -295,10 +327,11 @@ def _copy_batch(node: onnx.NodeProto, name: str, consts: dict, batch_dependent: 
     used = [i for i, n in enumerate(node.input) if n in batch_dependent]
     if not used:
         return node
-    slot, lead = BATCH_SLOTS.get(node.op_type, (None, None))
-    if used == [slot] and not _allows_zero(node):
+    slot = BATCH_SLOTS.get(node.op_type, (None, None))[0]
+    if used == [slot]:
         t1, t2 = consts[node.input[slot]].reshape(-1), batch_dependent[node.input[slot]].reshape(-1)
-        if t1.size and (t1[0], t2[0]) == BATCH_PROBES and np.array_equal(t1[1:], t2[1:]):
+        lead = _batch_entry(node, t1)
+        if t1.size and (t1[0], t2[0]) == BATCH_PROBES and np.array_equal(t1[1:], t2[1:]) and lead is not None:
             new = onnx.NodeProto()
             new.CopyFrom(node)
             new.input[slot] = f"{node.input[slot]}__batch_{lead}"
@@ -307,6 +340,23 @@ def _copy_batch(node: onnx.NodeProto, name: str, consts: dict, batch_dependent: 
     raise MemseInputError(f"{label}: node '{name}' ({node.op_type}) computes with the batch size (from a Shape); "
                           f"only a Reshape or Expand that keeps the batch as its leading size is supported: "
                           f"export with Flatten, or with a fixed batch")
+
+
+MASKED = -1e30      # an additive mask's -inf (torch's causal attention mask): exp(-1e30 - max) is 0 in float32 too
+
+
+def _finite_mask(node: onnx.NodeProto, consts: dict) -> onnx.NodeProto:
+    """An Add of a constant with -inf entries (an attention mask ahead of a Softmax) with MASKED there instead:
+    the Softmax gives the same 0, and the signal stays finite for the analysis (and the calibration's check)."""
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    for i, t in enumerate(node.input):
+        v = consts.get(t)
+        if t not in consts or v.dtype.kind != "f" or not np.isneginf(v).any():
+            continue
+        new.input[i] = f"{t}/finite"
+        consts[new.input[i]] = np.where(np.isneginf(v), MASKED, v)
+    return new
 
 
 def _complete_shapes(rule, attrs: dict, node: onnx.NodeProto, operands: list[str], shapes: dict, consts: dict,
@@ -331,6 +381,7 @@ def _complete_shapes(rule, attrs: dict, node: onnx.NodeProto, operands: list[str
 def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     """The op-level graph: one node per ONNX op (weighted ops hold a CrossbarLayer), one edge per signal."""
     model, label = load_model(model)
+    original = model
     model = batch_first(model, label, BATCH)
     model, export_batch = batch_generic(model)
     model = fuse_layer_norm(model)
@@ -372,6 +423,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
 
     batch_fixed = False                 # set by a layer that sums over the input's axis 0
     pending = list(graph.node)          # a rule may expand a node into others, parsed next
+    internal: set[str] = set()          # internal nodes the frontend wrote (BatchBroadcast of a baked constant)
     idx = -1
     while pending:
         node, idx = pending.pop(0), idx + 1
@@ -390,8 +442,18 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         while name in used_names:
             name = f"{name}_{idx}"
         synthetic = _batch_broadcast(node, name, x_vi.name, consts, batch_dependent, export_batch)
-        if synthetic is not None:
-            node = synthetic
+        baked = _baked_broadcasts(node, name, x_vi.name, consts, export_batch)
+        if baked:
+            internal.update(n.name for n in baked[:-1])
+            # shape inference read the baked constant's B as every downstream signal's batch: it is any batch
+            for t, dims in shapes.items():
+                if dims and dims[0] == export_batch and t not in consts:
+                    shapes[t] = g.tensors[t] = (None,) + tuple(dims[1:])
+            pending[:0] = baked
+            idx -= 1
+            continue
+        if synthetic is not None or name in internal:
+            node = synthetic or node
         elif all((not n) or n in consts for n in node.input):
             try:
                 _fold(node, consts, batch_dependent, opset)
@@ -401,12 +463,14 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
             continue
         used_names.add(name)
         rule = rule_for(node.op_type)
-        if rule is not None and rule.internal and synthetic is None:
+        if rule is not None and rule.internal and synthetic is None and name not in internal:
             rule = None                  # internal op names are not ONNX ops
         if rule is None:
             raise MemseInputError(f"{label}: unsupported op '{node.op_type}' at node '{name}' "
                                   f"(supported: {', '.join(SUPPORTED_OPS)})")
         node = _copy_batch(node, name, consts, batch_dependent, label)
+        if node.op_type == "Add":
+            node = _finite_mask(node, consts)
         ctx = ParseContext(node=node, node_name=name, consts=consts, shapes=shapes, opset=opset)
         expanded = rule.expand(ctx)
         if expanded:
@@ -448,7 +512,10 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         g.add_signal(producers[out], f"output:{out}", out)
     if not any(d["kind"] == KIND_WEIGHTED for _, d in g.nodes(data=True)):
         raise MemseInputError(f"{label}: no weighted op (Gemm, MatMul or Conv with constant weights) to map")
+    g.rebuild_producers()
+    if export_batch is not None and not batch_fixed:
+        # freed of its batch, the graph must still be the export's network sample by sample; if not, it keeps it
+        batch_fixed = not check_freed_batch(g, original, export_batch)
     if batch_fixed:                     # the export's batch is the only one the model runs at
         g.tensors[x_vi.name] = (export_batch,) + tuple(g.tensors[x_vi.name][1:])
-    g.rebuild_producers()
     return g

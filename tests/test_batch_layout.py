@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from device_models import load_device
 from memse_compiler import MemseInputError, compile_model
-from memse_compiler.batch_first import batch_first
-from memse_compiler.batch_layout import Layout, reshaped_layout
+from memse_compiler.batch_first import batch_first, check_freed_batch
+from memse_compiler.batch_layout import Layout, reshaped_layout, reshaped_layouts
 from memse_compiler.cli import main
 from memse_compiler.executor import NoisyExecutor
 from memse_compiler.frontend import BATCH, build_graph, load_model
@@ -151,3 +151,74 @@ def test_torch_transformer_example_fixed_and_dynamic_exports_agree():
     want = ort.InferenceSession(str(EXAMPLES / "vit_digits.onnx")).run(None, {"input": x})[0]
     np.testing.assert_allclose(run(g, x.astype(np.float64))["logits"], want, rtol=1e-5, atol=1e-5)
     assert any(n.endswith("/batch_first") for n in g.tensors)       # the heads were folded into the batch
+
+
+def test_batch_one_reshapes_try_every_axis_boundary():
+    """At n = 1 the batch fits any boundary: (L, 1, E) -> (L, 2, d) may hold it as axis 1's major factor or as
+    axis 0's minor one (tried in axis order); an axis of its own comes first."""
+    found = reshaped_layouts(Layout((L, 1, E), axis=1), (L, H, D), 1)
+    assert found == [Layout((L, H, D), 0, L, 1), Layout((L, H, D), 1, 1, H)]
+    assert reshaped_layouts(Layout((L, H, D), 0, L, 1), (L, 1, E), 1)[0] == Layout((L, 1, E), 1)
+
+
+def test_dynamo_batch_one_export_is_the_same_network():
+    """examples/vit_digits_dynamo.onnx: the same weights through torch's dynamo exporter at batch 1 (Reshape
+    allowzero=1 targets with the 1 folded into the heads, the class token's expand folded into a constant). The
+    batch-1 layout search finds where the batch goes; freed, the graph gives the legacy export's logits and
+    analysis at batch 16, and its noiseless chip is onnxruntime's."""
+    x = np.load(EXAMPLES / "digits_inputs.npy")[:16].astype(np.float64)
+    legacy, _ = compile_model(str(EXAMPLES / "vit_digits.onnx"), "rram", x)
+    dynamo, _ = compile_model(str(EXAMPLES / "vit_digits_dynamo.onnx"), "rram", x)
+    np.testing.assert_allclose(dynamo.graph["reference"]["logits"], legacy.graph["reference"]["logits"],
+                               rtol=1e-5, atol=1e-5)
+    mse = [g.graph["analysis"]["outputs"]["logits"]["mse"] for g in (legacy, dynamo)]
+    assert mse[1] == pytest.approx(mse[0], rel=1e-3)
+    ideal = load_device("ideal", ["conductance.levels=null"])
+    g, _ = compile_model(str(EXAMPLES / "vit_digits_dynamo.onnx"), ideal, x, pipeline=default_pipeline(analysis=False))
+    want = ort.InferenceSession(str(EXAMPLES / "vit_digits.onnx")).run(None, {"input": x.astype(np.float32)})[0]
+    np.testing.assert_allclose(NoisyExecutor(g).run_noiseless(x.astype(np.float32))["logits"], want,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_freed_batch_that_is_not_the_export_keeps_the_export_batch():
+    """check_freed_batch compares the freed graph with the export sample by sample: a graph that is not the
+    export's network (here: the export has other weights) fails it, and such a model keeps its export batch."""
+    model = attention(2, fixed_targets=True)
+    g = build_graph(model)
+    assert g.tensors["x"][0] is None
+    other = attention(2, fixed_targets=True)
+    other.graph.initializer[0].CopyFrom(numpy_helper.from_array(2 * W["w_qkv"].astype(np.float32), "w_qkv"))
+    assert check_freed_batch(g, model, 2) and not check_freed_batch(g, other, 2)
+
+
+def test_shape_of_a_moved_batch_is_rebuilt():
+    """A Shape of the sequence-first tensor read by the analysis (the scale from its feature size, as torch's
+    decoder reads the query's embed size): rebuilt from the batch-first tensor, batch x before x after."""
+    model = attention("N")
+    g = model.graph
+    g.node.extend([helper.make_node("Shape", ["seq"], ["seq_shape"], name="seq_shape"),
+                   helper.make_node("Gather", ["seq_shape", "two"], ["e"], axis=0, name="feature_size"),
+                   helper.make_node("Cast", ["e"], ["ef"], to=TensorProto.FLOAT),
+                   helper.make_node("Div", ["y0", "ef"], ["y"], name="per_feature")])
+    next(n for n in g.node if n.name == "head").output[0] = "y0"
+    g.initializer.append(numpy_helper.from_array(np.array(2, np.int64), "two"))
+    onnx.checker.check_model(model)
+    np.testing.assert_allclose(run(build_graph(model), X[:3].astype(np.float64))["y"], ort_run(model, X[:3]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_additive_minus_inf_mask_stays_finite():
+    """A causal mask of -inf above the diagonal added to the scores (torch's attention mask): the Softmax
+    gives 0 there as onnxruntime does, and the analysis stays finite."""
+    model = attention("N")
+    mask = np.triu(np.full((L, L), -np.inf, np.float32), 1)
+    g = model.graph
+    g.initializer.append(numpy_helper.from_array(mask, "mask"))
+    g.node.insert([n.name for n in g.node].index("softmax"), helper.make_node("Add", ["s0", "mask"], ["s"],
+                                                                             name="causal"))
+    next(n for n in g.node if n.name == "scores").output[0] = "s0"
+    onnx.checker.check_model(model)
+    np.testing.assert_allclose(run(build_graph(model), X.astype(np.float64))["y"], ort_run(model, X), rtol=1e-5,
+                               atol=1e-6)
+    g, _ = compile_model(model, "rram", X.astype(np.float64))
+    assert np.isfinite(g.graph["analysis"]["outputs"]["y"]["mse"])

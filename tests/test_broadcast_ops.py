@@ -78,18 +78,18 @@ def test_class_token_is_a_batch_broadcast_of_variance_zero():
 
 
 def test_a_constant_sized_for_the_export_batch_is_refused_in_one_line(tmp_path):
-    """The class token already expanded by the exporter (a (4, 1, M) constant): it cannot follow another batch;
-    one line naming the fixed batch, exit 2."""
+    """A (4, 1, M) constant of four different rows joined to the tokens: not a broadcast of one sample, it cannot
+    follow another batch (the freed graph fails the per-sample check); one line naming the fixed batch, exit 2."""
     rng = np.random.default_rng(10)
     model = _fixed_batch_model([helper.make_node("Concat", ["cls_b", "tokens"], ["y"], name="cat", axis=1)],
                                {"cls_b": rng.standard_normal((B, 1, M))})
-    with pytest.raises(MemseInputError, match="exported with a fixed batch of 4 and does not run on 2 inputs"):
+    with pytest.raises(MemseInputError, match="fixes its batch at 4 and 2 inputs were given"):
         compile_model(model, "rram", np.zeros((2, T, K)))
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     r = subprocess.run([sys.executable, "-m", "memse_compiler.cli", str(path), "--device", "rram", "--batch", "2"],
                        capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "fixed batch of 4" in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "fixes its batch at 4" in r.stderr, r.stderr
 
 
 def test_a_constant_node_that_fails_to_evaluate_is_named():

@@ -118,8 +118,30 @@ def test_batch_split_by_a_reshape_names_the_fixed_batch():
                          helper.make_node("Reshape", ["m", "t2"], ["f"])], [i64("t1", [2, 216]), i64("t2", [4, 108])])
     g, _ = compile_model(model, DEVICE, X[:4])
     np.testing.assert_allclose(g.graph["reference"]["y"], ort_run(model, X[:4]), rtol=1e-5, atol=1e-6)
-    with pytest.raises(MemseInputError, match="fixed batch of 4 .* 7 inputs"):
+    with pytest.raises(MemseInputError, match="fixes its batch at 4 and 7 inputs were given"):
         compile_model(model, DEVICE, X)
+
+
+def test_dynamo_style_fixed_batch_export_is_freed():
+    """torch's dynamo exporter writes `view` as a Reshape with allowzero=1 (a 0 there is a zero size, not a copy),
+    and folds a broadcast class token into a (B, 1, d) constant that a Concat joins with the signal: the target's
+    batch becomes -1, the constant a BatchBroadcast of one sample, and the model runs at any batch."""
+    token = np.repeat(RNG.normal(0, 1, (1, 1, 36)), 4, axis=0).astype(np.float32)
+    nodes = [helper.make_node("Reshape", ["r", "t"], ["rows"], allowzero=1),
+             helper.make_node("Concat", ["token", "rows"], ["seq"], axis=1),
+             helper.make_node("Reshape", ["seq", "t2"], ["f"], allowzero=1)]
+    model = conv_net(4, nodes, [i64("t", [4, 3, 36]), i64("t2", [4, 144]),
+                                numpy_helper.from_array(token, "token")])
+    model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == "wf"))
+    model.graph.initializer.append(numpy_helper.from_array(RNG.normal(0, 0.2, (5, 144)).astype(np.float32), "wf"))
+    onnx.checker.check_model(model)
+    g, _ = compile_model(model, DEVICE, X)
+    halves = [ort_run(model, X[:4]), ort_run(model, X[3:7])]
+    np.testing.assert_allclose(g.graph["reference"]["y"], np.concatenate([halves[0], halves[1][1:]]),
+                               rtol=1e-5, atol=1e-6)
+    assert any(d["op"] == "BatchBroadcast" for _, d in g.nodes(data=True))
+    res = run_montecarlo(g, DEVICE, chips=3, seed=0, progress=False)       # the executor runs it at batch 7 too
+    assert np.isfinite(res["outputs"]["y"]["mse"])
 
 
 def test_shapes_onnx_cannot_infer_are_completed():

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Export the transformer forms of torch's own modules that tests/test_torch_exports.py checks (random weights,
+seed 0; the legacy TorchScript exporter, opset 17, as examples/train_digits.py). Needs torch (not a dependency
+of memse-compiler); the committed .onnx files are what the tests read. Usage: python tests/torch_exports/make.py
+
+  seqfirst_mha.onnx           nn.MultiheadAttention(batch_first=False) between two transposes (dynamic batch)
+  mha_weights.fixed.onnx      need_weights=True: the head-averaged attention weights are used too (batch 4)
+  causal_encoder.fixed.onnx   2-layer nn.TransformerEncoder, 4 heads, causal -inf mask (batch 4)
+  decoder.fixed.onnx          nn.TransformerDecoderLayer: self- and cross-attention on the same tokens (batch 4)
+  merge.onnx                  x.reshape(-1, d) -> Linear -> reshape back: the batch merged with the tokens
+"""
+import os
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+D = 16
+
+
+def tokens(x):
+    return x.reshape(x.shape[0], 8, 8)
+
+
+class SeqFirstMHA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.mha, self.head = nn.Linear(8, D), nn.MultiheadAttention(D, 2), nn.Linear(D, 10)
+
+    def forward(self, x):
+        t = self.emb(tokens(x)).transpose(0, 1)
+        a, _ = self.mha(t, t, t, need_weights=False)
+        return self.head(a.transpose(0, 1).mean(1))
+
+
+class MHAWeights(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.mha = nn.Linear(8, D), nn.MultiheadAttention(D, 2, batch_first=True)
+        self.head = nn.Linear(D + 8, 10)
+
+    def forward(self, x):
+        t = self.emb(tokens(x))
+        a, w = self.mha(t, t, t)
+        return self.head(torch.cat([a.mean(1), w.mean(1)], 1))
+
+
+class CausalEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(D, 4, 2 * D, dropout=0.0, batch_first=True)
+        self.emb, self.head = nn.Linear(8, D), nn.Linear(D, 10)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(8))
+
+    def forward(self, x):
+        return self.head(self.enc(self.emb(tokens(x)), mask=self.mask)[:, -1])
+
+
+class Decoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Linear(8, D), nn.Linear(D, 10)
+        self.dec = nn.TransformerDecoderLayer(D, 2, 2 * D, dropout=0.0, batch_first=True)
+
+    def forward(self, x):
+        t = self.emb(tokens(x))
+        return self.head(self.dec(t, t).mean(1))
+
+
+class Merge(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, D), nn.Linear(D, 10)
+
+    def forward(self, x):
+        t = tokens(x)
+        h = F.relu(self.a(t.reshape(-1, 8))).reshape(t.shape[0], 8, D)
+        return self.b(h.mean(1))
+
+
+def main():
+    warnings.filterwarnings("ignore")
+    for name, cls, dynamic in [("seqfirst_mha", SeqFirstMHA, True), ("mha_weights.fixed", MHAWeights, False),
+                               ("causal_encoder.fixed", CausalEncoder, False), ("decoder.fixed", Decoder, False),
+                               ("merge", Merge, True)]:
+        torch.manual_seed(0)
+        path = os.path.join(HERE, name + ".onnx")
+        torch.onnx.export(cls().eval(), (torch.rand(4, 1, 8, 8),), path, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}} if dynamic else None)
+        print(f"{name}.onnx  {os.path.getsize(path)} B")
+
+
+if __name__ == "__main__":
+    main()
