@@ -21,6 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from memse_compiler.ir.errors import MemseInputError
+from memse_compiler.ir.ops import rule_for, unsupported_op
 
 SUFFIX = "/batch_first"
 # one signal in, same shape out, no axis semantics: the op runs unchanged on the batch-first tensor
@@ -236,6 +237,8 @@ class BatchFirstRewriter:
         """Any other op: its signals must carry the batch first, and so do its outputs."""
         for t in self.signals(node):
             lay = self.layouts[t]
+            if not lay.leading and (rule_for(node.op_type) is None or rule_for(node.op_type).internal):
+                raise unsupported_op(self.label, node.op_type, node.name or node.output[0])
             if not lay.leading:
                 raise self.refuse(node, f"reads '{t}', whose batch is not on axis 0 alone (axis {lay.axis} of "
                                         f"{list(lay.shape)}, after a Transpose or Reshape), which "

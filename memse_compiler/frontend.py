@@ -20,7 +20,7 @@ from memse_compiler.batch_first import batch_first, check_freed_batch
 from memse_compiler.fusions import fuse_layer_norm
 from memse_compiler.ir import KIND_DIGITAL, KIND_INPUT, KIND_OUTPUT, KIND_WEIGHTED, MemseGraph
 from memse_compiler.ir.errors import MemseInputError
-from memse_compiler.ir.ops import SUPPORTED_OPS, rule_for
+from memse_compiler.ir.ops import rule_for, unsupported_op
 from memse_compiler.ir.ops.base import ParseContext
 
 
@@ -466,8 +466,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         if rule is not None and rule.internal and synthetic is None and name not in internal:
             rule = None                  # internal op names are not ONNX ops
         if rule is None:
-            raise MemseInputError(f"{label}: unsupported op '{node.op_type}' at node '{name}' "
-                                  f"(supported: {', '.join(SUPPORTED_OPS)})")
+            raise unsupported_op(label, node.op_type, name)
         node = _copy_batch(node, name, consts, batch_dependent, label)
         if node.op_type == "Add":
             node = _finite_mask(node, consts)

@@ -259,6 +259,7 @@ def activation_models() -> list[ZooModel]:
         _act_model("act_elu", simple("Elu", alpha=0.7)),
         _act_model("act_selu", simple("Selu")),
         _act_model("act_softsign", simple("Softsign")),
+        _act_model("act_mish", simple("Mish"), opset=18),
         _act_model("act_gelu_op_tanh", simple("Gelu", approximate="tanh"), opset=20),
         _act_model("act_neg", simple("Neg")),
         _act_model("act_abs", simple("Abs")),

@@ -322,6 +322,18 @@ def softplus_moments(mu, var) -> Moments:
     return gauss_hermite_moments(softplus, sigmoid, mu, var)
 
 
+def mish(x: np.ndarray) -> np.ndarray:
+    """x tanh(softplus(x)) (ONNX Mish, opset 18)."""
+    return x * np.tanh(softplus(x))
+
+
+def mish_moments(mu, var) -> Moments:
+    def dmish(x):
+        t = np.tanh(softplus(x))
+        return t + x * sigmoid(x) * (1 - t * t)
+    return gauss_hermite_moments(mish, dmish, mu, var)
+
+
 def erf_moments(mu, var) -> Moments:
     """Mean in closed form (E erf(X) = erf(mu / sqrt(1 + 2 var))); variance and gain by quadrature."""
     m = gauss_hermite_moments(erf, lambda x: 2 / np.sqrt(np.pi) * np.exp(-x * x), mu, var)

@@ -9,3 +9,10 @@ from memse_compiler.ir.ops import (  # noqa: F401  (registration)
     arithmetic, broadcast, elementwise, indexing, linear, normalization, pooling, weighted)
 
 SUPPORTED_OPS = tuple(sorted(op for op, rule in REGISTRY.items() if not rule.internal))
+
+
+def unsupported_op(label: str, op_type: str, node_name: str):
+    """The one-line error for an op no rule takes (the frontend's, and batch_first's ahead of it)."""
+    from memse_compiler.ir.errors import MemseInputError
+    return MemseInputError(f"{label}: unsupported op '{op_type}' at node '{node_name}' "
+                           f"(supported: {', '.join(SUPPORTED_OPS)})")

@@ -147,6 +147,19 @@ class SoftplusRule(ElementwiseRule):
 
 
 @register
+class MishRule(ElementwiseRule):
+    """ONNX Mish (opset 18; torch's F.mish exports as it there), moments by quadrature. At lower opsets torch
+    writes x * tanh(softplus(x)), which the chain of Mul, Tanh and Softplus rules takes."""
+    op_types = ("Mish",)
+
+    def f(self, attrs, x):
+        return stats.mish(x)
+
+    def stat(self, attrs, mu, var):
+        return stats.mish_moments(mu, var)
+
+
+@register
 class ErfRule(ElementwiseRule):
     op_types = ("Erf",)
 
