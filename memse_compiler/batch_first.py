@@ -67,7 +67,8 @@ MAX_ATTEMPTS = 256
 
 def _rewrite(model: onnx.ModelProto, data: str, batch: int, values: dict, label: str,
              symbol: str) -> BatchFirstRewriter | None:
-    """The rewriter that went through every node, or None if the batch never moved. At batch 1 a Reshape may
+    """The rewriter that went through every node, or None if one refused before the batch moved. At batch 1 a
+    Reshape may
     put the batch at several axis boundaries: the choices are searched depth first, the latest undone first,
     until every node accepts its inputs' layouts (a wrong guess soon meets an op that works along the batch);
     the first refusal is the one reported."""
@@ -76,9 +77,7 @@ def _rewrite(model: onnx.ModelProto, data: str, batch: int, values: dict, label:
     for _ in range(MAX_ATTEMPTS):
         rewriter = BatchFirstRewriter(model, data, batch, values, label, symbol, choices)
         try:
-            if not rewriter.run() or all(lay.leading for lay in rewriter.layouts.values()):
-                return None
-            return rewriter
+            return rewriter if rewriter.run() else None
         except MemseInputError as exc:
             first = first or exc
         points = rewriter.points
@@ -89,6 +88,23 @@ def _rewrite(model: onnx.ModelProto, data: str, batch: int, values: dict, label:
         choices = {key: choices.get(key, 0) for key, _ in points}
         choices[points[-1][0]] += 1
     raise first
+
+
+def _with_batch_shapes(model: onnx.ModelProto, rewriter: BatchFirstRewriter, other: dict) -> onnx.ModelProto:
+    """A dynamic export whose signals all keep the batch first, with their shapes written (the batch symbol, then
+    static sizes) where shape inference lost them behind Shape arithmetic (`B, T, C = x.size()` on a computed
+    tensor): those whose leading size was the batch at both probes and whose other sizes did not change."""
+    keep = {t for t, lay in rewriter.layouts.items() if t in other and np.ndim(other[t]) and
+            np.shape(other[t])[0] == 5 and lay.shape[0] == rewriter.n and np.shape(other[t])[1:] == lay.shape[1:]}
+    produced = {o for n in model.graph.node for o in n.output}
+    mine = [vi for vi in rewriter.signal_shapes(produced) if vi.name in keep]
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    names = {vi.name for vi in mine}
+    rest = [vi for vi in out.graph.value_info if vi.name not in names]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(mine + rest)
+    return out
 
 
 def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelProto:
@@ -114,6 +130,8 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
     rewriter = _rewrite(model, data[0], batch, values, label, (fixed is None and dims[0].dim_param) or symbol)
     if rewriter is None:
         return model
+    if all(lay.leading for lay in rewriter.layouts.values()):
+        return model if fixed else _with_batch_shapes(model, rewriter, _probe(model, data[0], 5, seed=1))
     out = rewriter.model_out()
     try:
         mine = {vi.name: vi for vi in out.graph.value_info}

@@ -28,7 +28,7 @@ SUFFIX = "/batch_first"
 UNARY = {"Abs", "Cast", "Celu", "Dropout", "Elu", "Erf", "Exp", "Gelu", "HardSigmoid", "HardSwish", "Identity",
          "LeakyRelu", "Log", "Mish", "Neg", "Reciprocal", "Relu", "Selu", "Sigmoid", "Softplus", "Softsign", "Sqrt",
          "Tanh", "Clip", "Round", "Floor", "Ceil", "Sign", "Sin", "Cos"}
-BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu"}
+BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "Where"}
 RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
               "ReduceSumSquare", "ReduceLogSumExp", "ReduceLogSum"}

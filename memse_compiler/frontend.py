@@ -346,8 +346,9 @@ MASKED = -1e30      # an additive mask's -inf (torch's causal attention mask): e
 
 
 def _finite_mask(node: onnx.NodeProto, consts: dict) -> onnx.NodeProto:
-    """An Add of a constant with -inf entries (an attention mask ahead of a Softmax) with MASKED there instead:
-    the Softmax gives the same 0, and the signal stays finite for the analysis (and the calibration's check)."""
+    """An Add (or Where: `masked_fill`) of a constant with -inf entries (an attention mask ahead of a Softmax)
+    with MASKED there instead: the Softmax gives the same 0, and the signal stays finite for the analysis (and
+    the calibration's check)."""
     new = onnx.NodeProto()
     new.CopyFrom(node)
     for i, t in enumerate(node.input):
@@ -468,7 +469,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         if rule is None:
             raise unsupported_op(label, node.op_type, name)
         node = _copy_batch(node, name, consts, batch_dependent, label)
-        if node.op_type == "Add":
+        if node.op_type in ("Add", "Where"):
             node = _finite_mask(node, consts)
         ctx = ParseContext(node=node, node_name=name, consts=consts, shapes=shapes, opset=opset)
         expanded = rule.expand(ctx)

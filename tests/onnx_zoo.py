@@ -306,6 +306,12 @@ def dense_misc_models() -> list[ZooModel]:
     g = Builder("softmax_after_gemm")
     out.append(g.build(g.op("Softmax", [g.gemm(g.input("x", (N, K)), K, M)], axis=-1)))
 
+    g = Builder("where_causal_mask_softmax")  # masked_fill of a fixed mask (finite fill), then Softmax
+    y = g.matmul(g.input("x", (N, 4, K)), K, 4)
+    mask = g.const("keep", np.tril(np.ones((4, 4), bool)))
+    y = g.op("Where", [mask, y, g.const("fill", np.float32(-30.0))])
+    out.append(g.build(g.op("Softmax", [y], axis=-1)))
+
     g = Builder("transpose_matmul")           # (N, C, T) -> (N, T, C) @ (C, M)
     y = g.op("Transpose", [g.input("x", (N, K, 5))], perm=[0, 2, 1])
     out.append(g.build(g.matmul(y, K, M)))

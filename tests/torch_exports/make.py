@@ -8,7 +8,10 @@ of memse-compiler); the committed .onnx files are what the tests read. Usage: py
   causal_encoder.fixed.onnx   2-layer nn.TransformerEncoder, 4 heads, causal -inf mask (batch 4)
   decoder.fixed.onnx          nn.TransformerDecoderLayer: self- and cross-attention on the same tokens (batch 4)
   merge.onnx                  x.reshape(-1, d) -> Linear -> reshape back: the batch merged with the tokens
+  gpt_block.onnx              nanoGPT's block: `B, T, C = x.size()` on a computed tensor, heads by view and
+                              transpose, masked_fill(-inf) with a causal buffer, GELU MLP (dynamic batch)
 """
+import math
 import os
 import warnings
 
@@ -81,11 +84,37 @@ class Merge(nn.Module):
         return self.b(h.mean(1))
 
 
+class CausalSelfAttention(nn.Module):
+    def __init__(self, heads=2, t=8):
+        super().__init__()
+        self.c_attn, self.c_proj, self.heads = nn.Linear(D, 3 * D), nn.Linear(D, D), heads
+        self.register_buffer("bias", torch.tril(torch.ones(t, t)).view(1, 1, t, t))
+
+    def forward(self, x):
+        b, t, c = x.size()
+        q, k, v = (a.view(b, t, self.heads, c // self.heads).transpose(1, 2) for a in self.c_attn(x).split(D, 2))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = F.softmax(att.masked_fill(self.bias[:, :, :t, :t] == 0, float("-inf")), dim=-1)
+        return self.c_proj((att @ v).transpose(1, 2).contiguous().view(b, t, c))
+
+
+class GPTBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.ln1, self.attn, self.ln2 = nn.Linear(8, D), nn.LayerNorm(D), CausalSelfAttention(), nn.LayerNorm(D)
+        self.mlp, self.head = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D)), nn.Linear(D, 10)
+
+    def forward(self, x):
+        t = self.emb(tokens(x))
+        t = t + self.attn(self.ln1(t))
+        return self.head((t + self.mlp(self.ln2(t)))[:, -1])
+
+
 def main():
     warnings.filterwarnings("ignore")
     for name, cls, dynamic in [("seqfirst_mha", SeqFirstMHA, True), ("mha_weights.fixed", MHAWeights, False),
                                ("causal_encoder.fixed", CausalEncoder, False), ("decoder.fixed", Decoder, False),
-                               ("merge", Merge, True)]:
+                               ("merge", Merge, True), ("gpt_block", GPTBlock, True)]:
         torch.manual_seed(0)
         path = os.path.join(HERE, name + ".onnx")
         torch.onnx.export(cls().eval(), (torch.rand(4, 1, 8, 8),), path, dynamo=False, opset_version=17,

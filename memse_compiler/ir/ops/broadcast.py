@@ -1,6 +1,7 @@
 """Expand and Tile: a signal broadcast or repeated over non-batch axes (a copy, exact), and a constant broadcast
 to the batch (a class token, an initial state: `cls.expand(x.shape[0], -1, -1)`), which becomes the internal op
-BatchBroadcast, a signal of variance 0 that only takes its batch size from the data input."""
+BatchBroadcast, a signal of variance 0 that only takes its batch size from the data input. Where with a constant
+condition (`masked_fill` with a fixed mask) broadcasts its operands and picks one per element, also exactly."""
 from __future__ import annotations
 
 from typing import Callable
@@ -9,7 +10,7 @@ import numpy as np
 import onnx
 import sympy
 
-from memse_compiler.ir.ops.base import Linearization, OpRule, batch_sized_shape, register
+from memse_compiler.ir.ops.base import Linearization, OpRule, batch_sized_shape, register, unbroadcast
 from memse_compiler.ir.ops.indexing import CopyRule, _const_ints
 
 
@@ -84,3 +85,42 @@ class BatchBroadcastRule(OpRule):
         x, value = node.input[0], node.input[1]
         nodes, target = batch_sized_shape(x, np.ones(attrs["value"].ndim - 1), node.name, const)
         return nodes + [onnx.helper.make_node("Expand", [value, target], [node.output[0]], name=node.name)]
+
+
+@register
+class WhereRule(OpRule):
+    """Where(condition, a, b) with a constant condition: `scores.masked_fill(mask == 0, -inf)` with a fixed
+    (causal) mask, whose -inf the frontend makes -1e30 as for an additive mask. Every element is one operand's
+    element: its moments are that operand's, exactly, and so is its sensitivity."""
+    op_types = ("Where",)
+
+    def parse(self, ctx):
+        cond = ctx.const(0)
+        if cond is None:
+            raise ctx.fail("the condition is computed from a signal (only a constant mask is supported)")
+        return {"condition": cond.astype(bool)}
+
+    def operands(self, ctx):
+        return [1, 2]
+
+    def forward(self, attrs, xs):
+        return [np.where(attrs["condition"], xs[0], xs[1])]
+
+    def moments(self, attrs, means, variances):
+        c = attrs["condition"]
+        return [np.where(c, means[0], means[1])], [np.where(c, variances[0], variances[1])], Linearization()
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        g = gouts[0]
+        if g is None:
+            return [None, None]
+        c = attrs["condition"]
+        return [unbroadcast(np.where(c, g, 0.0), in_shapes[0]), unbroadcast(np.where(c, 0.0, g), in_shapes[1])]
+
+    def expressions(self, attrs, mus, vs, node):
+        c = attrs["condition"]
+        if c.all() or not c.any():                  # one operand throughout
+            k = 0 if c.all() else 1
+            return [mus[k]], [vs[k]]
+        pick = sympy.Function(f"where[{node}]")
+        return [pick(mus[0], mus[1])], [pick(vs[0], vs[1])]
