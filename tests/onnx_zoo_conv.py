@@ -77,6 +77,22 @@ def bn_models() -> list[ZooModel]:
     x = _image(g)
     s = g.op("Add", [x, g.conv(x, C, C, pads=[1, 1, 1, 1])])
     out.append(g.build(g.op("Relu", [g.bn(s, C, epsilon=1e-3)])))
+
+    g = Builder("instance_norm_conv")                  # InstanceNorm2d(affine=True) between convs
+    y = g.conv(_image(g), C, 6, pads=[1, 1, 1, 1], name="conv_a")
+    y = g.op("InstanceNormalization", [y, g.const("in.weight", g.rng.uniform(0.5, 1.5, 6)),
+                                       g.vector("in.bias", (6,), 0.2)], epsilon=1e-5)
+    out.append(g.build(g.conv(g.op("Relu", [y]), 6, 4, name="conv_b")))
+
+    g = Builder("group_norm_conv")                     # nn.GroupNorm(2, 6) as torch exports it
+    y = g.conv(_image(g), C, 6, pads=[1, 1, 1, 1], name="conv_a")
+    y = g.op("Reshape", [y, g.const("groups", np.array([0, 2, -1]))])
+    y = g.op("InstanceNormalization", [y, g.const("ones", np.ones(2, np.float32)),
+                                       g.const("zeros", np.zeros(2, np.float32))], epsilon=1e-5)
+    y = g.op("Reshape", [y, g.const("channels", np.array([0, 6, H, W]))])
+    y = g.op("Add", [g.op("Mul", [y, g.const("gn.weight", g.rng.uniform(0.5, 1.5, (6, 1, 1)))]),
+                     g.vector("gn.bias", (6, 1, 1), 0.2)])
+    out.append(g.build(g.conv(g.op("Relu", [y]), 6, 4, name="conv_b")))
     return out
 
 

@@ -16,7 +16,8 @@ from memse_compiler.montecarlo import run_montecarlo
 from memse_compiler.pipeline import default_pipeline
 
 EXPORTS = Path(__file__).resolve().parent / "torch_exports"
-MODELS = ["seqfirst_mha", "mha_weights.fixed", "causal_encoder.fixed", "decoder.fixed", "merge", "gpt_block"]
+MODELS = ["seqfirst_mha", "mha_weights.fixed", "causal_encoder.fixed", "decoder.fixed", "merge", "group_norm",
+          "gpt_block"]
 X = np.random.default_rng(3).random((8, 1, 8, 8)).astype(np.float32)
 
 

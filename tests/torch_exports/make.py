@@ -8,6 +8,7 @@ of memse-compiler); the committed .onnx files are what the tests read. Usage: py
   causal_encoder.fixed.onnx   2-layer nn.TransformerEncoder, 4 heads, causal -inf mask (batch 4)
   decoder.fixed.onnx          nn.TransformerDecoderLayer: self- and cross-attention on the same tokens (batch 4)
   merge.onnx                  x.reshape(-1, d) -> Linear -> reshape back: the batch merged with the tokens
+  group_norm.onnx             Conv -> nn.GroupNorm(2, 8) -> Conv (InstanceNormalization between two Reshapes)
   gpt_block.onnx              nanoGPT's block: `B, T, C = x.size()` on a computed tensor, heads by view and
                               transpose, masked_fill(-inf) with a causal buffer, GELU MLP (dynamic batch)
 """
@@ -110,11 +111,25 @@ class GPTBlock(nn.Module):
         return self.head((t + self.mlp(self.ln2(t)))[:, -1])
 
 
+class GroupNormConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.gn, self.c2 = nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 10)
+        with torch.no_grad():          # an affine that is not the identity
+            self.gn.weight.uniform_(0.5, 1.5)
+            self.gn.bias.uniform_(-0.2, 0.2)
+
+    def forward(self, x):
+        return self.head(F.relu(self.c2(F.relu(self.gn(self.c1(x))))).mean((2, 3)))
+
+
 def main():
     warnings.filterwarnings("ignore")
     for name, cls, dynamic in [("seqfirst_mha", SeqFirstMHA, True), ("mha_weights.fixed", MHAWeights, False),
                                ("causal_encoder.fixed", CausalEncoder, False), ("decoder.fixed", Decoder, False),
-                               ("merge", Merge, True), ("gpt_block", GPTBlock, True)]:
+                               ("merge", Merge, True), ("group_norm", GroupNormConv, True),
+                               ("gpt_block", GPTBlock, True)]:
         torch.manual_seed(0)
         path = os.path.join(HERE, name + ".onnx")
         torch.onnx.export(cls().eval(), (torch.rand(4, 1, 8, 8),), path, dynamo=False, opset_version=17,

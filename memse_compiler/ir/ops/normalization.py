@@ -1,7 +1,10 @@
-"""LayerNormalization: a nonlinear map of a whole feature vector, propagated by its linearisation."""
+"""LayerNormalization: a nonlinear map of a whole feature vector, propagated by its linearisation;
+InstanceNormalization (and so torch's GroupNorm, which exports as one between two Reshapes) as a LayerNormalization
+over the spatial axes followed by the per-channel scale and bias."""
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
 from memse_compiler.ir.ops.base import Linearization, OpRule, register
 
@@ -74,3 +77,36 @@ class LayerNormRule(OpRule):
         axes = self._axes(attrs, g)
         gs = g * attrs["scale"]                 # J^T g = (gs - mean(gs) - x_hat mean(gs x_hat)) / s
         return [(gs - gs.mean(axis=axes, keepdims=True) - x_hat * (gs * x_hat).mean(axis=axes, keepdims=True)) / s]
+
+
+@register
+class InstanceNormRule(OpRule):
+    """InstanceNormalization over (N, C, D1, ...): per sample and channel, over the spatial axes, which is a
+    LayerNormalization from axis 2; the per-channel scale and bias follow as a Mul and an Add (left out when they
+    are 1 and 0, as in torch's GroupNorm export, which applies its affine after the Reshape back)."""
+    op_types = ("InstanceNormalization",)
+
+    def expand(self, ctx):
+        shape = ctx.shape(0)
+        if len(shape) < 3:
+            raise ctx.fail(f"the input must be (N, C, D1, ...), got rank {len(shape)}")
+        scale, bias = ctx.const(1), ctx.const(2)
+        if scale is None or bias is None:
+            raise ctx.fail("scale and bias must be constants")
+        base, x, y = ctx.node_name, ctx.node.input[0], ctx.node.output[0]
+        per_channel = (shape[1],) + (1,) * (len(shape) - 2)
+
+        def const(label, value):
+            ctx.consts[f"{base}/{label}"] = np.asarray(value, np.float64)
+            return f"{base}/{label}"
+        affine = not (np.all(scale == 1) and np.all(bias == 0))
+        normalised = f"{base}/normalised" if affine else y
+        nodes = [helper.make_node("LayerNormalization", [x, const("ones", np.ones(1))], [normalised],
+                                  name=f"{base}/normalise" if affine else base, axis=2,
+                                  epsilon=float(ctx.attr("epsilon", 1e-5)))]
+        if affine:
+            nodes += [helper.make_node("Mul", [normalised, const("scale", scale.reshape(per_channel))],
+                                       [f"{base}/scaled"], name=f"{base}/scale"),
+                      helper.make_node("Add", [f"{base}/scaled", const("bias", bias.reshape(per_channel))], [y],
+                                       name=base)]
+        return nodes
