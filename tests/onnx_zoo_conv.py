@@ -78,6 +78,14 @@ def bn_models() -> list[ZooModel]:
     s = g.op("Add", [x, g.conv(x, C, C, pads=[1, 1, 1, 1])])
     out.append(g.build(g.op("Relu", [g.bn(s, C, epsilon=1e-3)])))
 
+    for name, op, attrs, cmid, cout in (("pixel_shuffle_conv", "DepthToSpace", {"mode": "CRD"}, 8, 2),
+                                        ("depth_to_space_dcr_conv", "DepthToSpace", {"mode": "DCR"}, 8, 2),
+                                        ("space_to_depth_conv", "SpaceToDepth", {}, 2, 8)):
+        g = Builder(name)                              # PixelShuffle / PixelUnshuffle between convs
+        y = g.op("Relu", [g.conv(_image(g), C, cmid, pads=[1, 1, 1, 1], name="conv_a")])
+        y = g.op(op, [y], blocksize=2, **attrs)
+        out.append(g.build(g.conv(y, cout, 4, name="conv_b")))
+
     g = Builder("instance_norm_conv")                  # InstanceNorm2d(affine=True) between convs
     y = g.conv(_image(g), C, 6, pads=[1, 1, 1, 1], name="conv_a")
     y = g.op("InstanceNormalization", [y, g.const("in.weight", g.rng.uniform(0.5, 1.5, 6)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import sympy
+from onnx import helper
 
 from memse_compiler.ir import stats
 from memse_compiler.ir.errors import DomainError
@@ -117,6 +118,39 @@ class TransposeRule(ShapeRule):
             return [None]
         perm = attrs["perm"] or list(range(g.ndim))[::-1]
         return [np.transpose(g, np.argsort(perm))]
+
+
+@register
+class DepthToSpaceRule(OpRule):
+    """DepthToSpace (torch's PixelShuffle exports it, mode CRD) and SpaceToDepth (PixelUnshuffle): exact
+    rearrangements, parsed as the Reshape -> Transpose -> Reshape by which the ONNX spec defines them."""
+    op_types = ("DepthToSpace", "SpaceToDepth")
+
+    def expand(self, ctx):
+        shape = ctx.shape(0)
+        if len(shape) != 4:
+            raise ctx.fail(f"the input must be (N, C, H, W), got rank {len(shape)}")
+        b, (_, c, h, w) = int(ctx.attr("blocksize", 0)), shape
+        if b < 1:
+            raise ctx.fail("blocksize must be at least 1")
+        if ctx.node.op_type == "DepthToSpace":
+            mode = ctx.attr("mode", b"DCR")
+            mode = mode.decode() if isinstance(mode, bytes) else mode
+            if c % (b * b) or mode not in ("DCR", "CRD"):
+                raise ctx.fail(f"{c} channels in blocks of {b} x {b}, mode {mode!r}: not a depth-to-space")
+            split, perm = (([0, b, b, c // b ** 2, h, w], [0, 3, 4, 1, 5, 2]) if mode == "DCR" else
+                           ([0, c // b ** 2, b, b, h, w], [0, 1, 4, 2, 5, 3]))
+            merge = [0, c // b ** 2, h * b, w * b]
+        else:
+            if h % b or w % b:
+                raise ctx.fail(f"{h} x {w} is not divisible into blocks of {b}")
+            split, perm, merge = [0, c, h // b, b, w // b, b], [0, 3, 5, 1, 2, 4], [0, c * b * b, h // b, w // b]
+        base, x = ctx.node_name, ctx.node.input[0]
+        ctx.consts[f"{base}/split"] = np.array(split, np.int64)
+        ctx.consts[f"{base}/merge"] = np.array(merge, np.int64)
+        return [helper.make_node("Reshape", [x, f"{base}/split"], [f"{base}/blocks"], name=f"{base}/split"),
+                helper.make_node("Transpose", [f"{base}/blocks"], [f"{base}/moved"], name=f"{base}/move", perm=perm),
+                helper.make_node("Reshape", [f"{base}/moved", f"{base}/merge"], [ctx.node.output[0]], name=base)]
 
 
 @register
