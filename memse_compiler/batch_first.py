@@ -90,6 +90,23 @@ def _rewrite(model: onnx.ModelProto, data: str, batch: int, values: dict, label:
     raise first
 
 
+def _shapes_read_but_lost(model: onnx.ModelProto, batch: str) -> bool:
+    """Whether a Shape reads a computed tensor whose inferred shape is not the batch symbol then static sizes
+    (only then do the frontend's folds need the probe's shapes)."""
+    infos = {vi.name: vi.type.tensor_type for vi in model.graph.value_info}
+    given = {vi.name for vi in model.graph.input} | {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Shape" or node.input[0] in given:
+            continue
+        if node.input[0] not in infos:
+            return True
+        t = infos[node.input[0]]
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim] if t.HasField("shape") else []
+        if not dims or dims[0] != batch or any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
+            return True
+    return False
+
+
 def _with_batch_shapes(model: onnx.ModelProto, rewriter: BatchFirstRewriter, other: dict) -> onnx.ModelProto:
     """A dynamic export whose signals all keep the batch first, with their shapes written (the batch symbol, then
     static sizes) where shape inference lost them behind Shape arithmetic (`B, T, C = x.size()` on a computed
@@ -131,7 +148,9 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
     if rewriter is None:
         return model
     if all(lay.leading for lay in rewriter.layouts.values()):
-        return model if fixed else _with_batch_shapes(model, rewriter, _probe(model, data[0], 5, seed=1))
+        if fixed or not _shapes_read_but_lost(model, dims[0].dim_param):
+            return model
+        return _with_batch_shapes(model, rewriter, _probe(model, data[0], 5, seed=1))
     out = rewriter.model_out()
     try:
         mine = {vi.name: vi for vi in out.graph.value_info}
