@@ -90,6 +90,46 @@ def _rewrite(model: onnx.ModelProto, data: str, batch: int, values: dict, label:
     raise first
 
 
+def _assemble(rewriter: BatchFirstRewriter) -> onnx.ModelProto:
+    """The rewritten model: outputs under their own names, what nothing reads any more (the Shape arithmetic of
+    the rewritten Reshapes, mostly) dropped, the batch-first signals' shapes written. Refused when an output
+    does not start with the batch, or a node still reads a tensor that no longer exists (a Size of a moved
+    batch, say)."""
+    g = rewriter.model.graph
+    nodes = list(rewriter.nodes)
+    for o in g.output:
+        lay = rewriter.layouts.get(o.name)
+        if lay is not None and not lay.leading:
+            raise MemseInputError(f"{rewriter.label}: output '{o.name}' does not carry the batch on its axis 0 "
+                                  f"(axis {lay.axis} of {list(lay.shape)})")
+        if rewriter.names.get(o.name, o.name) != o.name:
+            nodes.append(helper.make_node("Identity", [rewriter.names[o.name]], [o.name], name=f"{o.name}/output"))
+    live = {o.name for o in g.output}
+    kept = []
+    for node in reversed(nodes):             # drop what nothing reads any more (Shape arithmetic, mostly)
+        if any(o in live for o in node.output):
+            kept.append(node)
+            live.update(node.input)
+    kept.reverse()
+    produced = {t.name for t in g.initializer} | {t.name for t in rewriter.inits} | {vi.name for vi in g.input}
+    for node in kept:
+        for t in node.input:
+            if t and t not in produced:
+                lay = rewriter.layouts.get(t)
+                where = f"axis {lay.axis} of {list(lay.shape)}" if lay else "elsewhere"
+                raise MemseInputError(f"{rewriter.label}: node '{node.name or node.output[0]}' ({node.op_type}) "
+                                      f"computes with the shape of '{t}', whose batch is not on axis 0 "
+                                      f"({where})")
+        produced.update(node.output)
+    used = {t for n in kept for t in n.input}
+    graph = helper.make_graph(kept, g.name, list(g.input), list(g.output),
+                              [t for t in list(g.initializer) + rewriter.inits if t.name in used],
+                              value_info=rewriter.signal_shapes(produced))
+    out = helper.make_model(graph, opset_imports=list(rewriter.model.opset_import), ir_version=rewriter.model.ir_version)
+    out.producer_name = rewriter.model.producer_name
+    return out
+
+
 def _shapes_read_but_lost(model: onnx.ModelProto, batch: str) -> bool:
     """Whether a Shape reads a computed tensor whose inferred shape is not the batch symbol then static sizes
     (only then do the frontend's folds need the probe's shapes)."""
@@ -151,7 +191,7 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
         if fixed or not _shapes_read_but_lost(model, dims[0].dim_param):
             return model
         return _with_batch_shapes(model, rewriter, _probe(model, data[0], 5, seed=1))
-    out = rewriter.model_out()
+    out = _assemble(rewriter)
     try:
         mine = {vi.name: vi for vi in out.graph.value_info}
         out = onnx.shape_inference.infer_shapes(out, strict_mode=True)

@@ -193,14 +193,8 @@ class BatchFirstRewriter:
             elif not self.signals(node):
                 self.nodes.append(self.renamed(node))       # constant or shape arithmetic
             else:
-                handler = getattr(self, f"op_{node.op_type}", None)
-                if handler is None:
-                    handler = (self.unary if node.op_type in UNARY else self.broadcasting
-                               if node.op_type in BROADCASTING else self.reshaping
-                               if node.op_type in RESHAPING else self.reduction
-                               if node.op_type in REDUCTIONS else self.batch_first_only)
                 try:
-                    handler(node)
+                    self.handler(node.op_type)(node)
                 except MemseInputError:
                     if any(not lay.leading for lay in self.layouts.values()):
                         raise
@@ -208,6 +202,15 @@ class BatchFirstRewriter:
                 except KeyError:
                     return False       # a tensor the probe could not expose (no type): leave the model as it is
         return True
+
+    def handler(self, op: str):
+        """The op's own `op_<Op>` method, its family's, or batch_first_only."""
+        own = getattr(self, f"op_{op}", None)
+        if own is not None:
+            return own
+        families = ((UNARY, self.unary), (BROADCASTING, self.broadcasting), (RESHAPING, self.reshaping),
+                    (REDUCTIONS, self.reduction))
+        return next((method for ops, method in families if op in ops), self.batch_first_only)
 
     def shape_of(self, node: onnx.NodeProto) -> None:
         """A Shape of a signal whose batch moved, rebuilt from the batch-first tensor's: its static sizes with
@@ -486,39 +489,3 @@ class BatchFirstRewriter:
                 dtype = helper.np_dtype_to_tensor_dtype(self.values[t].dtype)
                 out.append(helper.make_tensor_value_info(name, dtype, [self.symbol, *lay.batch_first_shape(self.n)[1:]]))
         return list({vi.name: vi for vi in out}.values())
-
-    # ---- the result ----------------------------------------------------------------------------------
-    def model_out(self) -> onnx.ModelProto:
-        g = self.model.graph
-        nodes = list(self.nodes)
-        for o in g.output:
-            lay = self.layouts.get(o.name)
-            if lay is not None and not lay.leading:
-                raise MemseInputError(f"{self.label}: output '{o.name}' does not carry the batch on its axis 0 "
-                                      f"(axis {lay.axis} of {list(lay.shape)})")
-            if self.names.get(o.name, o.name) != o.name:
-                nodes.append(helper.make_node("Identity", [self.names[o.name]], [o.name], name=f"{o.name}/output"))
-        live = {o.name for o in g.output}
-        kept = []
-        for node in reversed(nodes):             # drop what nothing reads any more (Shape arithmetic, mostly)
-            if any(o in live for o in node.output):
-                kept.append(node)
-                live.update(node.input)
-        kept.reverse()
-        produced = {t.name for t in g.initializer} | {t.name for t in self.inits} | {vi.name for vi in g.input}
-        for node in kept:
-            for t in node.input:
-                if t and t not in produced:
-                    lay = self.layouts.get(t)
-                    where = f"axis {lay.axis} of {list(lay.shape)}" if lay else "elsewhere"
-                    raise MemseInputError(f"{self.label}: node '{node.name or node.output[0]}' ({node.op_type}) "
-                                          f"computes with the shape of '{t}', whose batch is not on axis 0 "
-                                          f"({where})")
-            produced.update(node.output)
-        used = {t for n in kept for t in n.input}
-        graph = helper.make_graph(kept, g.name, list(g.input), list(g.output),
-                                  [t for t in list(g.initializer) + self.inits if t.name in used],
-                                  value_info=self.signal_shapes(produced))
-        out = helper.make_model(graph, opset_imports=list(self.model.opset_import), ir_version=self.model.ir_version)
-        out.producer_name = self.model.producer_name
-        return out
