@@ -51,7 +51,8 @@ def _probe(model: onnx.ModelProto, data: str, batch: int, seed: int = 0) -> dict
     m.graph.output.extend(vi for vi in m.graph.value_info if vi.name in produced and vi.name not in known)
     x_vi = next(vi for vi in m.graph.input if vi.name == data)
     dims = [batch] + [d.dim_value for d in x_vi.type.tensor_type.shape.dim[1:]]
-    x = np.random.default_rng(seed).random(dims).astype(helper.tensor_dtype_to_np_dtype(x_vi.type.tensor_type.elem_type))
+    dtype = helper.tensor_dtype_to_np_dtype(x_vi.type.tensor_type.elem_type)
+    x = np.random.default_rng(seed).random(dims).astype(dtype)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -125,8 +126,9 @@ def _assemble(rewriter: BatchFirstRewriter) -> onnx.ModelProto:
     graph = helper.make_graph(kept, g.name, list(g.input), list(g.output),
                               [t for t in list(g.initializer) + rewriter.inits if t.name in used],
                               value_info=rewriter.signal_shapes(produced))
-    out = helper.make_model(graph, opset_imports=list(rewriter.model.opset_import), ir_version=rewriter.model.ir_version)
-    out.producer_name = rewriter.model.producer_name
+    model = rewriter.model
+    out = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    out.producer_name = model.producer_name
     return out
 
 

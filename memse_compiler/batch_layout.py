@@ -487,5 +487,6 @@ class BatchFirstRewriter:
             name = self.names[t]
             if name in names and name != self.data and name not in outputs and (t == name or not lay.leading):
                 dtype = helper.np_dtype_to_tensor_dtype(self.values[t].dtype)
-                out.append(helper.make_tensor_value_info(name, dtype, [self.symbol, *lay.batch_first_shape(self.n)[1:]]))
+                dims = [self.symbol, *lay.batch_first_shape(self.n)[1:]]
+                out.append(helper.make_tensor_value_info(name, dtype, dims))
         return list({vi.name: vi for vi in out}.values())
