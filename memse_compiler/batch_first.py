@@ -231,7 +231,9 @@ def check_freed_batch(g, original: onnx.ModelProto, export_batch: int) -> bool:
         got = run(g, x.astype(np.float64))
     except Exception:           # a batch the export baked in somewhere else: not freed
         return False
-    sess = ort.InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()        # ONNX semantics: no fusion of fake quantization into integer kernels
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(original.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     chunks = [sess.run(names, {x_name: x[i:i + export_batch]}) for i in range(0, m, export_batch)]
     for k, name in enumerate(names):

@@ -279,8 +279,13 @@ def _fold_constant_node(node: onnx.NodeProto, consts: dict[str, np.ndarray], ops
               for n in node.input if n]
     outputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in node.output]
     g = onnx.helper.make_graph([node], "fold", inputs, outputs)
+    # onnx.reference implements (De)QuantizeLinear from opset 19 on, the same map for 8-bit integers as 13's
+    opset = max(opset, FOLD_FROM.get(node.op_type, 0))
     m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", opset)])
     return ReferenceEvaluator(m).run(None, {n: consts[n] for n in node.input if n})
+
+
+FOLD_FROM = {"DequantizeLinear": 19, "QuantizeLinear": 19}
 
 
 def _fold_shape(node: onnx.NodeProto, shapes: dict, symbols: tuple, batch: str | None, consts: dict,

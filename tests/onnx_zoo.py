@@ -87,7 +87,7 @@ class Builder:
         arr = np.asarray(value)
         if arr.dtype.kind == "f":
             arr = arr.astype(np.float32)
-        elif arr.dtype.kind in "iu":
+        elif arr.dtype.kind in "iu" and arr.dtype.itemsize > 1:     # 8-bit: quantized weights, zero points
             arr = arr.astype(np.int64)
         name = self.fresh(name)
         self.inits.append(numpy_helper.from_array(arr, name))
@@ -311,6 +311,12 @@ def dense_misc_models() -> list[ZooModel]:
     mask = g.const("keep", np.tril(np.ones((4, 4), bool)))
     y = g.op("Where", [mask, y, g.const("fill", np.float32(-30.0))])
     out.append(g.build(g.op("Softmax", [y], axis=-1)))
+
+    g = Builder("qdq_between_gemms")          # fake quantization (QAT) of a hidden activation, uint8
+    y = g.op("Relu", [g.gemm(g.input("x", (N, K)), K, M, name="fc1")])
+    scale, zero = g.const("scale", np.float32(0.02)), g.const("zero", np.uint8(0))
+    y = g.op("DequantizeLinear", [g.op("QuantizeLinear", [y, scale, zero]), scale, zero])
+    out.append(g.build(g.gemm(y, M, 4, name="fc2")))
 
     g = Builder("transpose_matmul")           # (N, C, T) -> (N, T, C) @ (C, M)
     y = g.op("Transpose", [g.input("x", (N, K, 5))], perm=[0, 2, 1])

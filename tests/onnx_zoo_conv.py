@@ -86,6 +86,15 @@ def bn_models() -> list[ZooModel]:
         y = g.op(op, [y], blocksize=2, **attrs)
         out.append(g.build(g.conv(y, cout, 4, name="conv_b")))
 
+    g = Builder("qdq_per_channel_int8_conv")           # int8 weights behind a DequantizeLinear, a per-channel
+    x = _image(g)                                      # int8 fake quantization of the activations
+    w_q = g.const("w_q", g.rng.integers(-127, 128, (6, C, 3, 3)).astype(np.int8))
+    w = g.op("DequantizeLinear", [w_q, g.const("w_scale", np.float32(0.004)), g.const("w_zero", np.int8(0))])
+    y = g.op("Conv", [x, w], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    scale, zero = g.const("a_scale", g.rng.uniform(0.01, 0.03, 6)), g.const("a_zero", np.arange(-3, 3, dtype=np.int8))
+    y = g.op("DequantizeLinear", [g.op("QuantizeLinear", [y, scale, zero], axis=1), scale, zero], axis=1)
+    out.append(g.build(g.conv(g.op("Relu", [y]), 6, 4, name="conv_b")))
+
     g = Builder("instance_norm_conv")                  # InstanceNorm2d(affine=True) between convs
     y = g.conv(_image(g), C, 6, pads=[1, 1, 1, 1], name="conv_a")
     y = g.op("InstanceNormalization", [y, g.const("in.weight", g.rng.uniform(0.5, 1.5, 6)),

@@ -16,14 +16,18 @@ from memse_compiler.montecarlo import run_montecarlo
 from memse_compiler.pipeline import default_pipeline
 
 EXPORTS = Path(__file__).resolve().parent / "torch_exports"
-MODELS = ["seqfirst_mha", "mha_weights.fixed", "causal_encoder.fixed", "decoder.fixed", "merge", "group_norm",
+MODELS = ["seqfirst_mha", "mha_weights.fixed", "causal_encoder.fixed", "decoder.fixed", "merge", "group_norm", "fake_quant",
           "gpt_block"]
 X = np.random.default_rng(3).random((8, 1, 8, 8)).astype(np.float32)
 
 
 def export_outputs(path: Path, x: np.ndarray) -> np.ndarray:
-    """onnxruntime on the export, in chunks of its fixed batch (or at once)."""
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    """onnxruntime on the export, in chunks of its fixed batch (or at once). Graph optimisations off: they would
+    fuse fake quantization (QuantizeLinear -> DequantizeLinear -> Gemm) into integer kernels, which round
+    differently from the ONNX semantics the compiler and its executor follow."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     batch = sess.get_inputs()[0].shape[0]
     step = batch if isinstance(batch, int) else len(x)
     return np.concatenate([sess.run(None, {"x": x[i:i + step]})[0] for i in range(0, len(x), step)])

@@ -9,6 +9,8 @@ of memse-compiler); the committed .onnx files are what the tests read. Usage: py
   decoder.fixed.onnx          nn.TransformerDecoderLayer: self- and cross-attention on the same tokens (batch 4)
   merge.onnx                  x.reshape(-1, d) -> Linear -> reshape back: the batch merged with the tokens
   group_norm.onnx             Conv -> nn.GroupNorm(2, 8) -> Conv (InstanceNormalization between two Reshapes)
+  fake_quant.onnx             quantization-aware training's fake quantization of the input and a hidden layer
+                              (torch.fake_quantize_per_tensor_affine: QuantizeLinear -> DequantizeLinear pairs)
   gpt_block.onnx              nanoGPT's block: `B, T, C = x.size()` on a computed tensor, heads by view and
                               transpose, masked_fill(-inf) with a causal buffer, GELU MLP (dynamic batch)
 """
@@ -124,11 +126,22 @@ class GroupNormConv(nn.Module):
         return self.head(F.relu(self.c2(F.relu(self.gn(self.c1(x))))).mean((2, 3)))
 
 
+class FakeQuant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.fake_quantize_per_tensor_affine(x.flatten(1), 1 / 255, 0, 0, 255)
+        h = torch.fake_quantize_per_tensor_affine(F.relu(self.a(x)), 0.05, 0, 0, 255)
+        return self.b(h)
+
+
 def main():
     warnings.filterwarnings("ignore")
     for name, cls, dynamic in [("seqfirst_mha", SeqFirstMHA, True), ("mha_weights.fixed", MHAWeights, False),
                                ("causal_encoder.fixed", CausalEncoder, False), ("decoder.fixed", Decoder, False),
-                               ("merge", Merge, True), ("group_norm", GroupNormConv, True),
+                               ("merge", Merge, True), ("group_norm", GroupNormConv, True), ("fake_quant", FakeQuant, True),
                                ("gpt_block", GPTBlock, True)]:
         torch.manual_seed(0)
         path = os.path.join(HERE, name + ".onnx")
