@@ -410,6 +410,16 @@ class BatchFirstRewriter:
 
     op_LogSoftmax = op_Softmax
 
+    def op_QuantizeLinear(self, node: onnx.NodeProto) -> None:
+        """Element-wise per tensor; per axis, along `axis` (remapped)."""
+        lay = self.layouts[node.input[0]]
+        scale = self.values.get(node.input[1])
+        if scale is None or np.size(scale) == 1:
+            return self.unary(node)
+        self.axis_op(node, [attribute(node, "axis", 1)], lay, lay, _write_axis)
+
+    op_DequantizeLinear = op_QuantizeLinear
+
     def op_LayerNormalization(self, node: onnx.NodeProto) -> None:
         lay = self.layouts[node.input[0]]
         rank = len(lay.shape)

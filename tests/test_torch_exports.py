@@ -1,6 +1,7 @@
-"""Transformer forms of torch's own modules (tests/torch_exports/, made by its make.py with random weights):
-each runs batch-first at another batch as onnxruntime runs the export, its noiseless chip is onnxruntime's, and
-its analysis agrees with Monte-Carlo."""
+"""Transformer forms of torch's own modules and other exporter forms (tests/torch_exports/, made by its make.py
+with random weights, and by make_qdq.py: two examples quantized by onnxruntime's static quantization): each runs
+batch-first at another batch as onnxruntime runs the export, its noiseless chip is onnxruntime's, and its
+analysis agrees with Monte-Carlo."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ from memse_compiler.pipeline import default_pipeline
 
 EXPORTS = Path(__file__).resolve().parent / "torch_exports"
 MODELS = ["seqfirst_mha", "mha_weights.fixed", "causal_encoder.fixed", "decoder.fixed", "merge", "group_norm", "fake_quant",
-          "gpt_block"]
+          "gpt_block", "cnn_qdq", "vit_qdq"]
 X = np.random.default_rng(3).random((8, 1, 8, 8)).astype(np.float32)
 
 
@@ -28,9 +29,9 @@ def export_outputs(path: Path, x: np.ndarray) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    batch = sess.get_inputs()[0].shape[0]
-    step = batch if isinstance(batch, int) else len(x)
-    return np.concatenate([sess.run(None, {"x": x[i:i + step]})[0] for i in range(0, len(x), step)])
+    first = sess.get_inputs()[0]
+    step = first.shape[0] if isinstance(first.shape[0], int) else len(x)
+    return np.concatenate([sess.run(None, {first.name: x[i:i + step]})[0] for i in range(0, len(x), step)])
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -38,17 +39,24 @@ def test_export_runs_batch_first_at_another_batch(name):
     path = EXPORTS / f"{name}.onnx"
     ideal = load_device("ideal", ["conductance.levels=null"])
     g, _ = compile_model(str(path), ideal, X.astype(np.float64), pipeline=default_pipeline(analysis=False))
-    want = export_outputs(path, X)
-    np.testing.assert_allclose(g.graph["reference"]["y"], want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(NoisyExecutor(g).run_noiseless(X)["y"], want, rtol=1e-5, atol=1e-5)
+    want, out = export_outputs(path, X), g.graph["outputs"][0]
+    for got in (g.graph["reference"][out], NoisyExecutor(g).run_noiseless(X)[out]):
+        if "qdq" in name:
+            # fake quantization is a staircase: float32 (onnxruntime) and float64 (the reference), or tiled, sums
+            # may land on either side of a rounding threshold, one step apart, and the flip travels downstream
+            # (measured: 0.6 % and 2.3 % of the output's norm, most elements equal in the CNN)
+            assert np.linalg.norm(got - want) <= 0.05 * np.linalg.norm(want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_export_analysis_matches_monte_carlo(name):
     device = load_device("rram", ["programming_noise.sigma=4e-6"])
     g, _ = compile_model(str(EXPORTS / f"{name}.onnx"), device, X.astype(np.float64))
-    mse = g.graph["analysis"]["outputs"]["y"]["mse"]
-    res = run_montecarlo(g, device, chips=600, seed=1, progress=False, signals=[])["outputs"]["y"]
+    out = g.graph["outputs"][0]
+    mse = g.graph["analysis"]["outputs"][out]["mse"]
+    res = run_montecarlo(g, device, chips=600, seed=1, progress=False, signals=[])["outputs"][out]
     mc, (lo, hi) = res["mse"], res["ci95"]
     assert hi - lo < 0.2 * mc, "the Monte-Carlo reference must be tighter than the tolerance"
     assert abs(mse - mc) <= 0.10 * mc + (hi - lo) / 2, (mse, mc, lo, hi)
