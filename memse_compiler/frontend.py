@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from memse_compiler.batch_first import batch_first, check_freed_batch
-from memse_compiler.fusions import fuse_layer_norm
+from memse_compiler.fusions import drop_requantization, fuse_layer_norm
 from memse_compiler.ir import KIND_DIGITAL, KIND_INPUT, KIND_OUTPUT, KIND_WEIGHTED, MemseGraph
 from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.ops import rule_for, unsupported_op
@@ -390,7 +390,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     original = model
     model = batch_first(model, label, BATCH)
     model, export_batch = batch_generic(model)
-    model = fuse_layer_norm(model)
+    model = drop_requantization(fuse_layer_norm(model))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     graph = model.graph
     consts: dict[str, np.ndarray] = {t.name: _as_float64(numpy_helper.to_array(t)) for t in graph.initializer}

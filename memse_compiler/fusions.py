@@ -7,7 +7,12 @@ LayerNormalization exported below opset 17 (torch's `nn.LayerNorm` at opset 14, 
     y = Div(d, s) [-> Mul(y, scale)] [-> Add(y, bias)]
 
 over trailing axes. Its moments as a chain treat x and mean(x), d and 1/s as independent in the forward pass;
-as one LayerNormalization node the rule's delta method takes the normaliser's dependence on x into account."""
+as one LayerNormalization node the rule's delta method takes the normaliser's dependence on x into account.
+
+Fake quantization of a tensor that is already on the same lattice (onnxruntime's QDQ quantizer puts a
+QuantizeLinear -> DequantizeLinear pair after every op, so a Reshape or Transpose of a dequantized tensor is
+quantized again with the same scale and zero point) is the identity, exactly: the pair is dropped, or the
+analysis would add a rounding error at every copy that the chip never makes."""
 from __future__ import annotations
 
 import os
@@ -142,4 +147,63 @@ def fuse_layer_norm(model: onnx.ModelProto) -> onnx.ModelProto:
     del out.graph.node[:]
     out.graph.node.extend(fused.get(id(n), n) for n in model.graph.node if id(n) not in dropped or id(n) in fused)
     out.graph.initializer.extend(inits)
+    return out
+
+
+# ops whose outputs are some of their (first) input's elements: a lattice survives them
+LATTICE_KEEPING = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Gather", "Slice", "Split",
+                   "MaxPool", "GlobalMaxPool", "ReduceMax", "ReduceMin", "Expand", "Tile", "DepthToSpace",
+                   "SpaceToDepth"}
+
+
+def _lattice(tensor: str, g: _Graph) -> tuple | None:
+    """(scale, zero point, zero point type) of the per-tensor DequantizeLinear whose output `tensor` is, through
+    ops that only pick elements; None if it is not such a tensor."""
+    node = g.producer.get(tensor)
+    while node is not None and node.op_type in LATTICE_KEEPING:
+        node = g.producer.get(node.input[0])
+    if node is None or node.op_type != "DequantizeLinear":
+        return None
+    return _quantization(node, g)
+
+
+def _quantization(node: onnx.NodeProto, g: _Graph) -> tuple | None:
+    scale = g.consts.get(node.input[1])
+    zero = g.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+        return None
+    return float(scale.reshape(-1)[0]), int(zero.reshape(-1)[0]), zero.dtype
+
+
+def drop_requantization(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without the QuantizeLinear -> DequantizeLinear pairs that re-quantize a tensor already on their
+    lattice (same per-tensor scale, zero point and type): its readers read the tensor itself."""
+    g = _Graph(model.graph)
+    replace: dict[str, str] = {}
+    dropped: set[int] = set()
+    for q in model.graph.node:
+        if q.op_type != "QuantizeLinear":
+            continue
+        dq = g.only_consumer(q.output[0], "DequantizeLinear")
+        lattice = _lattice(q.input[0], g)
+        if dq is None or lattice is None or dq.output[0] in g.outputs or \
+                not (_quantization(q, g) == _quantization(dq, g) == lattice):
+            continue
+        replace[dq.output[0]] = q.input[0]
+        dropped.update((id(q), id(dq)))
+    if not replace:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    for node in model.graph.node:
+        if id(node) in dropped:
+            continue
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        for i, t in enumerate(new.input):
+            while t in replace:          # a chain of them: to the first tensor on the lattice
+                t = replace[t]
+            new.input[i] = t
+        out.graph.node.append(new)
     return out
