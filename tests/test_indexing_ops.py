@@ -231,7 +231,7 @@ def test_an_upgrade_that_changes_the_results_is_not_taken(monkeypatch):
     """The guard: a conversion whose onnxruntime outputs differ on the probe batch leaves the model as it was."""
     from onnx import version_converter
 
-    from memse_compiler.frontend import upgrade_opset
+    from memse_compiler.opset_upgrade import upgrade_opset
     model = _old_upsample_model(9, "nearest", [1, 1, 2, 2])
     real = version_converter.convert_version
 
