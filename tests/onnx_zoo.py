@@ -318,6 +318,18 @@ def dense_misc_models() -> list[ZooModel]:
     y = g.op("DequantizeLinear", [g.op("QuantizeLinear", [y, scale, zero]), scale, zero])
     out.append(g.build(g.gemm(y, M, 4, name="fc2")))
 
+    g = Builder("einsum_weight_then_tokens_summed")   # torch.einsum as the legacy exporter writes it
+    y = g.op("Einsum", [g.input("x", (N, 5, K)), g.weight("w", (K, M))], equation="bld,de->ble")
+    out.append(g.build(g.op("Einsum", [g.op("Relu", [y]), g.weight("head", (M, 4))], equation="bld,dc->bc")))
+
+    g = Builder("einsum_attention_heads")     # scores of two projections per head, then weights x values
+    x = g.input("x", (N, 4, 2 * K))
+    q = g.op("Reshape", [g.matmul(x, 2 * K, 2 * K, name="q"), g.const("heads", np.array([0, 4, 2, K]))])
+    k = g.op("Reshape", [g.matmul(x, 2 * K, 2 * K, name="k"), g.const("heads_k", np.array([0, 4, 2, K]))])
+    v = g.op("Reshape", [g.matmul(x, 2 * K, 2 * K, name="v"), g.const("heads_v", np.array([0, 4, 2, K]))])
+    att = g.op("Softmax", [g.op("Einsum", [q, k], equation="bihd,bjhd->bhij")], axis=-1)
+    out.append(g.build(g.op("Einsum", [att, v], equation="bhij,bjhd->bihd")))
+
     g = Builder("transpose_matmul")           # (N, C, T) -> (N, T, C) @ (C, M)
     y = g.op("Transpose", [g.input("x", (N, K, 5))], perm=[0, 2, 1])
     out.append(g.build(g.matmul(y, K, M)))
