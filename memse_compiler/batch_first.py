@@ -14,8 +14,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from memse_compiler.batch_layout import BatchFirstRewriter, attribute
+from memse_compiler.batch_layout import BatchFirstRewriter
 from memse_compiler.ir.errors import MemseInputError
+from memse_compiler.ir.ops.base import node_attribute
 
 
 def _needs_rewrite(model: onnx.ModelProto, data: str) -> bool:
@@ -26,7 +27,8 @@ def _needs_rewrite(model: onnx.ModelProto, data: str) -> bool:
     x_dims = g.input[[vi.name for vi in g.input].index(data)].type.tensor_type.shape.dim
     batch = x_dims[0].dim_param or x_dims[0].dim_value
     for node in g.node:
-        if node.op_type == "Transpose" and node.input[0] not in consts and (attribute(node, "perm") or [1])[0] != 0:
+        moves_axis_0 = (node_attribute(node, "perm") or [1])[0] != 0
+        if node.op_type == "Transpose" and node.input[0] not in consts and moves_axis_0:
             return True
     float_types = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
     for vi in list(g.value_info) + list(g.output):

@@ -22,6 +22,8 @@ from onnx import helper, numpy_helper
 
 from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.ops import rule_for, unsupported_op
+from memse_compiler.ir.ops.base import node_attribute
+from memse_compiler.opset_upgrade import default_opset
 
 SUFFIX = "/batch_first"
 # one signal in, same shape out, no axis semantics: the op runs unchanged on the batch-first tensor
@@ -94,13 +96,6 @@ def reshaped_layout(src: Layout, shape: tuple, n: int) -> Layout | None:
     """The first of `reshaped_layouts`, or None."""
     found = reshaped_layouts(src, shape, n)
     return found[0] if found else None
-
-
-def attribute(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
@@ -229,7 +224,7 @@ class BatchFirstRewriter:
                  for k, sizes in (("leading", lay.shape[:lay.axis]), ("batch", ()),
                                   ("trailing", lay.shape[lay.axis + 1:])) if k == "batch" or sizes]
         rank = len(lay.shape)
-        start, end = attribute(node, "start", 0), attribute(node, "end", rank)
+        start, end = node_attribute(node, "start", 0), node_attribute(node, "end", rank)
         full = out if (start, end) == (0, rank) else f"{out}/full{SUFFIX}"
         self.emit("Concat", parts, full, f"{base}/sizes", axis=0)
         if full != out:
@@ -318,7 +313,7 @@ class BatchFirstRewriter:
     def op_Transpose(self, node: onnx.NodeProto) -> None:
         src, out = node.input[0], node.output[0]
         lay_in = self.layouts[src]
-        perm = list(attribute(node, "perm", None) or reversed(range(len(lay_in.shape))))
+        perm = list(node_attribute(node, "perm", None) or reversed(range(len(lay_in.shape))))
         lay = Layout(self.shape(out), perm.index(lay_in.axis), lay_in.before, lay_in.after)
         if lay_in.leading and lay.leading:
             self.keep(node, {out: lay})
@@ -365,10 +360,10 @@ class BatchFirstRewriter:
         lay_in = self.layouts.get(a)
         if lay_in is None or lay_in.leading or any(t in self.layouts for t in node.input[1:]):
             return self.batch_first_only(node)
-        if attribute(node, "transA", 0) or lay_in.axis != 0:
+        if node_attribute(node, "transA", 0) or lay_in.axis != 0:
             raise self.refuse(node, "contracts the axis that holds the batch")
         w = self.values[node.input[1]]
-        w = (w.T if attribute(node, "transB", 0) else w) * attribute(node, "alpha", 1.0)
+        w = (w.T if node_attribute(node, "transB", 0) else w) * node_attribute(node, "alpha", 1.0)
         lay = replace(lay_in, shape=self.shape(out))
         self.layouts[out], self.names[out] = lay, self.out_name(out, lay)
         name = node.name or out
@@ -376,7 +371,7 @@ class BatchFirstRewriter:
         self.emit("MatMul", [self.names[a], self.const(f"{node.input[1]}/matmul", w.astype(self.values[a].dtype))],
                   product, name)
         if product != self.names[out]:
-            c = np.asarray(self.values[node.input[2]]) * attribute(node, "beta", 1.0)
+            c = np.asarray(self.values[node.input[2]]) * node_attribute(node, "beta", 1.0)
             if c.ndim == 2 and c.shape[0] != 1:
                 raise self.refuse(node, "adds a bias that varies along the batch")
             self.emit("Add", [product, self.const(f"{node.input[2]}/bias", c.reshape(-1).astype(w.dtype))],
@@ -404,9 +399,9 @@ class BatchFirstRewriter:
 
     def op_Softmax(self, node: onnx.NodeProto) -> None:
         lay = self.layouts[node.input[0]]
-        if self.model_opset() < 13 and not lay.leading:
+        if default_opset(self.model) < 13 and not lay.leading:
             raise self.refuse(node, "(below opset 13) flattens from its axis, across the batch")
-        self.axis_op(node, [attribute(node, "axis", -1)], lay, lay, _write_axis)
+        self.axis_op(node, [node_attribute(node, "axis", -1)], lay, lay, _write_axis)
 
     op_LogSoftmax = op_Softmax
 
@@ -416,14 +411,14 @@ class BatchFirstRewriter:
         scale = self.values.get(node.input[1])
         if scale is None or np.size(scale) == 1:
             return self.unary(node)
-        self.axis_op(node, [attribute(node, "axis", 1)], lay, lay, _write_axis)
+        self.axis_op(node, [node_attribute(node, "axis", 1)], lay, lay, _write_axis)
 
     op_DequantizeLinear = op_QuantizeLinear
 
     def op_LayerNormalization(self, node: onnx.NodeProto) -> None:
         lay = self.layouts[node.input[0]]
         rank = len(lay.shape)
-        first = attribute(node, "axis", -1) % rank
+        first = node_attribute(node, "axis", -1) % rank
         axes = list(range(first, rank))
         self.axis_op(node, axes, lay, lay, _write_axis)
 
@@ -434,17 +429,17 @@ class BatchFirstRewriter:
         if len(lays) != 1 and not lay.leading:
             raise self.refuse(node, "joins tensors whose batches sit on different axes (or a constant)")
         out = Layout(self.shape(node.output[0]), lay.axis, lay.before, lay.after)
-        self.axis_op(node, [attribute(node, "axis")], lay, out, _write_axis)
+        self.axis_op(node, [node_attribute(node, "axis")], lay, out, _write_axis)
 
     def op_Split(self, node: onnx.NodeProto) -> None:
         lay = self.layouts[node.input[0]]
-        self.axis_op(node, [attribute(node, "axis", 0)], lay, lay, _write_axis)
+        self.axis_op(node, [node_attribute(node, "axis", 0)], lay, lay, _write_axis)
 
     def op_Gather(self, node: onnx.NodeProto) -> None:
         lay = self.layouts[node.input[0]]
         if node.input[1] in self.layouts:
             return self.batch_first_only(node)
-        axis = attribute(node, "axis", 0) % len(lay.shape)
+        axis = node_attribute(node, "axis", 0) % len(lay.shape)
         shift = self.values[node.input[1]].ndim - 1 if axis < lay.axis else 0
         out = Layout(self.shape(node.output[0]), lay.axis + shift, lay.before, lay.after)
         self.axis_op(node, [axis], lay, out, _write_axis)
@@ -469,13 +464,13 @@ class BatchFirstRewriter:
         lay = self.layouts[node.input[0]]
         rank = len(lay.shape)
         from_input = len(node.input) > 1 and node.input[1]
-        axes = list(self.values[node.input[1]]) if from_input else attribute(node, "axes", None)
+        axes = list(self.values[node.input[1]]) if from_input else node_attribute(node, "axes", None)
         if axes is None or not len(axes):
             if lay.leading:
                 return self.batch_first_only(node)
             raise self.refuse(node, "reduces over every axis, the batch's included")
         axes = [int(a) % rank for a in axes]
-        keep = attribute(node, "keepdims", 1)
+        keep = node_attribute(node, "keepdims", 1)
         axis = lay.axis - (0 if keep else sum(a < lay.axis for a in axes))
         out = Layout(self.shape(node.output[0]), axis, lay.before, lay.after)
 
@@ -485,9 +480,6 @@ class BatchFirstRewriter:
             else:
                 _set_attribute(new, "axes", ax)
         self.axis_op(node, axes, lay, out, set_axes)
-
-    def model_opset(self) -> int:
-        return next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 17)
 
     def signal_shapes(self, names: set) -> list[onnx.ValueInfoProto]:
         """Every batch-first signal's shape, the batch as the input's symbol: shape inference cannot see through

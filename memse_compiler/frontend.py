@@ -25,8 +25,8 @@ from memse_compiler.fusions import drop_requantization, fuse_layer_norm
 from memse_compiler.ir import KIND_DIGITAL, KIND_INPUT, KIND_OUTPUT, KIND_WEIGHTED, MemseGraph
 from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.ops import rule_for, unsupported_op
-from memse_compiler.ir.ops.base import ParseContext
-from memse_compiler.opset_upgrade import constant_tensors, upgrade_opset
+from memse_compiler.ir.ops.base import ParseContext, node_attribute
+from memse_compiler.opset_upgrade import constant_tensors, default_opset, upgrade_opset
 
 
 def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -171,7 +171,7 @@ def _baked_broadcasts(node: onnx.NodeProto, name: str, data: str, consts: dict,
     there is none."""
     if node.op_type != "Concat" or not export_batch:
         return None
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    axis = node_attribute(node, "axis", 0)
     new, nodes = onnx.NodeProto(), []
     new.CopyFrom(node)
     for i, t in enumerate(node.input):
@@ -327,7 +327,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     model = batch_first(model, label, BATCH)
     model, export_batch = batch_generic(model)
     model = drop_requantization(fuse_layer_norm(model))
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    opset = default_opset(model)
     graph = model.graph
     consts: dict[str, np.ndarray] = {t.name: _as_float64(numpy_helper.to_array(t)) for t in graph.initializer}
     shapes: dict[str, tuple] = {}

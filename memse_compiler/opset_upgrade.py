@@ -7,6 +7,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from memse_compiler.ir.ops.base import node_attribute
+
+
+def default_opset(model: onnx.ModelProto, missing: int = 17) -> int:
+    """The model's opset of the default ONNX domain (`missing` when it declares none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), missing)
+
 
 def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     """Initializers and Constant-node values by tensor name (before any folding)."""
@@ -20,7 +27,7 @@ def _nearest_downsampling(node: onnx.NodeProto, values: dict[str, onnx.TensorPro
     """A Resize-10 in nearest mode whose scales go below 1 or are not a visible constant."""
     if node.op_type != "Resize":
         return False
-    mode = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "mode"), b"nearest")
+    mode = node_attribute(node, "mode", b"nearest")
     if mode not in (b"nearest", "nearest"):
         return False
     scales = values.get(node.input[1]) if len(node.input) > 1 else None
@@ -36,7 +43,7 @@ def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     executor run the same graph. Unchanged where the conversion fails or changes what onnxruntime computes on a
     probe batch (then the rules read the old forms, and the executor refuses the model in one line), and for
     Resize-10 nearest downsampling (onnxruntime's follows no documented mode; its rule refuses it)."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), UPGRADE_TO)
+    opset = default_opset(model, missing=UPGRADE_TO)
     if opset >= UPGRADE_TO:
         return model
     values = constant_tensors(model.graph)

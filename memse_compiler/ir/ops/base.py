@@ -24,6 +24,14 @@ def rule_for(op_type: str) -> "OpRule | None":
     return REGISTRY.get(op_type)
 
 
+def node_attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """An ONNX node's attribute value, or `default` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
 @dataclass
 class ParseContext:
     """What a rule may ask the frontend while parsing one node."""
@@ -42,10 +50,7 @@ class ParseContext:
         return self.const(i) is not None
 
     def attr(self, name: str, default: Any = None) -> Any:
-        for a in self.node.attribute:
-            if a.name == name:
-                return onnx.helper.get_attribute_value(a)
-        return default
+        return node_attribute(self.node, name, default)
 
     def shape(self, i: int = 0) -> tuple:
         return self.shapes[self.node.input[i]]
