@@ -52,6 +52,12 @@ class ParseContext:
     def attr(self, name: str, default: Any = None) -> Any:
         return node_attribute(self.node, name, default)
 
+    def new_const(self, label: str, value: np.ndarray) -> str:
+        """A constant for the nodes an `expand` writes, named `<node>/<label>`: its name."""
+        name = f"{self.node_name}/{label}"
+        self.consts[name] = value
+        return name
+
     def shape(self, i: int = 0) -> tuple:
         return self.shapes[self.node.input[i]]
 

@@ -41,8 +41,7 @@ class EinsumRule(OpRule):
         base, nodes = ctx.node_name, []
 
         def const(label, value):
-            ctx.consts[f"{base}/{label}"] = np.asarray(value, np.int64)
-            return f"{base}/{label}"
+            return ctx.new_const(label, np.asarray(value, np.int64))
 
         def node(op, inputs, label, **attrs):
             nodes.append(helper.make_node(op, inputs, [f"{base}/{label}"], name=f"{base}/{label}", **attrs))

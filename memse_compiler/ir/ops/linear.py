@@ -146,11 +146,11 @@ class DepthToSpaceRule(OpRule):
                 raise ctx.fail(f"{h} x {w} is not divisible into blocks of {b}")
             split, perm, merge = [0, c, h // b, b, w // b, b], [0, 3, 5, 1, 2, 4], [0, c * b * b, h // b, w // b]
         base, x = ctx.node_name, ctx.node.input[0]
-        ctx.consts[f"{base}/split"] = np.array(split, np.int64)
-        ctx.consts[f"{base}/merge"] = np.array(merge, np.int64)
-        return [helper.make_node("Reshape", [x, f"{base}/split"], [f"{base}/blocks"], name=f"{base}/split"),
+        split = ctx.new_const("split", np.array(split, np.int64))
+        merge = ctx.new_const("merge", np.array(merge, np.int64))
+        return [helper.make_node("Reshape", [x, split], [f"{base}/blocks"], name=f"{base}/split"),
                 helper.make_node("Transpose", [f"{base}/blocks"], [f"{base}/moved"], name=f"{base}/move", perm=perm),
-                helper.make_node("Reshape", [f"{base}/moved", f"{base}/merge"], [ctx.node.output[0]], name=base)]
+                helper.make_node("Reshape", [f"{base}/moved", merge], [ctx.node.output[0]], name=base)]
 
 
 @register

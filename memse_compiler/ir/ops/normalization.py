@@ -97,8 +97,7 @@ class InstanceNormRule(OpRule):
         per_channel = (shape[1],) + (1,) * (len(shape) - 2)
 
         def const(label, value):
-            ctx.consts[f"{base}/{label}"] = np.asarray(value, np.float64)
-            return f"{base}/{label}"
+            return ctx.new_const(label, np.asarray(value, np.float64))
         affine = not (np.all(scale == 1) and np.all(bias == 0))
         normalised = f"{base}/normalised" if affine else y
         nodes = [helper.make_node("LayerNormalization", [x, const("ones", np.ones(1))], [normalised],

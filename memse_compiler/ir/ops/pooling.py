@@ -236,8 +236,7 @@ class ReduceCompositeRule(OpRule):
         sum_inputs = [first.output[0]]
         if axes is not None and np.size(axes):
             if ctx.opset >= 13:            # ReduceSum takes its axes as an input from opset 13
-                ctx.consts[f"{base}/axes"] = np.asarray(np.ravel(axes), np.int64)
-                sum_inputs.append(f"{base}/axes")
+                sum_inputs.append(ctx.new_const("axes", np.asarray(np.ravel(axes), np.int64)))
             else:
                 keep["axes"] = [int(a) for a in np.ravel(axes)]
         if ctx.opset < 13:
@@ -279,8 +278,7 @@ class ReduceMaxRule(OpRule):
             return nodes[-1].output[0]
 
         def ints(label, values):
-            ctx.consts[f"{base}/{label}"] = np.asarray(values, np.int64)
-            return f"{base}/{label}"
+            return ctx.new_const(label, np.asarray(values, np.int64))
         perm = [0] + kept + reduced
         if perm != list(range(rank)):
             x = add("move", "Transpose", [x], perm=perm)

@@ -170,11 +170,7 @@ class ConvTransposeRule(OpRule):
             pads = _same_transposed_pads(ctx, auto, spatial, kernel, strides, dil, extra)
         else:
             pads = [0] * (2 * nd) if auto == "VALID" else [int(v) for v in ctx.attr("pads", [0] * (2 * nd))]
-        base, x, nodes = ctx.node_name, ctx.node.input[0], []
-
-        def const(label, value):
-            ctx.consts[f"{base}/{label}"] = value
-            return f"{base}/{label}"
+        base, x, nodes, const = ctx.node_name, ctx.node.input[0], [], ctx.new_const
         if any(s > 1 for s in strides):
             # (N, C, H, W) -> (N, C, H, 1, W, 1) -> zeros after each element -> (N, C, H s, W s)
             split = [0, cin] + [v for d in spatial for v in (d, 1)]
