@@ -19,6 +19,16 @@ from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.ops.base import node_attribute
 
 
+PROBE_BATCH = 3        # the dynamic export's batch for the layout probe
+CHECK_BATCH = 5        # another one, for the checks (what differs between the two is the batch)
+
+
+def _batch_then_static(t: onnx.TypeProto.Tensor, batch) -> bool:
+    """Whether an inferred tensor type is `batch` followed by known static sizes."""
+    dims = [d.dim_param or d.dim_value for d in t.shape.dim] if t.HasField("shape") else []
+    return bool(dims) and dims[0] == batch and all(isinstance(d, int) and d > 0 for d in dims[1:])
+
+
 def _needs_rewrite(model: onnx.ModelProto, data: str) -> bool:
     """Cheap test on the inferred shapes: a Transpose that moves axis 0 of a computed tensor, or a float tensor
     whose shape is not the batch followed by static sizes, may hold the batch elsewhere."""
@@ -33,21 +43,24 @@ def _needs_rewrite(model: onnx.ModelProto, data: str) -> bool:
     float_types = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
     for vi in list(g.value_info) + list(g.output):
         t = vi.type.tensor_type
-        if t.elem_type not in float_types or vi.name in consts:
-            continue
-        if not t.HasField("shape"):
-            return True
-        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-        if not dims or dims[0] != batch or any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
+        if t.elem_type in float_types and vi.name not in consts and not _batch_then_static(t, batch):
             return True
     return False
+
+
+def _onnx_semantics(model: onnx.ModelProto):
+    """An onnxruntime session with graph optimisations off: the ONNX semantics (the optimisations would fuse fake
+    quantization into integer kernels, which round differently)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def _probe(model: onnx.ModelProto, data: str, batch: int, seed: int = 0,
            everything: bool = True) -> dict[str, np.ndarray]:
     """Every tensor's value (or only the outputs') on a batch of uniform [0, 1) inputs (onnxruntime,
     optimisations off: the ONNX semantics)."""
-    import onnxruntime as ort
     m = onnx.ModelProto()
     m.CopyFrom(model)
     if everything:
@@ -58,9 +71,7 @@ def _probe(model: onnx.ModelProto, data: str, batch: int, seed: int = 0,
     dims = [batch] + [d.dim_value for d in x_vi.type.tensor_type.shape.dim[1:]]
     dtype = helper.tensor_dtype_to_np_dtype(x_vi.type.tensor_type.elem_type)
     x = np.random.default_rng(seed).random(dims).astype(dtype)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = _onnx_semantics(m)
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(names, {data: x})))
     values[data] = x
@@ -74,10 +85,9 @@ MAX_ATTEMPTS = 256
 def _rewrite(model: onnx.ModelProto, data: str, batch: int, values: dict, label: str,
              symbol: str) -> BatchFirstRewriter | None:
     """The rewriter that went through every node, or None if one refused before the batch moved. At batch 1 a
-    Reshape may
-    put the batch at several axis boundaries: the choices are searched depth first, the latest undone first,
-    until every node accepts its inputs' layouts (a wrong guess soon meets an op that works along the batch);
-    the first refusal is the one reported."""
+    Reshape may put the batch at several axis boundaries: the choices are searched depth first, the latest undone
+    first, until every node accepts its inputs' layouts (a wrong guess soon meets an op that works along the
+    batch); the first refusal is the one reported."""
     choices: dict[str, int] = {}
     first = None
     for _ in range(MAX_ATTEMPTS):
@@ -145,11 +155,7 @@ def _shapes_read_but_lost(model: onnx.ModelProto, batch: str) -> bool:
     for node in model.graph.node:
         if node.op_type != "Shape" or node.input[0] in given:
             continue
-        if node.input[0] not in infos:
-            return True
-        t = infos[node.input[0]]
-        dims = [d.dim_param or d.dim_value for d in t.shape.dim] if t.HasField("shape") else []
-        if not dims or dims[0] != batch or any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
+        if node.input[0] not in infos or not _batch_then_static(infos[node.input[0]], batch):
             return True
     return False
 
@@ -159,7 +165,7 @@ def _with_batch_shapes(model: onnx.ModelProto, rewriter: BatchFirstRewriter, oth
     static sizes) where shape inference lost them behind Shape arithmetic (`B, T, C = x.size()` on a computed
     tensor): those whose leading size was the batch at both probes and whose other sizes did not change."""
     keep = {t for t, lay in rewriter.layouts.items() if t in other and np.ndim(other[t]) and
-            np.shape(other[t])[0] == 5 and lay.shape[0] == rewriter.n and np.shape(other[t])[1:] == lay.shape[1:]}
+            np.shape(other[t]) == (CHECK_BATCH,) + lay.shape[1:] and lay.shape[0] == rewriter.n}
     produced = {o for n in model.graph.node for o in n.output}
     mine = [vi for vi in rewriter.signal_shapes(produced) if vi.name in keep]
     out = onnx.ModelProto()
@@ -186,7 +192,7 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
     if not dims or any(not d.HasField("dim_value") for d in dims[1:]):
         return model
     fixed = dims[0].dim_value if dims[0].HasField("dim_value") else None
-    batch = fixed or 3
+    batch = fixed or PROBE_BATCH
     try:
         values = _probe(model, data[0], batch)
     except Exception:
@@ -197,7 +203,7 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
     if all(lay.leading for lay in rewriter.layouts.values()):
         if fixed or not _shapes_read_but_lost(model, dims[0].dim_param):
             return model
-        return _with_batch_shapes(model, rewriter, _probe(model, data[0], 5, seed=1))
+        return _with_batch_shapes(model, rewriter, _probe(model, data[0], CHECK_BATCH, seed=1))
     out = _assemble(rewriter)
     try:
         mine = {vi.name: vi for vi in out.graph.value_info}
@@ -206,8 +212,8 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
         inferred = [vi for vi in out.graph.value_info if vi.name not in mine]
         del out.graph.value_info[:]
         out.graph.value_info.extend(list(mine.values()) + inferred)
-        check = _probe(out, data[0], fixed or 5, seed=1, everything=False)
-        ref = _probe(model, data[0], fixed or 5, seed=1, everything=False)
+        check = _probe(out, data[0], fixed or CHECK_BATCH, seed=1, everything=False)
+        ref = _probe(model, data[0], fixed or CHECK_BATCH, seed=1, everything=False)
     except Exception as exc:
         raise MemseInputError(f"{label}: moving the batch to axis 0 failed ({str(exc).strip().splitlines()[0]})") \
             from None
@@ -227,7 +233,6 @@ def check_freed_batch(g, original: onnx.ModelProto, export_batch: int) -> bool:
     export). Not checked (True) above CHECK_UP_TO."""
     if export_batch > CHECK_UP_TO:
         return True
-    import onnxruntime as ort
     from memse_compiler.ir.interpret import run
     x_name = g.graph["inputs"][0]
     m = 2 * export_batch if export_batch > 1 else 3
@@ -236,9 +241,7 @@ def check_freed_batch(g, original: onnx.ModelProto, export_batch: int) -> bool:
         got = run(g, x.astype(np.float64))
     except Exception:           # a batch the export baked in somewhere else: not freed
         return False
-    opts = ort.SessionOptions()        # ONNX semantics: no fusion of fake quantization into integer kernels
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(original.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = _onnx_semantics(original)
     names = [o.name for o in sess.get_outputs()]
     chunks = [sess.run(names, {x_name: x[i:i + export_batch]}) for i in range(0, m, export_batch)]
     for k, name in enumerate(names):
