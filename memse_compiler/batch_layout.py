@@ -142,8 +142,11 @@ class BatchFirstRewriter:
         self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def out_name(self, tensor: str, layout: Layout) -> str:
-        return tensor if layout.leading else f"{tensor}{SUFFIX}"
+    def place(self, tensor: str, layout: Layout) -> str:
+        """Record an output's layout; its batch-first tensor keeps the name when the batch already led."""
+        self.layouts[tensor] = layout
+        self.names[tensor] = tensor if layout.leading else f"{tensor}{SUFFIX}"
+        return self.names[tensor]
 
     def emit(self, op: str, inputs: list, output: str, name: str, **attrs) -> None:
         self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
@@ -165,9 +168,7 @@ class BatchFirstRewriter:
 
     def keep(self, node: onnx.NodeProto, layouts: dict) -> None:
         """The node as it is (on renamed inputs), its outputs with `layouts`."""
-        for t, lay in layouts.items():
-            self.layouts[t], self.names[t] = lay, self.out_name(t, lay)
-        self.nodes.append(self.renamed(node, {t: self.names[t] for t in layouts}))
+        self.nodes.append(self.renamed(node, {t: self.place(t, lay) for t, lay in layouts.items()}))
 
     def choose(self, node: onnx.NodeProto, candidates: list[Layout]) -> Layout | None:
         if len(candidates) > 1:
@@ -279,8 +280,7 @@ class BatchFirstRewriter:
                 raise self.refuse(node, f"broadcasts the constant '{t}' along the batch")
             ones = (1,) * ((before > 1) + (after > 1))
             inputs.append(self.const(t, v.reshape((1,) + v.shape[:axis] + ones + v.shape[axis + 1:])))
-        self.layouts[out], self.names[out] = lay, self.out_name(out, lay)
-        self.nodes.append(self.renamed(node, {out: self.names[out]}))
+        self.nodes.append(self.renamed(node, {out: self.place(out, lay)}))
         self.nodes[-1].input[:] = inputs
 
     def reshape_to(self, node: onnx.NodeProto, source: str, target: tuple, tensor: str) -> str:
@@ -306,7 +306,7 @@ class BatchFirstRewriter:
         if before == after:
             self.alias(out, lay, src)
             return
-        self.layouts[out], self.names[out] = lay, self.out_name(out, lay)
+        self.place(out, lay)
         self.emit("Reshape", [self.names[src], self.const(f"{out}/shape", np.array((0,) + after[1:], np.int64))],
                   self.names[out], node.name or out)
 
@@ -325,7 +325,7 @@ class BatchFirstRewriter:
         if order == sorted(order):
             self.alias(out, lay, src)
             return
-        self.layouts[out], self.names[out] = lay, self.out_name(out, lay)
+        self.place(out, lay)
         self.emit("Transpose", [self.names[src]], self.names[out], node.name or out, perm=[0] + order)
 
     def op_MatMul(self, node: onnx.NodeProto) -> None:
@@ -352,8 +352,7 @@ class BatchFirstRewriter:
             if lb.axis >= len(lb.shape) - 2 or self.values[a].ndim != 2:
                 raise self.refuse(node, "contracts the axis that holds the batch")
             lay = Layout(self.shape(out), lb.axis + rank - len(lb.shape), lb.before, lb.after)
-        self.layouts[out], self.names[out] = lay, self.out_name(out, lay)
-        self.nodes.append(self.renamed(node, {out: self.names[out]}))
+        self.nodes.append(self.renamed(node, {out: self.place(out, lay)}))
 
     def op_Gemm(self, node: onnx.NodeProto) -> None:
         a, out = node.input[0], node.output[0]
@@ -365,7 +364,7 @@ class BatchFirstRewriter:
         w = self.values[node.input[1]]
         w = (w.T if node_attribute(node, "transB", 0) else w) * node_attribute(node, "alpha", 1.0)
         lay = replace(lay_in, shape=self.shape(out))
-        self.layouts[out], self.names[out] = lay, self.out_name(out, lay)
+        self.place(out, lay)
         name = node.name or out
         product = self.names[out] if len(node.input) < 3 or not node.input[2] else f"{out}/matmul{SUFFIX}"
         self.emit("MatMul", [self.names[a], self.const(f"{node.input[1]}/matmul", w.astype(self.values[a].dtype))],
@@ -390,10 +389,7 @@ class BatchFirstRewriter:
         if lay_in.leading and lay_out.leading:
             self.keep(node, {o: replace(lay_out, shape=self.shape(o)) for o in outs})
             return
-        for o in outs:
-            self.layouts[o] = replace(lay_out, shape=self.shape(o))
-            self.names[o] = self.out_name(o, self.layouts[o])
-        new = self.renamed(node, {o: self.names[o] for o in outs})
+        new = self.renamed(node, {o: self.place(o, replace(lay_out, shape=self.shape(o))) for o in outs})
         set_axes(new, [lay_in.axis_of(a) for a in axes])
         self.nodes.append(new)
 
