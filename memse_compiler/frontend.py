@@ -70,7 +70,7 @@ BATCH_SLOTS = {"Reshape": (1, 0), "Expand": (1, 1), "Resize": (3, 0)}
 
 def _allows_zero(node: onnx.NodeProto) -> bool:
     """A Reshape whose target 0 means a zero size, not "copy the input's size" (allowzero=1)."""
-    return any(a.name == "allowzero" and a.i for a in node.attribute)
+    return bool(node_attribute(node, "allowzero", 0))
 
 
 def _batch_entry(node: onnx.NodeProto, target: np.ndarray) -> int | None:
@@ -228,7 +228,6 @@ def _fold_shape(node: onnx.NodeProto, shapes: dict, symbols: tuple, batch: str |
                 batch_dependent: dict, label: str) -> None:
     """A Shape of a computed tensor, as a constant: its batch dimension at the probe sizes (batch-dependent)."""
     dims = shapes.get(node.input[0])
-    attrs = {a.name: a.i for a in node.attribute}
     name = node.name or node.output[0]
     if dims is None:
         raise MemseInputError(f"{label}: node '{name}' (Shape): the shape of '{node.input[0]}' is unknown")
@@ -242,7 +241,8 @@ def _fold_shape(node: onnx.NodeProto, shapes: dict, symbols: tuple, batch: str |
                 raise MemseInputError(f"{label}: node '{name}' (Shape): dimension {i} of '{node.input[0]}' is "
                                       f"dynamic and not the batch")
             full.append(d)
-        probes.append(np.array(full[attrs.get("start", 0):attrs.get("end", len(full))], np.int64))
+        probes.append(np.array(full[node_attribute(node, "start", 0):node_attribute(node, "end", len(full))],
+                               np.int64))
     consts[node.output[0]] = probes[0]
     if not np.array_equal(*probes):
         batch_dependent[node.output[0]] = probes[1]

@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from memse_compiler.ir.ops.base import node_attribute
+
 
 class _Graph:
     """Producer/consumer lookups and constant values of one ONNX graph."""
@@ -55,10 +57,9 @@ class _Graph:
 
 def _trailing_axes(node: onnx.NodeProto, g: _Graph) -> tuple[int, ...] | None:
     """The axes of a keepdims ReduceMean if they are the last k axes written negatively (-k..-1), else None."""
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if attrs.get("keepdims", 1) != 1:
+    if node_attribute(node, "keepdims", 1) != 1:
         return None
-    axes = attrs.get("axes")
+    axes = node_attribute(node, "axes")
     if axes is None and len(node.input) > 1 and node.input[1]:
         axes = g.consts.get(node.input[1])
     if axes is None:
