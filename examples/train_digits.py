@@ -135,6 +135,34 @@ class ViTNet(nn.Module):
         return self.head(self.encoder(t)[:, 0])
 
 
+class LSTMNet(nn.Module):
+    """The 8 image rows read one per step by an LSTM (8 steps of 8 pixels, hidden 24), a linear head on the last
+    hidden state. torch exports the ONNX LSTM op (layout 0: Transposes move the batch to axis 1 and back); the
+    compiler unrolls it, with W and R each one crossbar driven at every step (memse_compiler/recurrent.py)."""
+
+    def __init__(self, hidden=24):
+        super().__init__()
+        self.rnn = nn.LSTM(8, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        y, _ = self.rnn(x.view(x.size(0), 8, 8))
+        return self.head(y[:, -1])
+
+
+class GRUNet(nn.Module):
+    """The same with a bidirectional GRU (hidden 16 each way), the head on both directions' final states."""
+
+    def __init__(self, hidden=16):
+        super().__init__()
+        self.rnn = nn.GRU(8, hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, 10)
+
+    def forward(self, x):
+        _, h = self.rnn(x.view(x.size(0), 8, 8))
+        return self.head(torch.cat([h[0], h[1]], dim=1))
+
+
 def train(model, x, y, epochs, lr=1e-2, batch=64):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
@@ -245,6 +273,8 @@ def main():
         )),
         ("attn_digits", AttnNet, 40, {}),
         ("vit_digits", ViTNet, 40, {}),
+        ("lstm_digits", LSTMNet, 40, {}),
+        ("gru_digits", GRUNet, 40, {}),
     ]
     if only:
         specs = [s for s in specs if s[0] in only.split(",")]

@@ -57,7 +57,7 @@ def _onnx_semantics(model: onnx.ModelProto):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def _probe(model: onnx.ModelProto, data: str, batch: int, seed: int = 0,
+def probe_values(model: onnx.ModelProto, data: str, batch: int, seed: int = 0,
            everything: bool = True) -> dict[str, np.ndarray]:
     """Every tensor's value (or only the outputs') on a batch of uniform [0, 1) inputs (onnxruntime,
     optimisations off: the ONNX semantics)."""
@@ -194,7 +194,7 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
     fixed = dims[0].dim_value if dims[0].HasField("dim_value") else None
     batch = fixed or PROBE_BATCH
     try:
-        values = _probe(model, data[0], batch)
+        values = probe_values(model, data[0], batch)
     except Exception:
         return model                     # the frontend's own checks say what is wrong
     rewriter = _rewrite(model, data[0], batch, values, label, (fixed is None and dims[0].dim_param) or symbol)
@@ -203,7 +203,7 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
     if all(lay.leading for lay in rewriter.layouts.values()):
         if fixed or not _shapes_read_but_lost(model, dims[0].dim_param):
             return model
-        return _with_batch_shapes(model, rewriter, _probe(model, data[0], CHECK_BATCH, seed=1))
+        return _with_batch_shapes(model, rewriter, probe_values(model, data[0], CHECK_BATCH, seed=1))
     out = _assemble(rewriter)
     try:
         mine = {vi.name: vi for vi in out.graph.value_info}
@@ -212,8 +212,8 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
         inferred = [vi for vi in out.graph.value_info if vi.name not in mine]
         del out.graph.value_info[:]
         out.graph.value_info.extend(list(mine.values()) + inferred)
-        check = _probe(out, data[0], fixed or CHECK_BATCH, seed=1, everything=False)
-        ref = _probe(model, data[0], fixed or CHECK_BATCH, seed=1, everything=False)
+        check = probe_values(out, data[0], fixed or CHECK_BATCH, seed=1, everything=False)
+        ref = probe_values(model, data[0], fixed or CHECK_BATCH, seed=1, everything=False)
     except Exception as exc:
         raise MemseInputError(f"{label}: moving the batch to axis 0 failed ({str(exc).strip().splitlines()[0]})") \
             from None

@@ -206,7 +206,8 @@ class NoisyExecutor:
                                   f"{opset}): export it with opset_version >= {MIN_OPSET}")
         self.input_name = g.graph["inputs"][0]
         self.aliases: dict[str, str] = {}
-        self.plans: list[_LayerPlan] = []
+        self.plans: list[_LayerPlan] = []      # one per programmed crossbar
+        self._plans: dict[str, _LayerPlan] = {}
         b = _Builder(opset)
         self._chip_major: set[str] = set()      # chip-batched tensors laid out (chips, N, ...) rather than (chips*N, ...)
         if self.chips > 1:      # the batch is fed once and tiled: chip c sees samples [c N, (c+1) N)
@@ -285,10 +286,14 @@ class NoisyExecutor:
             lead = (x_shape[1],) if geo.in_columns else tuple(x_shape[:-1])
             if self.chips > 1:    # (chips * N, J) -> (chips, N, J) against each chip's (J, O)
                 x, w_shape, lead = b.reshape(x, [self.chips, -1, J]), (self.chips, J, O), (self.chips, None)
-        w_in = b.input(f"{L}/weight", w_shape)
-        b_in = None
-        if lay.bias_row:
-            b_in = b.input(f"{L}/bias_row", (self.chips, 1, G * O) if self.chips > 1 else (G * O,))
+        shared = self._plans.get(lay.crossbar)
+        if shared is not None:       # a crossbar programmed once: every op driving it reads the same draw
+            w_in, b_in = shared.w_input, shared.b_input
+        else:
+            w_in = b.input(f"{L}/weight", w_shape)
+            b_in = None
+            if lay.bias_row:
+                b_in = b.input(f"{L}/bias_row", (self.chips, 1, G * O) if self.chips > 1 else (G * O,))
         plan = _LayerPlan(lay, w_in, b_in, w_shape, transpose=not conv)
         tiles = []
         for r in range(lay.row_tiles):
@@ -375,7 +380,11 @@ class NoisyExecutor:
         std = np.stack([device_std(lay.g_plus, self.device), device_std(lay.g_minus, self.device)])
         plan.std = float(std.flat[0]) if np.all(std == std.flat[0]) else std.astype(np.float32)
         plan.inv_c = (1.0 / np.asarray(lay.scale_c, dtype=np.float64)).astype(np.float32)
-        self.plans.append(plan)
+        if shared is None:
+            self.plans.append(plan)
+            self._plans[lay.crossbar] = plan
+        else:
+            shared.noise += plan.noise       # its read noise is its own, drawn with the crossbar's
         return exposed
 
     @staticmethod

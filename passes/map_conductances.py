@@ -49,10 +49,35 @@ def pair_conductances(layer: CrossbarLayer, levels: int | None, rounding: str) -
             layer.g_min + quantize_conductance(c * np.maximum(-a, 0), layer.g_range, levels, rounding))
 
 
+def same_crossbar(a: CrossbarLayer, b: CrossbarLayer) -> bool:
+    """Whether two mapped layers hold the same programmed array: same geometry kind, scale groups, ranges and
+    target conductances (after every fold, so an op whose bias or scale was folded differently is apart)."""
+    return (type(a.geometry) is type(b.geometry) and a.bias_row == b.bias_row and a.scale == b.scale
+            and a.g_plus.shape == b.g_plus.shape and np.array_equal(a.g_range, b.g_range)
+            and np.array_equal(a.g_plus, b.g_plus) and np.array_equal(a.g_minus, b.g_minus)
+            and np.array_equal(a.w_max, b.w_max))
+
+
+def share_crossbars(layers: list[CrossbarLayer]) -> None:
+    """Ops that read the same weight initializer and map to the same array drive ONE crossbar, the first one's
+    (`shared_with`): a recurrent layer's W and R at every step (recurrent.py), or weights tied in the model."""
+    first: dict[str, CrossbarLayer] = {}
+    for layer in layers:
+        layer.shared_with = None
+        source = layer.extra.get("weight_source")
+        if source is None:
+            continue
+        lead = first.setdefault(source, layer)
+        if lead is not layer and same_crossbar(lead, layer):
+            layer.shared_with = lead.name
+
+
 class MapConductances(Pass):
     name = "map_conductances"
 
     def apply(self, g: MemseGraph, ctx: PassContext) -> MemseGraph:
-        for layer in weighted_layers(g):
+        layers = weighted_layers(g)
+        for layer in layers:
             map_layer(layer, ctx.device)
+        share_crossbars(layers)
         return g

@@ -22,6 +22,19 @@ def calibrate_layer(layer, x_ref: np.ndarray, dac_bits, adc_bits, headroom: floa
     layer.adc_range = headroom * ps.reshape(layer.groups, layer.row_tiles, layer.col_tiles, -1).max(axis=-1)
 
 
+def share_converters(g: MemseGraph) -> None:
+    """A shared crossbar has one set of converters: ranges cover every use (the widest), signed if any is."""
+    users: dict[str, list] = {}
+    for layer in g.layers.values():
+        users.setdefault(layer.crossbar, []).append(layer)
+    for group in (u for u in users.values() if len(u) > 1):
+        dac_range = max(lay.dac_range for lay in group)
+        dac_signed = any(lay.dac_signed for lay in group)
+        adc_range = np.maximum.reduce([lay.adc_range for lay in group])
+        for lay in group:
+            lay.dac_range, lay.dac_signed, lay.adc_range = dac_range, dac_signed, adc_range.copy()
+
+
 class PlaceConverters(Pass):
     name = "place_converters"
 
@@ -32,6 +45,7 @@ class PlaceConverters(Pass):
         dev = ctx.device
         for layer in g.layers.values():
             calibrate_layer(layer, ref[layer.input], dev.dac.bits, dev.adc.bits, dev.adc.headroom)
+        share_converters(g)
         for n, d in g.nodes(data=True):     # copies for inspection; the layer record is the source of truth
             if d["kind"] == KIND_DAC:
                 layer = g.layers[d["layer"]]

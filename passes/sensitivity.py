@@ -48,6 +48,11 @@ def _sum_per_sample(a: np.ndarray, n: int) -> np.ndarray:
     return a.reshape(n, -1).sum(axis=1)
 
 
+def shared_crossbars(g: MemseGraph) -> set[str]:
+    """The crossbars that several ops drive (their programming noise is common to every use)."""
+    return {layer.crossbar for layer in g.layers.values() if layer.shared_with}
+
+
 def needs_chip(cm: CrossbarMoments) -> bool:
     """Whether a layer's second-order programming term needs the random chip: when its weights are shared by
     several positions. With one position per vector the forward's independent S v is right, given the
@@ -59,7 +64,9 @@ def needs_chip(cm: CrossbarMoments) -> bool:
 
 def sweeps_use_chip(g: MemseGraph, lin: dict) -> bool:
     """Whether `chip_backward` runs its sweeps through a random chip: some linearized layer needs one."""
-    return any(needs_chip(lin[u]) for u in lin if u in g.layers)
+    shared = shared_crossbars(g)
+    return any(needs_chip(lin[u]) or (g.layers[u].crossbar in shared and np.any(lin[u].w_var))
+               for u in lin if u in g.layers)
 
 
 class RandomChip:
@@ -82,17 +89,20 @@ class RandomChip:
 
 
 def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None,
-                   chip: np.ndarray | None = None) -> np.ndarray:
+                   chip: np.ndarray | None = None, shared: dict | None = None) -> np.ndarray:
     """Sensitivity of one output probe through a crossbar layer. Adds the variance each source of the
     layer contributes (per sample) via `add(source, per_sample)`; returns the input sensitivity.
     chip: the random chip's weights to run through (the coherent second-order term); None: W_bar, and that
-    term is taken as independent per position (the forward's S v)."""
+    term is taken as independent per position (the forward's S v). shared: for a layer driving a crossbar that
+    other ops drive too, its weight gradient is stored in shared[crossbar] (for `add_shared_programming`)."""
     g_y = layer.geometry.from_vectors_T(gout)                              # N, P, G, O
     n = g_y.shape[0]          # vectors' leading axis: the batch, except for W @ x (columns of x)
     g_ps = g_y[:, :, :, None, :] * cm.adc_gain                             # N, P, G, R, O
     g_ps = np.broadcast_to(g_ps, g_y.shape[:3] + (layer.row_tiles, layer.outs))
     # per-sample weight gradient: sum over positions of sensitivity x mean input, per row tile
     dw2 = layer.weight_grads(g_ps, cm.mu_vec)                              # N, G, O, Jb
+    if shared is not None:
+        shared[layer.crossbar] = dw2.copy()
     np.square(dw2, out=dw2)                  # in place: on ResNet-sized layers a fresh temporary costs more
     add("programming", np.einsum("ngoj,goj->n", dw2, np.broadcast_to(cm.w_var, layer.g_plus.shape)))
     y2 = g_y * g_y                 # every row tile of an output has its sensitivity: injections are tile sums
@@ -123,6 +133,23 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None,
     return g_dac * cm.dac_gain
 
 
+def add_shared_programming(g: MemseGraph, lin: dict, dw: dict[str, np.ndarray], squares: dict[str, np.ndarray],
+                           add, coef=None) -> None:
+    """The programming noise of a crossbar driven by several ops is common to them: its variance is
+    S (sum_uses dw)^2, not sum_uses S dw^2. Each use added its own square (so that a use's own share stays
+    its own, as the refinement needs); this adds the cross terms, S ((sum dw)^2 - sum dw^2), to the crossbar's
+    first layer (no probe reaches a crossbar's first use before its later ones)."""
+    for key, total in dw.items():
+        layer, cm = g.layers[key], lin[key]
+        n = total.shape[0]
+        cross = total * total - squares[key]
+        add(key, "programming", np.einsum("ngoj,goj->n", cross, np.broadcast_to(cm.w_var, layer.g_plus.shape)))
+        if coef is not None:
+            coef(key, "w2", cross.reshape(n, -1).sum(axis=1))
+            coef(key, "w2_over_c2", np.einsum("ngoj,goj->n", cross,
+                                              np.broadcast_to(1.0 / layer.scale_c ** 2, layer.g_plus.shape)))
+
+
 def backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add, coef=None,
              lin: dict | None = None, moments: dict | None = None, chip: RandomChip | None = None) -> None:
     """One backward sweep from `probe` (tensor -> sensitivity) through the units in reverse `order`.
@@ -132,16 +159,25 @@ def backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add,
     moments = g.graph["moments"] if moments is None else moments
     consts = g.graph["constants"]
     grads = dict(probe)
+    shared = shared_crossbars(g)
+    dw_sum: dict[str, np.ndarray] = {}        # crossbar -> sum over its uses of the weight gradient
+    dw_squares: dict[str, np.ndarray] = {}    # and of its square
     for unit in reversed(order):
         if unit in g.layers:
             layer = g.layers[unit]
             gout = grads.pop(layer.output, None)
             if gout is None:
                 continue
+            dw = {} if layer.crossbar in shared else None
             gin = layer_backward(layer, lin[unit], gout, lambda s, v, u=unit: add(u, s, v),
                                  None if coef is None else (lambda s, v, u=unit: coef(u, s, v)),
-                                 chip.matrix(unit, lin[unit]) if chip is not None and np.any(lin[unit].w_var) else None)
+                                 chip.matrix(layer.crossbar, lin[unit])
+                                 if chip is not None and np.any(lin[unit].w_var) else None, dw)
             grads[layer.input] = grads[layer.input] + gin if layer.input in grads else gin
+            if dw:
+                key = layer.crossbar
+                dw_sum[key] = dw_sum[key] + dw[key] if key in dw_sum else dw[key]
+                dw_squares[key] = dw_squares[key] + dw[key] ** 2 if key in dw_squares else dw[key] ** 2
             continue
         d = g.nodes[unit]
         gouts = [grads.pop(t, None) for t in d["outputs"]]
@@ -157,6 +193,7 @@ def backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add,
             if gi is None or t in consts:
                 continue
             grads[t] = grads[t] + gi if t in grads else gi
+    add_shared_programming(g, lin, dw_sum, dw_squares, add, coef)
 
 
 def chip_backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add, coef=None,

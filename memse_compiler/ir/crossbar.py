@@ -54,6 +54,9 @@ class CrossbarLayer:
     g_min: float = 0.0
     g_plus: np.ndarray | None = None   # (G, O, Jb) quantized target conductances, siemens
     g_minus: np.ndarray | None = None
+    # the layer whose programmed crossbar this op drives (an RNN step reusing W and R): its programming noise
+    # is that layer's, draw for draw; read noise and converters stay per use. None: a crossbar of its own
+    shared_with: str | None = None
     # TileCrossbars
     rows_per_tile: int = 0
     outs_per_tile: int = 0
@@ -80,6 +83,11 @@ class CrossbarLayer:
     def rows(self) -> int:
         """Crossbar rows used per group (inputs, plus the bias row when mapped)."""
         return self.weight.shape[2] + int(self.bias_row)
+
+    @property
+    def crossbar(self) -> str:
+        """The name of the programmed crossbar this op drives (its own, or the one it shares)."""
+        return self.shared_with or self.name
 
     @property
     def tiles(self) -> int:

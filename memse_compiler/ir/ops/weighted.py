@@ -26,6 +26,8 @@ class WeightedRule(OpRule):
                               output=ctx.node.output[0], geometry=geometry,
                               weight=np.ascontiguousarray(weight, dtype=np.float64),
                               bias=None if bias is None else np.asarray(bias, np.float64))
+        # ops reading one initializer may share one crossbar (passes/map_conductances.share_crossbars)
+        layer.extra["weight_source"] = self._param_name(ctx, "weight")
         return {"layer": layer}
 
     @staticmethod
