@@ -60,6 +60,7 @@ class _Unroller:
         if self.op == "LSTM" and node_attribute(node, "input_forget", 0):
             raise self.refuse("couples the input and forget gates (input_forget=1)")
         self.count = 0
+        self.step = ""                 # direction@time of the step being built, for node names
         self.const_values: dict[str, np.ndarray] = {}
 
     def refuse(self, why: str) -> MemseInputError:
@@ -93,9 +94,10 @@ class _Unroller:
         self.inits.append(numpy_helper.from_array(self.const_values[name], name))
         return name
 
-    def emit(self, op: str, inputs: list[str], hint: str, out: str | None = None, **attrs) -> str:
+    def emit(self, op: str, inputs: list[str], hint: str, out: str | None = None, name: str | None = None,
+             **attrs) -> str:
         out = out or self.fresh(hint)
-        self.nodes.append(helper.make_node(op, inputs, [out], name=self.fresh(op), **attrs))
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name or self.fresh(op), **attrs))
         return out
 
     def unsqueeze(self, x: str, axes: list[int]) -> str:
@@ -155,8 +157,10 @@ class _Unroller:
             c_prev = self.initial(init_c, d) if init_c else None
             outs = [None] * self.seq
             for t in (reversed(range(self.seq)) if reverse else range(self.seq)):
-                xw = self.emit("Gemm", [steps[t], w, wb], "xw", transB=1)
-                hr = self.emit("Gemm", [h_prev, r, rb], "hr", transB=1) if h_prev else rb
+                # the crossbar products are named after their matrix and step: '<node>/W0@t3'
+                xw = self.emit("Gemm", [steps[t], w, wb], "xw", name=f"{self.key}/W{d}@t{t}", transB=1)
+                hr = self.emit("Gemm", [h_prev, r, rb], "hr", name=f"{self.key}/R{d}@t{t}", transB=1) if h_prev else rb
+                self.step = f"{d}@t{t}"
                 acts = self.acts[d]
                 if self.op == "RNN":
                     h_prev = self.activation(acts[0], self.emit("Add", [xw, hr], "a"))
@@ -200,7 +204,8 @@ class _Unroller:
         elif h_prev is None:      # (r * 0) R_h^T + Rb_h
             cand = r_h[1]
         else:
-            cand = self.emit("Gemm", [self.emit("Mul", [rgate, h_prev], "rh"), r_h[0], r_h[1]], "hrh", transB=1)
+            cand = self.emit("Gemm", [self.emit("Mul", [rgate, h_prev], "rh"), r_h[0], r_h[1]], "hrh",
+                             name=f"{self.key}/Rh{self.step}", transB=1)
         n = self.activation(g, self.emit("Add", [self.gate(xw, 2), cand], "n"))
         new = self.emit("Mul", [self.emit("Sub", [self.const("one", np.float32(1.0)), z], "1mz"), n], "zn")
         if h_prev is None:

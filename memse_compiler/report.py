@@ -15,7 +15,8 @@ def layer_hardware(layer) -> dict[str, Any]:
     the bias row is a fixed reference, not a DAC) and array utilisation."""
     g, o, j = layer.weight.shape
     tiles = layer.tiles
-    return {"name": layer.name, "op": layer.op, "matrix": [g * o, j + int(layer.bias_row)], "groups": g,
+    return {"name": layer.name, "op": layer.op, "crossbar": layer.crossbar,
+            "matrix": [g * o, j + int(layer.bias_row)], "groups": g,
             "tiles": tiles, "row_tiles": layer.row_tiles, "col_tiles": layer.col_tiles,
             "adcs": g * layer.row_tiles * o, "dacs": g * layer.col_tiles * j,
             "utilization": g * o * layer.rows / (tiles * layer.rows_per_tile * layer.outs_per_tile)}
@@ -59,7 +60,8 @@ def build_report(g: MemseGraph) -> dict[str, Any]:
     report = {
         "model": g.graph.get("model_path", g.graph.get("name")),
         "device": g.graph["device"].to_dict(),
-        "hardware": {k: sum(r[k] for r in layers) for k in ("tiles", "adcs", "dacs")},
+        # a crossbar driven by several ops (its tiles and converters) is counted once
+        "hardware": {k: sum(r[k] for r in layers if r["crossbar"] == r["name"]) for k in ("tiles", "adcs", "dacs")},
         "outputs": outputs,
         "layers": layers,
         "power": {"total_w": power.get("total_w"), **{k: v for k, v in power.items() if k not in ("layers",)}},
@@ -88,8 +90,10 @@ def _fmt(v, spec=".3e") -> str:
 
 def hardware_table(report: dict) -> str:
     cols = ["layer", "op", "matrix", "tiles", "ADCs", "DACs", "util", "mse", "power_w"]
-    rows = [[r["name"], r["op"], f"{r['matrix'][0]}x{r['matrix'][1]}", str(r["tiles"]), str(r["adcs"]),
-             str(r["dacs"]), f"{100 * r['utilization']:.0f}%", _fmt(r.get("mse")), _fmt(r.get("power_w"))]
+    mark = {True: "*", False: ""}       # * : the op drives an earlier op's crossbar (not in the totals)
+    rows = [[r["name"], r["op"], f"{r['matrix'][0]}x{r['matrix'][1]}"]
+            + [f"{r[k]}{mark[r.get('crossbar', r['name']) != r['name']]}" for k in ("tiles", "adcs", "dacs")]
+            + [f"{100 * r['utilization']:.0f}%", _fmt(r.get("mse")), _fmt(r.get("power_w"))]
             for r in report["layers"]]
     hw = report["hardware"]
     rows.append(["total", "", "", str(hw["tiles"]), str(hw["adcs"]), str(hw["dacs"]), "", "",
@@ -98,7 +102,10 @@ def hardware_table(report: dict) -> str:
         cols.insert(8, "mc_mse")
         for row, r in zip(rows, report["layers"] + [{}]):
             row.insert(8, _fmt(r.get("mc_mse")))
-    return _table(cols, rows)
+    shared = sum(r.get("crossbar", r["name"]) != r["name"] for r in report["layers"])
+    note = (f"\n* {shared} ops drive the crossbar of an earlier op (a recurrent layer's steps, tied weights): "
+            f"its tiles and converters count once") if shared else ""
+    return _table(cols, rows) + note
 
 
 def outputs_table(report: dict) -> str:

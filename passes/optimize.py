@@ -60,6 +60,11 @@ class Problem:
                  bits_range: tuple[int, int] = BITS_RANGE):
         if not g.graph.get("sensitivity"):
             raise MemseInputError("the optimiser needs the sensitivity analysis (--mode sensitivity or refined)")
+        shared = next((lay for lay in g.layers.values() if lay.shared_with), None)
+        if shared is not None:
+            # its knobs are per op; one crossbar's uses would get different ranges, i.e. stop being one array
+            raise MemseInputError(f"the optimiser does not support crossbars driven by several ops yet ('{shared.name}' "
+                                  f"drives the crossbar of '{shared.shared_with}', e.g. a recurrent layer's steps)")
         self.g, self.ctx, self.dev, self.bits_range = g, ctx, ctx.device, bits_range
         self.out, self.names, self.rate = output or g.graph["outputs"][0], list(g.layers), ctx.device.inference_rate
         self.g_hi = self.dev.conductance.g_max - self.dev.conductance.g_min

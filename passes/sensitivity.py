@@ -89,12 +89,12 @@ class RandomChip:
 
 
 def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None,
-                   chip: np.ndarray | None = None, shared: dict | None = None) -> np.ndarray:
+                   chip: np.ndarray | None = None, shared: "SharedProgramming | None" = None) -> np.ndarray:
     """Sensitivity of one output probe through a crossbar layer. Adds the variance each source of the
     layer contributes (per sample) via `add(source, per_sample)`; returns the input sensitivity.
     chip: the random chip's weights to run through (the coherent second-order term); None: W_bar, and that
-    term is taken as independent per position (the forward's S v). shared: for a layer driving a crossbar that
-    other ops drive too, its weight gradient is stored in shared[crossbar] (for `add_shared_programming`)."""
+    term is taken as independent per position (the forward's S v). shared: the sweep's `SharedProgramming`,
+    for a layer driving a crossbar that other ops drive too."""
     g_y = layer.geometry.from_vectors_T(gout)                              # N, P, G, O
     n = g_y.shape[0]          # vectors' leading axis: the batch, except for W @ x (columns of x)
     g_ps = g_y[:, :, :, None, :] * cm.adc_gain                             # N, P, G, R, O
@@ -102,15 +102,18 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None,
     # per-sample weight gradient: sum over positions of sensitivity x mean input, per row tile
     dw2 = layer.weight_grads(g_ps, cm.mu_vec)                              # N, G, O, Jb
     if shared is not None:
-        shared[layer.crossbar] = dw2.copy()
+        shared.collect(layer.crossbar, dw2)
     np.square(dw2, out=dw2)                  # in place: on ResNet-sized layers a fresh temporary costs more
-    add("programming", np.einsum("ngoj,goj->n", dw2, np.broadcast_to(cm.w_var, layer.g_plus.shape)))
+    own = {"programming": np.einsum("ngoj,goj->n", dw2, np.broadcast_to(cm.w_var, layer.g_plus.shape))}
+    add("programming", own["programming"])
     y2 = g_y * g_y                 # every row tile of an output has its sensitivity: injections are tile sums
     if coef is not None:
         # unit coefficients of the closed form (passes/closed_form.py), per unit of each device parameter
         c2 = np.broadcast_to(1.0 / layer.scale_c ** 2, layer.g_plus.shape)
-        coef("w2", dw2.reshape(n, -1).sum(axis=1))                            # sum_w (dy/dw)^2
-        coef("w2_over_c2", np.einsum("ngoj,goj->n", dw2, c2))                  # x 2 sigma^2 (unclipped)
+        own["w2"] = dw2.reshape(n, -1).sum(axis=1)                             # sum_w (dy/dw)^2
+        own["w2_over_c2"] = np.einsum("ngoj,goj->n", dw2, c2)                  # x 2 sigma^2 (unclipped)
+        coef("w2", own["w2"])
+        coef("w2_over_c2", own["w2_over_c2"])
         coef("read_unit", _sum_per_sample(y2 * cm.read_unit, n))              # x sigma_r^2
         if layer.adc_range is not None:
             adc_r2 = (layer.per_output(layer.adc_range) ** 2).sum(axis=1)     # G, O: summed over row tiles
@@ -130,24 +133,44 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None,
         add("dac", _sum_per_sample(g_dac * g_dac * cm.dac_resid, g_dac.shape[0]))
     if coef is not None:
         coef("dac_unit", _sum_per_sample(g_dac * g_dac, g_dac.shape[0]) * layer.dac_range ** 2 / 12.0)  # x 1 / levels^2
+    if shared is not None:
+        shared.own(layer.crossbar, own)
     return g_dac * cm.dac_gain
 
 
-def add_shared_programming(g: MemseGraph, lin: dict, dw: dict[str, np.ndarray], squares: dict[str, np.ndarray],
-                           add, coef=None) -> None:
-    """The programming noise of a crossbar driven by several ops is common to them: its variance is
-    S (sum_uses dw)^2, not sum_uses S dw^2. Each use added its own square (so that a use's own share stays
-    its own, as the refinement needs); this adds the cross terms, S ((sum dw)^2 - sum dw^2), to the crossbar's
-    first layer (no probe reaches a crossbar's first use before its later ones)."""
-    for key, total in dw.items():
-        layer, cm = g.layers[key], lin[key]
-        n = total.shape[0]
-        cross = total * total - squares[key]
-        add(key, "programming", np.einsum("ngoj,goj->n", cross, np.broadcast_to(cm.w_var, layer.g_plus.shape)))
-        if coef is not None:
-            coef(key, "w2", cross.reshape(n, -1).sum(axis=1))
-            coef(key, "w2_over_c2", np.einsum("ngoj,goj->n", cross,
-                                              np.broadcast_to(1.0 / layer.scale_c ** 2, layer.g_plus.shape)))
+class SharedProgramming:
+    """One sweep's programming terms of the crossbars several ops drive. Their noise is common to the uses: the
+    variance is S (sum_uses dw)^2, not sum_uses S dw^2. Each use adds its own square as any layer does (so that a
+    use's own share stays its own, as the refinement needs); `finish` adds the cross terms,
+    S (sum dw)^2 - sum_uses S dw^2, to the crossbar's first layer (a probe never reaches a crossbar's first use
+    before its later ones)."""
+
+    def __init__(self, g: MemseGraph, lin: dict):
+        self.g, self.lin = g, lin
+        self.dw: dict[str, np.ndarray] = {}             # crossbar -> sum over its uses of the weight gradient
+        self.own_terms: dict[str, dict[str, np.ndarray]] = {}   # crossbar -> term -> sum of the uses' own
+
+    def collect(self, crossbar: str, dw: np.ndarray) -> None:
+        if crossbar in self.dw:
+            self.dw[crossbar] += dw
+        else:
+            self.dw[crossbar] = dw.copy()
+
+    def own(self, crossbar: str, terms: dict[str, np.ndarray]) -> None:
+        acc = self.own_terms.setdefault(crossbar, {})
+        for name, per_sample in terms.items():
+            acc[name] = acc[name] + per_sample if name in acc else per_sample
+
+    def finish(self, add, coef=None) -> None:
+        for key, total in self.dw.items():
+            layer, own = self.g.layers[key], self.own_terms[key]
+            np.square(total, out=total)
+            w_var = np.broadcast_to(self.lin[key].w_var, layer.g_plus.shape)
+            add(key, "programming", np.einsum("ngoj,goj->n", total, w_var) - own["programming"])
+            if coef is not None:
+                c2 = np.broadcast_to(1.0 / layer.scale_c ** 2, layer.g_plus.shape)
+                coef(key, "w2", total.reshape(total.shape[0], -1).sum(axis=1) - own["w2"])
+                coef(key, "w2_over_c2", np.einsum("ngoj,goj->n", total, c2) - own["w2_over_c2"])
 
 
 def backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add, coef=None,
@@ -159,25 +182,19 @@ def backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add,
     moments = g.graph["moments"] if moments is None else moments
     consts = g.graph["constants"]
     grads = dict(probe)
-    shared = shared_crossbars(g)
-    dw_sum: dict[str, np.ndarray] = {}        # crossbar -> sum over its uses of the weight gradient
-    dw_squares: dict[str, np.ndarray] = {}    # and of its square
+    shared, programming = shared_crossbars(g), SharedProgramming(g, lin)
     for unit in reversed(order):
         if unit in g.layers:
             layer = g.layers[unit]
             gout = grads.pop(layer.output, None)
             if gout is None:
                 continue
-            dw = {} if layer.crossbar in shared else None
             gin = layer_backward(layer, lin[unit], gout, lambda s, v, u=unit: add(u, s, v),
                                  None if coef is None else (lambda s, v, u=unit: coef(u, s, v)),
                                  chip.matrix(layer.crossbar, lin[unit])
-                                 if chip is not None and np.any(lin[unit].w_var) else None, dw)
+                                 if chip is not None and np.any(lin[unit].w_var) else None,
+                                 programming if layer.crossbar in shared else None)
             grads[layer.input] = grads[layer.input] + gin if layer.input in grads else gin
-            if dw:
-                key = layer.crossbar
-                dw_sum[key] = dw_sum[key] + dw[key] if key in dw_sum else dw[key]
-                dw_squares[key] = dw_squares[key] + dw[key] ** 2 if key in dw_squares else dw[key] ** 2
             continue
         d = g.nodes[unit]
         gouts = [grads.pop(t, None) for t in d["outputs"]]
@@ -193,7 +210,7 @@ def backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add,
             if gi is None or t in consts:
                 continue
             grads[t] = grads[t] + gi if t in grads else gi
-    add_shared_programming(g, lin, dw_sum, dw_squares, add, coef)
+    programming.finish(add, coef)
 
 
 def chip_backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add, coef=None,

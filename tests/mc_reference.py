@@ -34,10 +34,13 @@ def layer_with_read_noise(layer, w, x, sigma_r, rng) -> np.ndarray:
 
 def chip_outputs(g, device, x, rng) -> dict[str, np.ndarray]:
     vals = {g.graph["inputs"][0]: x}
+    chip: dict[str, np.ndarray] = {}        # crossbar -> its programmed weights (drawn once, at its first use)
     for unit in schedule(g):
         if unit in g.layers:
             layer = g.layers[unit]
-            w = program(layer, device, rng)
+            if layer.crossbar not in chip:
+                chip[layer.crossbar] = program(layer, device, rng)
+            w = chip[layer.crossbar]
             xin = vals[layer.input]
             if device.read_noise.sigma > 0:
                 vals[layer.output] = layer_with_read_noise(layer, w, xin, device.read_noise.sigma, rng)

@@ -43,6 +43,9 @@ CASES = [
     # torch's nn.TransformerEncoderLayer: batch moved off axis 0 and folded into the heads (batch_layout.py)
     ("vit", [], 200),
     ("vit", ["programming_noise.sigma=5e-6", "adc.bits=6", "crossbar.rows=32"], 200),
+    # recurrent: W and R are each one crossbar driven at all 8 steps (programming noise common to the steps)
+    ("lstm", [], 200),
+    ("gru", ["programming_noise.sigma=1e-6", "adc.bits=6"], 200),
 ]
 
 

@@ -58,7 +58,7 @@ def assert_close(got, want, rtol=1e-5, what=""):
 
 
 # ---- (a) noise off, ideal device: the original model -------------------------------------------------
-@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn", "vit"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn", "vit", "lstm", "gru"])
 def test_ideal_examples_match_onnxruntime(name):
     path = EXAMPLES / f"{name}_digits.onnx"
     g = lower(path, IDEAL, X)
@@ -96,9 +96,10 @@ def check_against_interpreter(g, x):
             assert_close(got, ps[:, :, :, r, :], what=f"{lay.name} row tile {r}")
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn", "vit"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn", "vit", "lstm", "gru"])
 def test_quantized_tiled_examples_match_interpreter(name):
-    dev = load_device("rram", QUANT + ["crossbar.rows=32"])
+    rows = 16 if name in ("lstm", "gru") else 32       # the recurrent examples' R has 25 and 17 rows
+    dev = load_device("rram", QUANT + [f"crossbar.rows={rows}"])
     g = lower(EXAMPLES / f"{name}_digits.onnx", dev, X[:64])
     assert any(lay.row_tiles > 1 for lay in g.layers.values())
     check_against_interpreter(g, X[:64])

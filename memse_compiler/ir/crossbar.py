@@ -178,6 +178,10 @@ class CrossbarLayer:
         dps (N, P, G, R, O), vec (N, P, G, Jb) -> (N, G, O, Jb)."""
         n, p, g, r, o = dps.shape
         out = np.empty((n, g, o, self.rows), dtype=np.result_type(dps, vec))
+        if p == 1:    # one vector per sample (a matrix layer): outer products, which a batched matmul does slowly
+            for t, sl in enumerate(self._row_slices()):
+                np.multiply(dps[:, 0, :, t, :, None], vec[:, 0, :, None, sl], out=out[..., sl])
+            return out
         if g == 1 and n <= SMALL_BATCH:   # a few samples: one 2-D BLAS product per sample and tile, on views
             for i in range(n):
                 for t, sl in enumerate(self._row_slices()):

@@ -1,0 +1,208 @@
+"""Recurrent ops unrolled at load time (memse_compiler/recurrent.py) and crossbars shared by several ops
+(passes/map_conductances.share_crossbars): the unrolled graph against onnxruntime's own RNN/GRU/LSTM kernels,
+the shared programming noise against a hand-computed variance and the Monte-Carlo executor, refusals."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from device_models import load_device
+from memse_compiler import compile_model
+from memse_compiler.executor import NoisyExecutor
+from memse_compiler.ir.errors import MemseInputError
+from memse_compiler.montecarlo import run_montecarlo
+from memse_compiler.recurrent import unroll_recurrent
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+X = np.load(EXAMPLES / "digits_inputs.npy")
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+
+def recurrent_model(op, direction="forward", layout=0, initial=False, seq=5, n=3, inputs=4, hidden=6, **attrs):
+    """One RNN/GRU/LSTM node with random constant weights (and initial states when `initial`)."""
+    rng = np.random.default_rng(0)
+    dirs = 2 if direction == "bidirectional" else 1
+    gh = GATES[op] * hidden
+    w = {"W": rng.normal(size=(dirs, gh, inputs)) * 0.5, "R": rng.normal(size=(dirs, gh, hidden)) * 0.5,
+         "B": rng.normal(size=(dirs, 2 * gh)) * 0.5}
+    names = ["x", "W", "R", "B", "", ""]
+    if initial:
+        h0 = rng.normal(size=(dirs, n, hidden))
+        w["h0"] = h0.transpose(1, 0, 2) if layout else h0
+        names[5] = "h0"
+        if op == "LSTM":
+            w["c0"], names = 0.7 * w["h0"], names + ["c0"]
+    if op == "LSTM" and attrs.pop("peepholes", False):
+        names += [""] * (7 - len(names)) + ["P"]
+        w["P"] = rng.normal(size=(dirs, 3 * hidden))
+    while names[-1] == "":
+        names.pop()
+    outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, names, outs, hidden_size=hidden, direction=direction, layout=layout, **attrs)
+    x_shape = [n, seq, inputs] if layout else [seq, n, inputs]
+    graph = helper.make_graph([node], "rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    return onnx.shape_inference.infer_shapes(model), x_shape
+
+
+def run_ort(model, x):
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+VARIANTS = {"RNN": [{}, {"activations": ["Relu"]}], "GRU": [{"linear_before_reset": 0}, {"linear_before_reset": 1}],
+            "LSTM": [{"peepholes": True}, {"clip": 0.8}]}
+CASES = [(op, d, layout, init, extra) for op in GATES for d, layout, init, extra in
+         itertools.product(["forward", "reverse", "bidirectional"], [0, 1], [False, True], range(2))]
+
+
+@pytest.mark.parametrize("op,direction,layout,initial,variant", CASES,
+                         ids=[f"{c[0]}-{c[1]}-layout{c[2]}-{'init' if c[3] else 'zero'}-v{c[4]}" for c in CASES])
+def test_unrolled_equals_onnxruntime(op, direction, layout, initial, variant):
+    """Every output (Y, Y_h, Y_c) of the unrolled steps against onnxruntime's kernel on the original node;
+    onnxruntime has no layout 1, so that is checked against the layout-0 node on the transposed data."""
+    extra = dict(VARIANTS[op][variant])
+    if "activations" in extra and direction == "bidirectional":
+        extra["activations"] = extra["activations"] * 2
+    model, shape = recurrent_model(op, direction, layout, initial, **extra)
+    x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    got = run_ort(unroll_recurrent(model, "t"), x)
+    assert not any(n.op_type in GATES for n in unroll_recurrent(model, "t").graph.node)
+    if layout == 0:
+        want = run_ort(model, x)
+    else:
+        base = recurrent_model(op, direction, 0, initial, **dict(VARIANTS[op][variant], **(
+            {"activations": extra["activations"]} if "activations" in extra else {})))[0]
+        want = [np.transpose(v, (2, 0, 1, 3) if v.ndim == 4 else (1, 0, 2))
+                for v in run_ort(base, np.ascontiguousarray(x.transpose(1, 0, 2)))]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_lstm_example_drives_three_crossbars():
+    """8 steps of W and 7 of R (the first step's state is zero): 16 ops on 3 programmed crossbars, and the
+    executor feeds one weight draw per crossbar."""
+    g, _ = compile_model(str(EXAMPLES / "lstm_digits.onnx"), "rram", X[:8], options={"mode": "diagonal"})
+    crossbars = {lay.crossbar for lay in g.layers.values()}
+    assert len(g.layers) == 16 and len(crossbars) == 3
+    ex = NoisyExecutor(g)
+    assert len(ex.plans) == 3
+    assert sum(1 for name in ex.draw_chip(np.random.default_rng(0)) if name.endswith("/weight")) == 3
+
+
+# ---- shared programming noise, exactly ------------------------------------------------------------------
+def tied_model(tied: bool, chain: bool = False) -> onnx.ModelProto:
+    """x (N, 6) -> x W + x W (`chain`: (x W) W) with W read from one initializer (`tied`) or from two equal ones."""
+    w = np.random.default_rng(3).normal(size=(6, 6)).astype(np.float32) * 0.4
+    second = "W" if tied else "W2"
+    if chain:
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["a"], name="first"),
+                 helper.make_node("MatMul", ["a", second], ["y"], name="second")]
+    else:
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["a"], name="first"),
+                 helper.make_node("MatMul", ["x", second], ["b"], name="second"),
+                 helper.make_node("Add", ["a", "b"], ["y"], name="sum")]
+    inits = [numpy_helper.from_array(w, "W")] + ([] if tied else [numpy_helper.from_array(w.copy(), "W2")])
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+NOISY = load_device("ideal", ["programming_noise.sigma=3e-6", "programming_noise.clip_at_zero=false"])
+XT = np.random.default_rng(4).random((32, 6))
+
+
+def test_one_initializer_is_one_crossbar_and_its_noise_adds_coherently():
+    """y = x W~ + x W~ with ONE programmed W~ = W + E: Var(y) = 4 sum_j x_j^2 Var(E_jo), twice that of two
+    independently programmed copies (2 sum_j ...). The analysis is exact here (linear, no converters)."""
+    shared, _ = compile_model(tied_model(True), NOISY, XT)
+    apart, _ = compile_model(tied_model(False), NOISY, XT)
+    assert shared.layers["second"].shared_with == "first"
+    assert apart.layers["second"].shared_with is None
+    lay = apart.layers["first"]
+    w_var = (2 * 3e-6 ** 2) / lay.scale_c ** 2                       # two devices per weight, in weight units
+    hand = float(np.mean((XT ** 2).sum(axis=1))) * float(np.asarray(w_var).reshape(-1)[0])
+    var_shared = shared.graph["analysis"]["outputs"]["y"]["variance"]
+    var_apart = apart.graph["analysis"]["outputs"]["y"]["variance"]
+    assert var_shared == pytest.approx(4 * hand, rel=1e-9)
+    assert var_apart == pytest.approx(2 * hand, rel=1e-9)
+
+
+@pytest.mark.parametrize("chain", [False, True], ids=["sum", "chain"])
+def test_shared_crossbar_analysis_matches_monte_carlo(chain):
+    """The executor draws one chip per crossbar: its MSE agrees with the analysis, tied or not; (x W) W also
+    has the cross term of the two uses' errors, which the sensitivity pass sums before squaring."""
+    for tied in (True, False):
+        g, _ = compile_model(tied_model(tied, chain), NOISY, XT)
+        mse = g.graph["analysis"]["outputs"]["y"]["mse"]
+        mc = run_montecarlo(g, NOISY, XT, chips=3000, seed=5, progress=False, signals=[])["outputs"]["y"]
+        lo, hi = mc["ci95"]
+        assert (hi - lo) / 2 < 0.05 * mc["mse"]
+        assert abs(mse - mc["mse"]) <= 0.02 * mc["mse"] + (hi - lo) / 2, (tied, mse, mc)
+
+
+def test_a_shared_crossbar_has_one_set_of_converters():
+    """The ADC and DAC ranges of every use of one crossbar are the widest any use needs."""
+    dev = load_device("rram")
+    g, _ = compile_model(str(EXAMPLES / "gru_digits.onnx"), dev, X[:32], options={"mode": "diagonal"})
+    by_crossbar: dict[str, list] = {}
+    for lay in g.layers.values():
+        by_crossbar.setdefault(lay.crossbar, []).append(lay)
+    shared = [group for group in by_crossbar.values() if len(group) > 1]
+    assert len(shared) == 4                      # W and R of each direction
+    ref = g.graph["reference"]
+    for group in shared:
+        assert len({lay.dac_range for lay in group}) == 1
+        assert group[0].dac_range == pytest.approx(max(float(np.abs(ref[lay.input]).max()) for lay in group))
+        for lay in group[1:]:
+            np.testing.assert_array_equal(lay.adc_range, group[0].adc_range)
+
+
+# ---- refusals -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("attrs,needle", [
+    ({"input_forget": 1}, "input_forget"),
+    ({"activations": ["LeakyRelu", "Tanh", "Tanh"], "activation_alpha": [0.1]}, "LeakyRelu"),
+    ({"direction": "sideways"}, "sideways"),
+])
+def test_refused_lstm_attributes(attrs, needle):
+    model, _ = recurrent_model("LSTM", **{k: v for k, v in attrs.items() if k != "direction"},
+                               **({"direction": attrs["direction"]} if "direction" in attrs else {}))
+    with pytest.raises(MemseInputError, match=needle):
+        unroll_recurrent(model, "m")
+
+
+def test_refused_short_sequence_lens():
+    model, _ = recurrent_model("GRU")
+    node = model.graph.node[0]
+    node.input[4:] = ["lens"] if len(node.input) > 4 else []
+    while len(node.input) < 5:
+        node.input.append("lens" if len(node.input) == 4 else "")
+    model.graph.initializer.append(numpy_helper.from_array(np.array([5, 3, 5], np.int32), "lens"))
+    with pytest.raises(MemseInputError, match="sequence_lens"):
+        unroll_recurrent(model, "m")
+
+
+def test_refused_symbolic_sequence_length():
+    model, _ = recurrent_model("RNN")
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "T"
+    with pytest.raises(MemseInputError, match="not fixed"):
+        unroll_recurrent(model, "m")
+
+
+def test_report_counts_a_shared_crossbar_once():
+    from memse_compiler.report import build_report, hardware_table
+    g, _ = compile_model(str(EXAMPLES / "lstm_digits.onnx"), "rram", X[:8], options={"mode": "diagonal"})
+    report = build_report(g)
+    own = [r for r in report["layers"] if r["crossbar"] == r["name"]]
+    assert [r["name"] for r in own] == ["/rnn/LSTM/W0@t0", "/rnn/LSTM/R0@t1", "/head/Gemm"]
+    assert report["hardware"]["tiles"] == sum(r["tiles"] for r in own) == 2 + 2 + 1
+    assert "13 ops drive the crossbar of an earlier op" in hardware_table(report)
