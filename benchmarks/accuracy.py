@@ -38,7 +38,7 @@ tune_allocator()     # as the CLI does (memse_compiler/allocator.py)
 
 MODELS = {"mlp": "examples/mlp_digits.onnx", "cnn": "examples/cnn_digits.onnx",
           "rescnn": "examples/rescnn_digits.onnx", "attn": "examples/attn_digits.onnx",
-          "vit": "examples/vit_digits.onnx"}
+          "vit": "examples/vit_digits.onnx", "lstm": "examples/lstm_digits.onnx", "gru": "examples/gru_digits.onnx"}
 INPUTS = "examples/digits_inputs.npy"
 OUTPUT = "logits"
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Train five small digit classifiers and export them to ONNX.
+"""Train seven small digit classifiers and export them to ONNX.
 
 Produces (next to this script):
   mlp_digits.onnx, cnn_digits.onnx, rescnn_digits.onnx, attn_digits.onnx (a one-block transformer),
   vit_digits.onnx (a vision transformer of torch's nn.TransformerEncoderLayer), and the same weights as
-  vit_digits_dynamo.onnx (torch's dynamo exporter, batch fixed at 1; needs onnxscript)
+  vit_digits_dynamo.onnx (torch's dynamo exporter, batch fixed at 1; needs onnxscript),
+  lstm_digits.onnx and gru_digits.onnx (the image rows as an 8-step sequence)
   digits_inputs.npy        (200,1,8,8) float32  - first 200 test images
   digits_labels.npy        (200,)      int64    - their labels
   digits_inputs_small.npz  key "input": (16,1,8,8) float32 - first 16 test images

@@ -179,6 +179,9 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
     if refine and "refine_probes" not in options and model_macs(g) > LARGE_MODEL_MACS:
         refine = 0     # refinement costs a backward pass per layer and probe: O(layers^2) on large models
     coherent = float(RESIDUALS.get(settings["residual"], settings["residual"]))
+    # with crossbars driven at several steps, the same programming noise reaches both operands of a merge at
+    # every step (an LSTM's cell state was 48 % low without); elsewhere it moved the outputs < 1 %, at a cost
+    refine_merges = any(layer.shared_with for layer in g.layers.values())
     rng = np.random.default_rng(options.get("seed", 0) + 1)
     reuse = bool(refinement)
 
@@ -236,12 +239,19 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
             # an average over positions is where the diagonal model fails most (programming noise is shared
             # by every position: ResNet-18's global pool was 5x too low), and there are few such tensors:
             # refined even on large models
-            if pool_refine and rule.averages(attrs) and t in g.tensors:
+            if pool_refine and (rule.averages(attrs) or (refine_merges and merges_signals(d, moments))) \
+                    and t in g.tensors:
                 f = refined(t, lambda: refinement_factor(g, lin, moments, t, v, rng,
                                                          probes_for_tensor(v.shape, pool_refine)))
                 v = v if f is None else v * f
             moments[t] = (m, v)
     return moments, lin, internal
+
+
+def merges_signals(node: dict, moments: dict) -> bool:
+    """An Add/Sub of two signals: their errors may be correlated (a crossbar's noise reaching both, as in a
+    recurrent cell state), which the diagonal model drops."""
+    return node["op"] in ("Add", "Sub") and sum(t in moments for t in node["inputs"]) >= 2
 
 
 def coherent_residual(lz: Linearization, var_in: np.ndarray, fraction: float = 1.0) -> Linearization:
