@@ -88,6 +88,34 @@ class RandomChip:
         return RandomChip(self.rng, self.signs, -self.sign)
 
 
+def weight_terms(layer, dw2: np.ndarray, w_var: np.ndarray, coefs: bool) -> dict[str, np.ndarray]:
+    """Per sample, from the squared weight gradients dw2 (N, G, O, Jb): sum_w S_w dw^2 ("programming") and, for
+    the closed form, sum_w dw^2 ("w2") and sum_w dw^2 / c^2 ("w2_over_c2")."""
+    terms = {"programming": np.einsum("ngoj,goj->n", dw2, np.broadcast_to(w_var, layer.g_plus.shape))}
+    if coefs:
+        terms["w2"] = dw2.reshape(dw2.shape[0], -1).sum(axis=1)
+        terms["w2_over_c2"] = np.einsum("ngoj,goj->n", dw2, np.broadcast_to(1.0 / layer.scale_c ** 2,
+                                                                             layer.g_plus.shape))
+    return terms
+
+
+def outer_weight_terms(layer, g_t: np.ndarray, mu: np.ndarray, w_var: np.ndarray, coefs: bool) -> dict:
+    """`weight_terms` of a layer with one vector per sample, dw[n, g, o, j] = g_t[n, g, tile(j), o] mu[n, g, j],
+    without forming dw: sum_w S_w dw^2 = sum_{tile, o} g_t^2 sum_{j in tile} S_oj mu_j^2, one product per tile."""
+    mu2 = layer.split_rows(mu * mu)                                                    # N, G, R, rows
+    s = layer.split_rows(np.broadcast_to(w_var, layer.g_plus.shape))                   # G, O, R, rows
+    inner = np.matmul(np.ascontiguousarray(mu2.transpose(1, 2, 0, 3)),
+                      np.ascontiguousarray(s.transpose(0, 2, 3, 1)))                  # G, R, N, O
+    g2 = g_t * g_t                                                                     # N, G, R, O
+    terms = {"programming": np.einsum("ngro,grno->n", g2, inner)}
+    if coefs:
+        m2 = mu2.sum(axis=-1)                                                          # N, G, R
+        c2 = np.broadcast_to(1.0 / layer.scale_c ** 2, (layer.groups, layer.outs, 1))[..., 0]   # G, O
+        terms["w2"] = np.einsum("ngro,ngr->n", g2, m2)
+        terms["w2_over_c2"] = np.einsum("ngro,ngr,go->n", g2, m2, c2)
+    return terms
+
+
 def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None,
                    chip: np.ndarray | None = None, shared: "SharedProgramming | None" = None) -> np.ndarray:
     """Sensitivity of one output probe through a crossbar layer. Adds the variance each source of the
@@ -99,21 +127,24 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None,
     n = g_y.shape[0]          # vectors' leading axis: the batch, except for W @ x (columns of x)
     g_ps = g_y[:, :, :, None, :] * cm.adc_gain                             # N, P, G, R, O
     g_ps = np.broadcast_to(g_ps, g_y.shape[:3] + (layer.row_tiles, layer.outs))
-    # per-sample weight gradient: sum over positions of sensitivity x mean input, per row tile
-    dw2 = layer.weight_grads(g_ps, cm.mu_vec)                              # N, G, O, Jb
-    if shared is not None:
-        shared.collect(layer.crossbar, dw2)
-    np.square(dw2, out=dw2)                  # in place: on ResNet-sized layers a fresh temporary costs more
-    own = {"programming": np.einsum("ngoj,goj->n", dw2, np.broadcast_to(cm.w_var, layer.g_plus.shape))}
+    if cm.mu_vec.shape[1] == 1:
+        # one vector per sample: dw = g (x) mu per row tile, whose weighted squares are products of (N, O) arrays
+        own = outer_weight_terms(layer, g_ps[:, 0], cm.mu_vec[:, 0], cm.w_var, coef is not None)
+        if shared is not None:
+            shared.collect_outer(layer.crossbar, g_ps[:, 0], cm.mu_vec[:, 0])
+    else:
+        # per-sample weight gradient: sum over positions of sensitivity x mean input, per row tile
+        dw2 = layer.weight_grads(g_ps, cm.mu_vec)                              # N, G, O, Jb
+        if shared is not None:
+            shared.collect(layer.crossbar, dw2)
+        np.square(dw2, out=dw2)              # in place: on ResNet-sized layers a fresh temporary costs more
+        own = weight_terms(layer, dw2, cm.w_var, coef is not None)
     add("programming", own["programming"])
     y2 = g_y * g_y                 # every row tile of an output has its sensitivity: injections are tile sums
     if coef is not None:
         # unit coefficients of the closed form (passes/closed_form.py), per unit of each device parameter
-        c2 = np.broadcast_to(1.0 / layer.scale_c ** 2, layer.g_plus.shape)
-        own["w2"] = dw2.reshape(n, -1).sum(axis=1)                             # sum_w (dy/dw)^2
-        own["w2_over_c2"] = np.einsum("ngoj,goj->n", dw2, c2)                  # x 2 sigma^2 (unclipped)
-        coef("w2", own["w2"])
-        coef("w2_over_c2", own["w2_over_c2"])
+        coef("w2", own["w2"])                                                  # sum_w (dy/dw)^2
+        coef("w2_over_c2", own["w2_over_c2"])                                  # x 2 sigma^2 (unclipped)
         coef("read_unit", _sum_per_sample(y2 * cm.read_unit, n))              # x sigma_r^2
         if layer.adc_range is not None:
             adc_r2 = (layer.per_output(layer.adc_range) ** 2).sum(axis=1)     # G, O: summed over row tiles
@@ -148,6 +179,7 @@ class SharedProgramming:
     def __init__(self, g: MemseGraph, lin: dict):
         self.g, self.lin = g, lin
         self.dw: dict[str, np.ndarray] = {}             # crossbar -> sum over its uses of the weight gradient
+        self.outer: dict[str, list] = {}                # crossbar -> its uses' (g_t, mu) with dw = g_t (x) mu
         self.own_terms: dict[str, dict[str, np.ndarray]] = {}   # crossbar -> term -> sum of the uses' own
 
     def collect(self, crossbar: str, dw: np.ndarray) -> None:
@@ -156,21 +188,37 @@ class SharedProgramming:
         else:
             self.dw[crossbar] = dw.copy()
 
+    def collect_outer(self, crossbar: str, g_t: np.ndarray, mu: np.ndarray) -> None:
+        """A use with one vector per sample: its gradient g_t (N, G, R, O) (x) mu (N, G, Jb), kept as factors."""
+        self.outer.setdefault(crossbar, []).append((g_t, mu))
+
+    def _summed_outer(self, key: str) -> np.ndarray:
+        """sum_uses g_t (x) mu: per row tile, one batched product over the uses."""
+        layer, uses = self.g.layers[key], self.outer[key]
+        g_t = np.stack([u[0] for u in uses], axis=-1)                      # N, G, R, O, U
+        mu = np.stack([u[1] for u in uses], axis=-2)                       # N, G, U, Jb
+        total = np.empty(mu.shape[:2] + (layer.outs, mu.shape[-1]))
+        for t, sl in enumerate(layer.row_slices()):
+            np.matmul(g_t[:, :, t], mu[..., sl], out=total[..., sl])
+        return total
+
     def own(self, crossbar: str, terms: dict[str, np.ndarray]) -> None:
         acc = self.own_terms.setdefault(crossbar, {})
         for name, per_sample in terms.items():
             acc[name] = acc[name] + per_sample if name in acc else per_sample
 
     def finish(self, add, coef=None) -> None:
-        for key, total in self.dw.items():
+        for key in {**self.dw, **self.outer}:
             layer, own = self.g.layers[key], self.own_terms[key]
+            total = self.dw.get(key)
+            if key in self.outer:
+                total = self._summed_outer(key) if total is None else total + self._summed_outer(key)
             np.square(total, out=total)
-            w_var = np.broadcast_to(self.lin[key].w_var, layer.g_plus.shape)
-            add(key, "programming", np.einsum("ngoj,goj->n", total, w_var) - own["programming"])
+            terms = weight_terms(layer, total, self.lin[key].w_var, coef is not None)
+            add(key, "programming", terms["programming"] - own["programming"])
             if coef is not None:
-                c2 = np.broadcast_to(1.0 / layer.scale_c ** 2, layer.g_plus.shape)
-                coef(key, "w2", total.reshape(total.shape[0], -1).sum(axis=1) - own["w2"])
-                coef(key, "w2_over_c2", np.einsum("ngoj,goj->n", total, c2) - own["w2_over_c2"])
+                coef(key, "w2", terms["w2"] - own["w2"])
+                coef(key, "w2_over_c2", terms["w2_over_c2"] - own["w2_over_c2"])
 
 
 def backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add, coef=None,

@@ -129,7 +129,8 @@ class CrossbarLayer:
             a = np.concatenate([a, np.zeros(a.shape[:-1] + (pad,), a.dtype)], axis=-1)
         return a.reshape(a.shape[:-1] + (self.row_tiles, self.rows_per_tile))
 
-    def _row_slices(self) -> list[slice]:
+    def row_slices(self) -> list[slice]:
+        """The rows of each row tile."""
         return [slice(r * self.rows_per_tile, min((r + 1) * self.rows_per_tile, self.rows))
                 for r in range(self.row_tiles)]
 
@@ -140,7 +141,7 @@ class CrossbarLayer:
         out = np.empty((n, p, g, self.row_tiles, self.outs), dtype=np.result_type(vec, matrix))
         if g == 1:   # one BLAS product per row tile (few, large), on strided views: no copies at all
             flat, out2 = vec.reshape(n * p, -1), out.reshape(n * p, self.row_tiles, self.outs)
-            for r, sl in enumerate(self._row_slices()):
+            for r, sl in enumerate(self.row_slices()):
                 np.matmul(flat[:, sl], matrix[0, :, sl].T, out=out2[:, r, :])
             return out
         xv = np.ascontiguousarray(
@@ -163,7 +164,7 @@ class CrossbarLayer:
             keep = self.rows if rows is None else rows
             out = np.empty((n, p, 1, keep), dtype=np.result_type(dps, matrix))
             flat, out2 = dps.reshape(n * p, r, o), out.reshape(n * p, keep)
-            for t, sl in enumerate(self._row_slices()):
+            for t, sl in enumerate(self.row_slices()):
                 sl = slice(sl.start, min(sl.stop, keep))
                 if sl.stop > sl.start:
                     np.matmul(flat[:, t, :], matrix[0, :, sl], out=out2[:, sl])
@@ -178,16 +179,12 @@ class CrossbarLayer:
         dps (N, P, G, R, O), vec (N, P, G, Jb) -> (N, G, O, Jb)."""
         n, p, g, r, o = dps.shape
         out = np.empty((n, g, o, self.rows), dtype=np.result_type(dps, vec))
-        if p == 1:    # one vector per sample (a matrix layer): outer products, which a batched matmul does slowly
-            for t, sl in enumerate(self._row_slices()):
-                np.multiply(dps[:, 0, :, t, :, None], vec[:, 0, :, None, sl], out=out[..., sl])
-            return out
         if g == 1 and n <= SMALL_BATCH:   # a few samples: one 2-D BLAS product per sample and tile, on views
             for i in range(n):
-                for t, sl in enumerate(self._row_slices()):
+                for t, sl in enumerate(self.row_slices()):
                     np.matmul(dps[i, :, 0, t, :].T, vec[i, :, 0, sl], out=out[i, 0, :, sl])
             return out
-        for t, sl in enumerate(self._row_slices()):   # few row tiles; each a batched BLAS product
+        for t, sl in enumerate(self.row_slices()):   # few row tiles; each a batched BLAS product
             # C-contiguous operands: on strided/transposed stacks numpy's matmul leaves BLAS (30x slower)
             a = np.ascontiguousarray(dps[:, :, :, t, :].transpose(0, 2, 3, 1))       # N, G, O, P
             x = np.ascontiguousarray(vec[:, :, :, sl].transpose(0, 2, 1, 3))         # N, G, P, rows
