@@ -5,7 +5,7 @@ Run by hand:
     python benchmarks/speed.py                 # mlp, cnn, rescnn (200 digits inputs) + ResNet-18 shape (batch 4);
                                                # writes benchmarks/results/speed.md (~3-5 min on 2 cores)
     python benchmarks/speed.py --quick         # 50 inputs, no ResNet-18, 1 repeat; prints only (no file)
-    options: --no-resnet --resnet-batch N --repeat K --pilot N --set KEY=VALUE ... --out FILE
+    options: --models lstm,gru --no-resnet --resnet-batch N --repeat K --pilot N --set KEY=VALUE ... --out FILE
 
 What is timed (all in this one process, after a warm-up compile + MC on the MLP so that imports and first-call
 costs are not counted):
@@ -230,6 +230,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="50 inputs, no ResNet-18, 1 repeat; no file")
     ap.add_argument("--inputs", type=int, default=None, help="first N digits inputs (default 200)")
+    ap.add_argument("--models", default="mlp,cnn,rescnn",
+                    help="comma-separated digits examples (mlp, cnn, rescnn, attn, vit, lstm, gru)")
     ap.add_argument("--no-resnet", action="store_true")
     ap.add_argument("--resnet-batch", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=None, help="compiles per small model, min taken (default 3)")
@@ -286,7 +288,7 @@ def main() -> None:
     run_montecarlo(gw, dev, x[:16], chips=3, progress=False, signals=[])
     print(f"(warm-up {time.perf_counter() - t:.1f} s, not counted)", file=sys.stderr, flush=True)
     rows = []
-    for name in ("mlp", "cnn", "rescnn"):
+    for name in args.models.split(","):
         rows.append(bench(name, str(ROOT / f"examples/{name}_digits.onnx"), x, dev, args, resnet=False))
         print(row(rows[-1]), flush=True)
     if resnet:

@@ -7,8 +7,9 @@ instead. Shape arithmetic on the batch (the same `view` exported with a dynamic 
 Concat -> Reshape) is folded at two probe batch sizes: a value that differs between them depends on the batch,
 and may only end up as the leading size of a Reshape (then 0, "copy"), or the model is refused.
 
-Before that, models below opset 11 are upgraded (opset_upgrade.py), signals whose batch an exporter moved off
-axis 0 are rewritten batch-first (batch_first.py), and exporter patterns are fused (fusions.py). A fixed export
+Before that, models below opset 11 are upgraded (opset_upgrade.py), recurrent ops are unrolled over their steps
+(recurrent.py), signals whose batch an exporter moved off axis 0 are rewritten batch-first (batch_first.py), and
+exporter patterns are fused (fusions.py). A fixed export
 freed of its batch is checked sample by sample against onnxruntime at the end (else it keeps its batch).
 """
 from __future__ import annotations

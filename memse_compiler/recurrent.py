@@ -7,8 +7,9 @@ the lowering maps every Gemm of one source onto one crossbar (passes/map_conduct
 its programming noise common to all steps (read noise and converters stay per use). The rest of a step is
 element-wise ops of the registry: gate slices, activations, the cell and hidden-state updates.
 
-Both layouts and all three directions are unrolled; `clip` becomes a Clip before every activation; the
-peepholes of LSTM are element-wise products. Refused in one line: a non-constant W/R/B, `sequence_lens`
+Both layouts and all three directions are unrolled; `clip` becomes a Clip before every gate activation (as in
+onnxruntime, not before h of the cell state); the peepholes of LSTM are element-wise products; a zero initial
+state (absent, or torch's ConstantOfShape of the batch size) leaves the first step without a recurrent product. Refused in one line: a non-constant W/R/B, `sequence_lens`
 shorter than the sequence, LSTM's `input_forget`, activations that take parameters, a symbolic sequence length.
 Runs before batch_first: with layout 0 the batch is on axis 1 of X and Y, which it then moves.
 """
