@@ -206,3 +206,25 @@ def test_report_counts_a_shared_crossbar_once():
     assert [r["name"] for r in own] == ["/rnn/LSTM/W0@t0", "/rnn/LSTM/R0@t1", "/head/Gemm"]
     assert report["hardware"]["tiles"] == sum(r["tiles"] for r in own) == 2 + 2 + 1
     assert "13 ops drive the crossbar of an earlier op" in hardware_table(report)
+
+
+def test_one_initializer_with_different_folded_biases_is_two_crossbars():
+    """x W + b1 and x W + b2 with the biases mapped as a crossbar row: the arrays differ, so they are not shared."""
+    model = tied_model(True)
+    nodes = list(model.graph.node)
+    adds = [helper.make_node("Add", ["a", "b1"], ["a1"], name="bias1"),
+            helper.make_node("Add", ["b", "b2"], ["b1_out"], name="bias2"),
+            helper.make_node("Add", ["a1", "b1_out"], ["y"], name="sum")]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes[:2] + adds)
+    model.graph.initializer.extend([numpy_helper.from_array(np.full(6, 0.1, np.float32), "b1"),
+                                    numpy_helper.from_array(np.full(6, -0.2, np.float32), "b2")])
+    g, _ = compile_model(model, NOISY, XT, options={"mode": "diagonal"})
+    assert g.layers["first"].bias_row and g.layers["second"].shared_with is None
+
+
+def test_optimiser_refuses_shared_crossbars(capsys):
+    from memse_compiler.cli import main
+    code = main([str(EXAMPLES / "lstm_digits.onnx"), "--device", "rram", "--power-budget", "1e-3", "--optimize"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "several ops" in err[0] and "W0@t1" in err[0]
