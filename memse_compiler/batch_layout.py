@@ -294,7 +294,8 @@ class BatchFirstRewriter:
         (its Shape arithmetic, which computed with the batch, is no longer read)."""
         src, out = node.input[0], node.output[0]
         lay_in = self.layouts[src]
-        lay = self.choose(node, reshaped_layouts(lay_in, self.shape(out), self.n))
+        exact = self.squeezed_layout(node, lay_in)
+        lay = exact or self.choose(node, reshaped_layouts(lay_in, self.shape(out), self.n))
         if lay is None:
             raise self.refuse(node, f"splits the batch of '{src}' over several axes ({list(lay_in.shape)} -> "
                                     f"{list(self.shape(out))})")
@@ -309,6 +310,27 @@ class BatchFirstRewriter:
         self.place(out, lay)
         self.emit("Reshape", [self.names[src], self.const(f"{out}/shape", np.array((0,) + after[1:], np.int64))],
                   self.names[out], node.name or out)
+
+    def squeezed_layout(self, node: onnx.NodeProto, lay_in: Layout) -> Layout | None:
+        """Where an Unsqueeze or a Squeeze with explicit axes puts the batch: no choice to make, even at batch 1
+        (where a reshape could put it at any size-1 axis, and an unrolled recurrence has two such nodes a step).
+        None for other nodes, and for a Squeeze of the batch's own axis."""
+        if node.op_type not in ("Unsqueeze", "Squeeze"):
+            return None
+        axes = node_attribute(node, "axes", None)
+        if axes is None and len(node.input) > 1 and node.input[1] in self.values:
+            axes = np.asarray(self.values[node.input[1]]).reshape(-1).tolist()
+        if axes is None:
+            return None
+        out_shape = self.shape(node.output[0])
+        if node.op_type == "Unsqueeze":
+            axes = {int(a) % len(out_shape) for a in axes}
+            kept = [i for i in range(len(out_shape)) if i not in axes]
+            return Layout(out_shape, kept[lay_in.axis], lay_in.before, lay_in.after)
+        axes = {int(a) % len(lay_in.shape) for a in axes}
+        if lay_in.axis in axes:
+            return None
+        return Layout(out_shape, lay_in.axis - sum(a < lay_in.axis for a in axes), lay_in.before, lay_in.after)
 
     def op_Transpose(self, node: onnx.NodeProto) -> None:
         src, out = node.input[0], node.output[0]

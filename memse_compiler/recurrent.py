@@ -26,6 +26,8 @@ from memse_compiler.opset_upgrade import constant_tensors
 RECURRENT = {"RNN": 1, "GRU": 3, "LSTM": 4}                 # op -> gates per direction
 DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
 ACTIVATIONS = {"Sigmoid", "Tanh", "Relu", "Softsign", "Softplus"}   # the ones without alpha/beta
+# ops whose output is zero when their (first) input is: torch slices one zero initial state per layer
+ZERO_PRESERVING = {"Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Transpose", "Identity", "Expand", "Split"}
 
 
 def _text(value) -> str:
@@ -271,10 +273,12 @@ def unroll_recurrent(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     values = {k: numpy_helper.to_array(t) for k, t in constant_tensors(graph).items()}
     shapes = {vi.name: vi.type.tensor_type.shape for vi in list(graph.input) + list(graph.value_info)}
     zeros = {k for k, v in values.items() if v.dtype.kind == "f" and not np.any(v)}
-    for node in graph.node:      # a ConstantOfShape of zeros (its default value) whatever its shape
+    for node in graph.node:      # a ConstantOfShape of zeros (its default value) whatever its shape, and parts of one
         value = node_attribute(node, "value")
         if node.op_type == "ConstantOfShape" and (value is None or not np.any(numpy_helper.to_array(value))):
             zeros.add(node.output[0])
+        elif node.op_type in ZERO_PRESERVING and node.input and node.input[0] in zeros:
+            zeros.update(node.output)
     lengths = _sequence_lengths(model, shapes, label)
     nodes, inits = [], []
     for node in graph.node:

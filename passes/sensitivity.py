@@ -131,12 +131,12 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None,
         # one vector per sample: dw = g (x) mu per row tile, whose weighted squares are products of (N, O) arrays
         own = outer_weight_terms(layer, g_ps[:, 0], cm.mu_vec[:, 0], cm.w_var, coef is not None)
         if shared is not None:
-            shared.collect_outer(layer.crossbar, g_ps[:, 0], cm.mu_vec[:, 0])
+            shared.collect_outer(layer.crossbar, g_ps[:, 0], cm.mu_vec[:, 0], cm.w_var)
     else:
         # per-sample weight gradient: sum over positions of sensitivity x mean input, per row tile
         dw2 = layer.weight_grads(g_ps, cm.mu_vec)                              # N, G, O, Jb
         if shared is not None:
-            shared.collect(layer.crossbar, dw2)
+            shared.collect(layer.crossbar, dw2, cm.w_var)
         np.square(dw2, out=dw2)              # in place: on ResNet-sized layers a fresh temporary costs more
         own = weight_terms(layer, dw2, cm.w_var, coef is not None)
     add("programming", own["programming"])
@@ -173,23 +173,28 @@ class SharedProgramming:
     """One sweep's programming terms of the crossbars several ops drive. Their noise is common to the uses: the
     variance is S (sum_uses dw)^2, not sum_uses S dw^2. Each use adds its own square as any layer does (so that a
     use's own share stays its own, as the refinement needs); `finish` adds the cross terms,
-    S (sum dw)^2 - sum_uses S dw^2, to the crossbar's first layer (a probe never reaches a crossbar's first use
-    before its later ones)."""
+    S (sum dw)^2 - sum_uses S dw^2, to the crossbar's first layer in graph order (no other use is upstream of it,
+    so a refinement probe from its output, which leaves its own noise out, has no cross term to lose)."""
 
-    def __init__(self, g: MemseGraph, lin: dict):
-        self.g, self.lin = g, lin
+    def __init__(self, g: MemseGraph):
+        self.g = g
         self.dw: dict[str, np.ndarray] = {}             # crossbar -> sum over its uses of the weight gradient
         self.outer: dict[str, list] = {}                # crossbar -> its uses' (g_t, mu) with dw = g_t (x) mu
         self.own_terms: dict[str, dict[str, np.ndarray]] = {}   # crossbar -> term -> sum of the uses' own
+        # crossbar -> its weights' programming variance (any use's: the uses are one array; the crossbar's first
+        # layer need not be linearized yet when a refinement probe runs)
+        self.w_var: dict[str, np.ndarray] = {}
 
-    def collect(self, crossbar: str, dw: np.ndarray) -> None:
+    def collect(self, crossbar: str, dw: np.ndarray, w_var: np.ndarray) -> None:
+        self.w_var[crossbar] = w_var
         if crossbar in self.dw:
             self.dw[crossbar] += dw
         else:
             self.dw[crossbar] = dw.copy()
 
-    def collect_outer(self, crossbar: str, g_t: np.ndarray, mu: np.ndarray) -> None:
+    def collect_outer(self, crossbar: str, g_t: np.ndarray, mu: np.ndarray, w_var: np.ndarray) -> None:
         """A use with one vector per sample: its gradient g_t (N, G, R, O) (x) mu (N, G, Jb), kept as factors."""
+        self.w_var[crossbar] = w_var
         self.outer.setdefault(crossbar, []).append((g_t, mu))
 
     def _summed_outer(self, key: str) -> np.ndarray:
@@ -214,7 +219,7 @@ class SharedProgramming:
             if key in self.outer:
                 total = self._summed_outer(key) if total is None else total + self._summed_outer(key)
             np.square(total, out=total)
-            terms = weight_terms(layer, total, self.lin[key].w_var, coef is not None)
+            terms = weight_terms(layer, total, self.w_var[key], coef is not None)
             add(key, "programming", terms["programming"] - own["programming"])
             if coef is not None:
                 coef(key, "w2", terms["w2"] - own["w2"])
@@ -230,7 +235,7 @@ def backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add,
     moments = g.graph["moments"] if moments is None else moments
     consts = g.graph["constants"]
     grads = dict(probe)
-    shared, programming = shared_crossbars(g), SharedProgramming(g, lin)
+    shared, programming = shared_crossbars(g), SharedProgramming(g)
     for unit in reversed(order):
         if unit in g.layers:
             layer = g.layers[unit]

@@ -208,8 +208,9 @@ def test_report_counts_a_shared_crossbar_once():
     assert "13 ops drive the crossbar of an earlier op" in hardware_table(report)
 
 
-def test_one_initializer_with_different_folded_biases_is_two_crossbars():
-    """x W + b1 and x W + b2 with the biases mapped as a crossbar row: the arrays differ, so they are not shared."""
+def test_tied_weights_keep_their_biases_digital_and_share_one_crossbar():
+    """x W + b1 and x W + b2: folding each bias into its op (as a crossbar row) would make two arrays, so the
+    biases stay digital Adds and both products drive one crossbar."""
     model = tied_model(True)
     nodes = list(model.graph.node)
     adds = [helper.make_node("Add", ["a", "b1"], ["a1"], name="bias1"),
@@ -220,7 +221,16 @@ def test_one_initializer_with_different_folded_biases_is_two_crossbars():
     model.graph.initializer.extend([numpy_helper.from_array(np.full(6, 0.1, np.float32), "b1"),
                                     numpy_helper.from_array(np.full(6, -0.2, np.float32), "b2")])
     g, _ = compile_model(model, NOISY, XT, options={"mode": "diagonal"})
-    assert g.layers["first"].bias_row and g.layers["second"].shared_with is None
+    assert g.layers["second"].shared_with == "first"
+    assert g.layers["first"].bias is None and {"bias1", "bias2"} <= set(g.nodes)
+
+
+def test_one_initializer_read_two_ways_is_two_crossbars():
+    """x W (MatMul) and x W^T (Gemm transB=1) read one initializer but hold transposed arrays: not shared."""
+    model = tied_model(True)
+    model.graph.node[1].CopyFrom(helper.make_node("Gemm", ["x", "W"], ["b"], name="second", transB=1))
+    g, _ = compile_model(model, NOISY, XT, options={"mode": "diagonal"})
+    assert g.layers["second"].shared_with is None
 
 
 def test_optimiser_refuses_shared_crossbars(capsys):

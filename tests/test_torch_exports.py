@@ -1,4 +1,4 @@
-"""Transformer forms of torch's own modules and other exporter forms (tests/torch_exports/, made by its make.py
+"""Transformer and recurrent forms of torch's own modules and other exporter forms (tests/torch_exports/, made by its make.py
 with random weights, and by make_qdq.py: two examples quantized by onnxruntime's static quantization): each runs
 batch-first at another batch as onnxruntime runs the export, its noiseless chip is onnxruntime's, and its
 analysis agrees with Monte-Carlo."""
@@ -18,7 +18,7 @@ from memse_compiler.pipeline import default_pipeline
 
 EXPORTS = Path(__file__).resolve().parent / "torch_exports"
 MODELS = ["seqfirst_mha", "mha_weights.fixed", "causal_encoder.fixed", "decoder.fixed", "merge", "group_norm", "fake_quant",
-          "gpt_block", "cnn_qdq", "vit_qdq"]
+          "gpt_block", "cnn_qdq", "vit_qdq", "lstm_2layer", "gru_seqfirst.dynamo"]
 X = np.random.default_rng(3).random((8, 1, 8, 8)).astype(np.float32)
 
 

@@ -13,6 +13,10 @@ of memse-compiler); the committed .onnx files are what the tests read. Usage: py
                               (torch.fake_quantize_per_tensor_affine: QuantizeLinear -> DequantizeLinear pairs)
   gpt_block.onnx              nanoGPT's block: `B, T, C = x.size()` on a computed tensor, heads by view and
                               transpose, masked_fill(-inf) with a causal buffer, GELU MLP (dynamic batch)
+  lstm_2layer.onnx            nn.LSTM(num_layers=2, batch_first=True): two LSTM nodes, the zero initial states
+                              sliced from one ConstantOfShape of the batch size (dynamic batch)
+  gru_seqfirst.dynamo.onnx    a bidirectional nn.GRU on sequence-first input, the head on both final states,
+                              through torch's dynamo exporter (batch 1; needs onnxscript)
 """
 import math
 import os
@@ -137,18 +141,42 @@ class FakeQuant(nn.Module):
         return self.b(h)
 
 
+class StackedLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(8, 12, num_layers=2, batch_first=True), nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.head(self.rnn(x.view(x.size(0), 8, 8))[0][:, -1])
+
+
+class SeqFirstGRU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.GRU(8, 12, bidirectional=True), nn.Linear(24, 10)
+
+    def forward(self, x):
+        _, h = self.rnn(x.view(x.size(0), 8, 8).transpose(0, 1))
+        return self.head(torch.cat([h[0], h[1]], dim=1))
+
+
 def main():
     warnings.filterwarnings("ignore")
     for name, cls, dynamic in [("seqfirst_mha", SeqFirstMHA, True), ("mha_weights.fixed", MHAWeights, False),
                                ("causal_encoder.fixed", CausalEncoder, False), ("decoder.fixed", Decoder, False),
                                ("merge", Merge, True), ("group_norm", GroupNormConv, True), ("fake_quant", FakeQuant, True),
-                               ("gpt_block", GPTBlock, True)]:
+                               ("gpt_block", GPTBlock, True), ("lstm_2layer", StackedLSTM, True)]:
         torch.manual_seed(0)
         path = os.path.join(HERE, name + ".onnx")
         torch.onnx.export(cls().eval(), (torch.rand(4, 1, 8, 8),), path, dynamo=False, opset_version=17,
                           input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "N"}, "y": {0: "N"}} if dynamic else None)
         print(f"{name}.onnx  {os.path.getsize(path)} B")
+    torch.manual_seed(0)
+    path = os.path.join(HERE, "gru_seqfirst.dynamo.onnx")
+    torch.onnx.export(SeqFirstGRU().eval(), (torch.rand(1, 1, 8, 8),), path, dynamo=True, external_data=False,
+                      input_names=["x"], output_names=["y"])
+    print(f"gru_seqfirst.dynamo.onnx  {os.path.getsize(path)} B")
 
 
 if __name__ == "__main__":
