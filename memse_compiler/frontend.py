@@ -77,11 +77,23 @@ def _allows_zero(node: onnx.NodeProto) -> bool:
 
 def _batch_entry(node: onnx.NodeProto, target: np.ndarray) -> int | None:
     """What replaces the batch in a target: the slot's entry; for a Reshape with allowzero=1 (torch's dynamo
-    exporter writes it), whose 0 is a zero size, -1 (inferred) when no other entry is -1; else None."""
+    exporter writes it), whose 0 is a zero size, -1 (inferred) when no other entry is -1, else 0 when no other
+    entry is 0 (`_retarget` then turns allowzero off: `x.reshape(x.size(0), -1)`); else None."""
     lead = BATCH_SLOTS[node.op_type][1]
     if lead == 0 and node.op_type == "Reshape" and _allows_zero(node):
-        return None if np.any(target.reshape(-1)[1:] == -1) else -1
+        rest = target.reshape(-1)[1:]
+        return -1 if not np.any(rest == -1) else (0 if not np.any(rest == 0) else None)
     return lead
+
+
+def _retarget(node: onnx.NodeProto, slot: int, name: str, lead: int) -> None:
+    """Point the node's target at `name`, whose batch entry is `lead`; a 0 there copies the batch, so an
+    allowzero=1 Reshape loses that attribute (no other entry is 0: `_batch_entry`)."""
+    node.input[slot] = name
+    if lead == 0 and node.op_type == "Reshape" and _allows_zero(node):
+        kept = [a for a in node.attribute if a.name != "allowzero"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
 
 
 def _with_leading(target: np.ndarray, lead: int) -> np.ndarray:
@@ -125,7 +137,7 @@ def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
                 lead is not None:
             name = f"{node.input[1]}__batch_{lead}_{k}"
             g.initializer.append(numpy_helper.from_array(_with_leading(target, lead), name))
-            node.input[1] = name
+            _retarget(node, 1, name, lead)
     for vi in [i for i in g.input if i.name == data[0].name] + [o for o in g.output if (_dims(o) or (None,))[0] == b]:
         vi.type.tensor_type.shape.dim[0].Clear()
         vi.type.tensor_type.shape.dim[0].dim_param = BATCH
@@ -277,8 +289,8 @@ def _copy_batch(node: onnx.NodeProto, name: str, consts: dict, batch_dependent: 
         if t1.size and (t1[0], t2[0]) == BATCH_PROBES and np.array_equal(t1[1:], t2[1:]) and lead is not None:
             new = onnx.NodeProto()
             new.CopyFrom(node)
-            new.input[slot] = f"{node.input[slot]}__batch_{lead}"
-            consts[new.input[slot]] = _with_leading(t1, lead)
+            consts[f"{node.input[slot]}__batch_{lead}"] = _with_leading(t1, lead)
+            _retarget(new, slot, f"{node.input[slot]}__batch_{lead}", lead)
             return new
     raise MemseInputError(f"{label}: node '{name}' ({node.op_type}) computes with the batch size (from a Shape); "
                           f"only a Reshape or Expand that keeps the batch as its leading size is supported: "

@@ -144,6 +144,18 @@ def test_dynamo_style_fixed_batch_export_is_freed():
     assert np.isfinite(res["outputs"]["y"]["mse"])
 
 
+def test_dynamo_flatten_with_inferred_features_is_freed():
+    """`x.reshape(x.size(0), -1)` through the dynamo exporter: target [B, -1] with allowzero=1, so the batch can
+    be neither -1 (taken) nor a copying 0: the 0 is written and allowzero dropped (no other entry is 0)."""
+    nodes = [helper.make_node("Reshape", ["r", "t"], ["f"], allowzero=1)]
+    model = conv_net(4, nodes, [i64("t", [4, -1])])
+    onnx.checker.check_model(model)
+    g, _ = compile_model(model, DEVICE, X)
+    halves = [ort_run(model, X[:4]), ort_run(model, X[3:7])]
+    np.testing.assert_allclose(g.graph["reference"]["y"], np.concatenate([halves[0], halves[1][1:]]),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_shapes_onnx_cannot_infer_are_completed():
     """Slice bounds computed from a Shape (as torch exports `chunk`): ONNX's shape inference leaves the slice's
     last dimension unknown; the frontend completes it, and the executor (read noise shaped by it) runs."""
