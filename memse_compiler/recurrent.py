@@ -132,64 +132,66 @@ class _Unroller:
         if W is None or R is None:
             raise self.refuse("has no constant W and R")
         lens = self.input(4)
-        if lens is not None:
-            if lens not in self.values or np.any(self.values[lens] != self.seq):
-                raise self.refuse("has sequence_lens that may be shorter than the sequence (per-sample lengths "
-                                  "are not supported)")
-        dirs = len(self.directions)
+        if lens is not None and (lens not in self.values or np.any(self.values[lens] != self.seq)):
+            raise self.refuse("has sequence_lens that may be shorter than the sequence (per-sample lengths "
+                              "are not supported)")
         if B is None:
-            B = np.zeros((dirs, 2 * gates * h), np.float32)
-        P = self.constant(7, "P") if self.op == "LSTM" else None
-        init_h = self.state(5)
-        init_c = self.state(6) if self.op == "LSTM" else None
-        x_name = self.node.input[0]
+            B = np.zeros((len(self.directions), 2 * gates * h), np.float32)
         seq_axis = 1 if self.layout else 0
-        steps = [self.emit("Gather", [x_name, self.const_int("t", t)], f"x{t}", axis=seq_axis)
+        steps = [self.emit("Gather", [self.node.input[0], self.const_int("t", t)], f"x{t}", axis=seq_axis)
                  for t in range(self.seq)]
         ys, finals_h, finals_c = [], [], []
-        for d, reverse in enumerate(self.directions):
-            # one crossbar each: the Gemms of every step read these two initializers
-            # GRU without linear_before_reset: R_h multiplies r * H, a product of its own (a third crossbar)
-            split = self.op == "GRU" and not node_attribute(self.node, "linear_before_reset", 0)
-            rows = 2 * h if split else gates * h
-            w = self.const(f"W{d}", W[d])
-            r = self.const(f"R{d}", R[d, :rows])
-            wb, rb = self.const(f"Wb{d}", B[d, :gates * h]), self.const(f"Rb{d}", B[d, gates * h:gates * h + rows])
-            r_h = (self.const(f"Rh{d}", R[d, 2 * h:]), self.const(f"Rbh{d}", B[d, 5 * h:])) if split else None
-            h_prev = self.initial(init_h, d) if init_h else None
-            c_prev = self.initial(init_c, d) if init_c else None
-            outs = [None] * self.seq
-            for t in (reversed(range(self.seq)) if reverse else range(self.seq)):
-                # the crossbar products are named after their matrix and step: '<node>/W0@t3'
-                xw = self.emit("Gemm", [steps[t], w, wb], "xw", name=f"{self.key}/W{d}@t{t}", transB=1)
-                hr = self.emit("Gemm", [h_prev, r, rb], "hr", name=f"{self.key}/R{d}@t{t}", transB=1) if h_prev else rb
-                self.step = f"{d}@t{t}"
-                acts = self.acts[d]
-                if self.op == "RNN":
-                    h_prev = self.activation(acts[0], self.emit("Add", [xw, hr], "a"))
-                elif self.op == "GRU":
-                    h_prev = self.gru_step(xw, hr, h_prev, r_h, acts)
-                else:
-                    h_prev, c_prev = self.lstm_step(xw, hr, c_prev, P[d] if P is not None else None, acts)
-                outs[t] = h_prev
-            # Y: (seq, dirs, N, H) in layout 0, (N, seq, dirs, H) in layout 1
-            axes = [1, 2] if self.layout else [0, 1]
-            ys.append(self.emit("Concat", [self.unsqueeze(o, axes) for o in outs], "y", axis=seq_axis))
-            finals_h.append(self.unsqueeze(h_prev, [1 if self.layout else 0]))
-            if c_prev is not None:
-                finals_c.append(self.unsqueeze(c_prev, [1 if self.layout else 0]))
-        dir_axis = 2 if self.layout else 1
-        self.finish(0, ys, dir_axis)
-        self.finish(1, finals_h, 1 if self.layout else 0)
-        if self.op == "LSTM":
-            self.finish(2, finals_c, 1 if self.layout else 0)
+        for d in range(len(self.directions)):
+            outs, c_last = self.direction(d, steps, W[d], R[d], B[d])
+            if self.used(0):    # Y: (seq, dirs, N, H) in layout 0, (N, seq, dirs, H) in layout 1
+                axes = [1, 2] if self.layout else [0, 1]
+                ys.append(self.emit("Concat", [self.unsqueeze(o, axes) for o in outs], "y", axis=seq_axis))
+            last = outs[0] if self.directions[d] else outs[-1]
+            finals_h.append(self.unsqueeze(last, [seq_axis]) if self.used(1) else None)
+            finals_c.append(self.unsqueeze(c_last, [seq_axis]) if self.used(2) else None)
+        self.finish(0, ys, 2 if self.layout else 1)
+        self.finish(1, finals_h, seq_axis)        # Y_h, Y_c: (dirs, N, H) in layout 0, (N, dirs, H) in layout 1
+        self.finish(2, finals_c, seq_axis)
+
+    def direction(self, d: int, steps: list[str], W: np.ndarray, R: np.ndarray, B: np.ndarray) -> tuple[list, str]:
+        """The steps of direction d: (its hidden state at every time, its last cell state (LSTM))."""
+        gates, h = RECURRENT[self.op], self.hidden
+        # GRU without linear_before_reset: R_h multiplies r * H, a product of its own (a third crossbar)
+        split = self.op == "GRU" and not node_attribute(self.node, "linear_before_reset", 0)
+        rows = 2 * h if split else gates * h
+        # one crossbar each: the Gemms of every step read these initializers
+        w, r = self.const(f"W{d}", W), self.const(f"R{d}", R[:rows])
+        wb, rb = self.const(f"Wb{d}", B[:gates * h]), self.const(f"Rb{d}", B[gates * h:gates * h + rows])
+        r_h = (self.const(f"Rh{d}", R[2 * h:]), self.const(f"Rbh{d}", B[5 * h:])) if split else None
+        peep = self.constant(7, "P") if self.op == "LSTM" else None
+        init_h, init_c = self.state(5), (self.state(6) if self.op == "LSTM" else None)
+        h_prev = self.initial(init_h, d) if init_h else None
+        c_prev = self.initial(init_c, d) if init_c else None
+        outs = [None] * self.seq
+        for t in (reversed(range(self.seq)) if self.directions[d] else range(self.seq)):
+            # the crossbar products are named after their matrix and step: '<node>/W0@t3'
+            self.step = f"{d}@t{t}"
+            xw = self.emit("Gemm", [steps[t], w, wb], "xw", name=f"{self.key}/W{self.step}", transB=1)
+            hr = self.emit("Gemm", [h_prev, r, rb], "hr", name=f"{self.key}/R{self.step}", transB=1) if h_prev else rb
+            acts = self.acts[d]
+            if self.op == "RNN":
+                h_prev = self.activation(acts[0], self.emit("Add", [xw, hr], "a"))
+            elif self.op == "GRU":
+                h_prev = self.gru_step(xw, hr, h_prev, r_h, acts)
+            else:
+                h_prev, c_prev = self.lstm_step(xw, hr, c_prev, None if peep is None else peep[d], acts)
+            outs[t] = h_prev
+        return outs, c_prev
+
+    def used(self, i: int) -> bool:
+        return len(self.node.output) > i and bool(self.node.output[i])
 
     def initial(self, name: str, d: int) -> str:
         """Direction d of an initial state (dirs, N, H) in layout 0, (N, dirs, H) in layout 1."""
         return self.emit("Gather", [name, self.const_int("d", d)], "init", axis=1 if self.layout else 0)
 
     def finish(self, i: int, parts: list[str], axis: int) -> None:
-        if len(self.node.output) <= i or not self.node.output[i]:
+        if not self.used(i):
             return
         out = self.node.output[i]
         if len(parts) == 1:
