@@ -150,6 +150,16 @@ def test_shared_crossbar_analysis_matches_monte_carlo(chain):
         assert abs(mse - mc["mse"]) <= 0.02 * mc["mse"] + (hi - lo) / 2, (tied, mse, mc)
 
 
+def test_chips_stacked_in_one_run_each_program_the_shared_crossbar_once():
+    """8 chips per session run (chip_batching): each chip's one draw feeds both uses, as with one chip a run."""
+    g, _ = compile_model(tied_model(True), NOISY, XT)
+    mse = g.graph["analysis"]["outputs"]["y"]["mse"]
+    ex = NoisyExecutor(g, chips_per_run=8)
+    mc = run_montecarlo(g, NOISY, XT, chips=4000, seed=3, progress=False, signals=[], executor=ex)["outputs"]["y"]
+    lo, hi = mc["ci95"]
+    assert abs(mse - mc["mse"]) <= 0.02 * mc["mse"] + (hi - lo) / 2
+
+
 def test_a_shared_crossbar_has_one_set_of_converters():
     """The ADC and DAC ranges of every use of one crossbar are the widest any use needs."""
     dev = load_device("rram")
