@@ -61,14 +61,16 @@ def same_crossbar(a: CrossbarLayer, b: CrossbarLayer) -> bool:
 def share_crossbars(layers: list[CrossbarLayer]) -> None:
     """Ops that read the same weight initializer and map to the same array drive ONE crossbar, the first one's
     (`shared_with`): a recurrent layer's W and R at every step (recurrent.py), or weights tied in the model."""
-    first: dict[str, CrossbarLayer] = {}
+    arrays: dict[str, list[CrossbarLayer]] = {}      # initializer -> the distinct arrays mapped from it
     for layer in layers:
         layer.shared_with = None
         source = layer.extra.get("weight_source")
         if source is None:
             continue
-        lead = first.setdefault(source, layer)
-        if lead is not layer and same_crossbar(lead, layer):
+        lead = next((a for a in arrays.setdefault(source, []) if same_crossbar(a, layer)), None)
+        if lead is None:
+            arrays[source].append(layer)
+        else:
             layer.shared_with = lead.name
 
 
