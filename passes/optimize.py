@@ -1,4 +1,5 @@
-"""Power-constrained choice of per-layer conductance ranges G_l and ADC bits (DESIGN §7, MemSE's headline use):
+"""Power-constrained choice of per-layer conductance ranges G_l and ADC bits (DESIGN §7, MemSE's headline use;
+a "layer" l here is a programmed crossbar, with every op that drives it: a recurrent layer's steps share one G):
     min MSE(G, b)  s.t.  P(G, b) <= budget,  g_lo <= G_l <= g_max - g_min,  b_l in bits_range
 or the dual, min P s.t. MSE <= target. g_lo = 1% of the window (G_LO_FRACTION): below it the window is all
 g_min floor and programming noise.
@@ -60,13 +61,12 @@ class Problem:
                  bits_range: tuple[int, int] = BITS_RANGE):
         if not g.graph.get("sensitivity"):
             raise MemseInputError("the optimiser needs the sensitivity analysis (--mode sensitivity or refined)")
-        shared = next((lay for lay in g.layers.values() if lay.shared_with), None)
-        if shared is not None:
-            # its knobs are per op; one crossbar's uses would get different ranges, i.e. stop being one array
-            raise MemseInputError(f"the optimiser does not support crossbars driven by several ops yet ('{shared.name}' "
-                                  f"drives the crossbar of '{shared.shared_with}', e.g. a recurrent layer's steps)")
         self.g, self.ctx, self.dev, self.bits_range = g, ctx, ctx.device, bits_range
-        self.out, self.names, self.rate = output or g.graph["outputs"][0], list(g.layers), ctx.device.inference_rate
+        # the knobs are per programmed crossbar: the ops that drive one (a recurrent layer's steps) share its
+        # G and ADC bits, their error shares and powers summed
+        self.knob = {name: lay.crossbar for name, lay in g.layers.items()}
+        self.out, self.names, self.rate = output or g.graph["outputs"][0], list(dict.fromkeys(self.knob.values())), \
+            ctx.device.inference_rate
         self.g_hi = self.dev.conductance.g_max - self.dev.conductance.g_min
         self.g_lo = G_LO_FRACTION * self.g_hi
         ref = g.graph["reference"]
@@ -86,7 +86,7 @@ class Problem:
         self.point0 = self.from_graph(g, full=True)
         self.per_g = self.layer_power(self.point0)[0]
         cf = g.graph.get("closed_form", {}).get(self.out)     # ADC coefficient where the device has no ADC
-        self.d_fallback = {k: (cf.coefficients[k]["D"] if cf else 0.0) for k in self.names}
+        self.d_fallback = self.per_knob({n: (cf.coefficients[n]["D"] if cf else 0.0) for n in self.knob})
         self.evaluations = 0
         self.anchor(self.point0)
 
@@ -101,11 +101,18 @@ class Problem:
                 for k, lay in self.g.layers.items()}
 
     # ---- configurations -----------------------------------------------------------------------------
+    def per_knob(self, per_layer: dict[str, float]) -> dict[str, float]:
+        """Per-layer values summed over the layers of each knob (crossbar)."""
+        out = dict.fromkeys(self.names, 0.0)
+        for name, v in per_layer.items():
+            out[self.knob[name]] += v
+        return out
+
     def apply(self, g_ranges: dict[str, float], bits: dict[str, int | None]) -> None:
         for name, layer in self.g.layers.items():
-            layer.g_range = np.full(layer.w_max.shape, float(g_ranges[name]))
+            layer.g_range = np.full(layer.w_max.shape, float(g_ranges[self.knob[name]]))
             map_layer(layer, self.dev)
-            layer.adc_bits = bits[name]
+            layer.adc_bits = bits[self.knob[name]]
 
     def layer_power(self, p: Point) -> tuple[dict[str, float], float]:
         """(P_l per layer, W/S, measured on the mapped conductances) and the exact total power (W)."""
@@ -116,7 +123,7 @@ class Problem:
             G = float(np.mean(layer.g_range))
             per_g[name] = self.rate * (lp.crossbar - lp.floor) / G
             total += self.rate * lp.total
-        return per_g, total
+        return self.per_knob(per_g), total
 
     def fixed_power(self, bits: dict[str, int | None], rows_var: dict | None = None) -> float:
         """Power that does not scale with G: converters and the g_min floors (the floor ~ rows, not G)."""
@@ -126,7 +133,7 @@ class Problem:
             floor = self.dev.crossbar.t_read * 2 * layer.g_min * layer.outs * float(v2.sum())
             n_adc = self.mvms[name] * layer.row_tiles * layer.outs
             n_dac = self.mvms[name] * layer.col_tiles * layer.weight.shape[2]
-            tot += self.rate * (floor + n_adc * adc_energy(self.dev, bits[name])
+            tot += self.rate * (floor + n_adc * adc_energy(self.dev, bits[self.knob[name]])
                                 + n_dac * dac_energy(self.dev, layer.dac_bits))
         return tot
 
@@ -180,14 +187,16 @@ class Problem:
     def from_graph(self, h: MemseGraph, full: bool) -> Point:
         sens = h.graph["sensitivity"][self.out]
         lin = h.graph["linearization"]
-        p = Point({k: float(np.mean(lay.g_range)) for k, lay in self.g.layers.items()},
-                  {k: lay.adc_bits for k, lay in self.g.layers.items()},
+        layers = self.g.layers
+        p = Point({k: float(np.mean(layers[k].g_range)) for k in self.names},
+                  {k: layers[k].adc_bits for k in self.names},
                   mse=float(h.graph["analysis"]["outputs"][self.out]["mse"]))
+        shares = h.graph["analysis"]["outputs"][self.out].get("layer_shares", {})
+        p.noise = self.per_knob({k: sens.get(f"{k}|programming", 0.0) + sens.get(f"{k}|read", 0.0) for k in layers})
+        p.adc = self.per_knob({k: sens.get(f"{k}|adc", 0.0) for k in layers})
+        p.shares = self.per_knob({k: shares.get(k, 0.0) for k in layers})
         rv = self.dev.crossbar.read_voltage
-        for k, lay in self.g.layers.items():
-            p.noise[k] = sens.get(f"{k}|programming", 0.0) + sens.get(f"{k}|read", 0.0)
-            p.adc[k] = sens.get(f"{k}|adc", 0.0)
-            p.shares[k] = h.graph["analysis"]["outputs"][self.out].get("layer_shares", {}).get(k, 0.0)
+        for k, lay in layers.items():
             # whole batch: exact (as the power pass); subset: its input variance on the whole batch's mean^2
             p.rows_var[k] = (row_voltage2(lay, lin[k].mu_vec, lin[k].v_vec, rv, self.n) - self.rows_mu[k] if full
                              else row_voltage2(lay, np.zeros_like(lin[k].v_vec), lin[k].v_vec, rv, self.batch_sub))
@@ -381,7 +390,7 @@ def _optimize(prob: Problem, budget_w, target_mse, opt_adc_bits, max_evals, refi
     g, bits_range = prob.g, prob.bits_range
     p0, trace = prob.point0, []
     before = {"mse": p0.mse, "power_w": float(g.graph["power"]["total_w"]),
-              "layers": [_row(p0, k, g.graph["power"]["layers"]) for k in prob.names]}
+              "layers": [_row(p0, k, prob.per_knob(g.graph["power"]["layers"])) for k in prob.names]}
     ones = {k: 1.0 for k in prob.names}
     full = lambda G, b: prob.evaluate(G, b, full=True)  # noqa: E731
     if budget_w is not None:
@@ -399,7 +408,7 @@ def _optimize(prob: Problem, budget_w, target_mse, opt_adc_bits, max_evals, refi
                                         else final.power > uniform.power or final.mse > target_mse)
     if fallback:    # the search never returns worse than the baseline it is compared with
         final = prob.on_graph(uniform.g, uniform.bits, refit_closed_form)
-    power_layers = g.graph["power"]["layers"]
+    power_layers = prob.per_knob(g.graph["power"]["layers"])
     result = {
         "objective": "min_mse" if budget_w is not None else "min_power", "budget_w": budget_w,
         "target_mse": target_mse, "output": prob.out, "g_lo": prob.g_lo, "g_max": prob.g_hi,
