@@ -330,6 +330,19 @@ def dense_misc_models() -> list[ZooModel]:
     att = g.op("Softmax", [g.op("Einsum", [q, k], equation="bihd,bjhd->bhij")], axis=-1)
     out.append(g.build(g.op("Einsum", [att, v], equation="bhij,bjhd->bihd")))
 
+    g = Builder("einsum_ellipsis_implicit_output")   # "...d,de->...e", then "ble,ec" (output "bcl")
+    y = g.op("Einsum", [g.input("x", (N, 5, K)), g.weight("w", (K, M))], equation="...d,de->...e")
+    out.append(g.build(g.op("Einsum", [g.op("Relu", [y]), g.weight("head", (M, 3))], equation="ble,ec")))
+
+    g = Builder("einsum_three_operands")      # x W1 W2 in one Einsum: two crossbars in a chain
+    out.append(g.build(g.op("Einsum", [g.input("x", (N, K)), g.weight("w1", (K, M)), g.weight("w2", (M, 4))],
+                            equation="bi,ij,jk->bk")))
+
+    g = Builder("einsum_bilinear")            # x_i h_j W_ijc: the outer product of two signals, then a crossbar
+    x = g.input("x", (N, K))
+    h = g.op("Relu", [g.gemm(x, K, 3, name="fc")])
+    out.append(g.build(g.op("Einsum", [x, g.weight("w", (K, 3, 4)), h], equation="bi,ijc,bj->bc")))
+
     g = Builder("transpose_matmul")           # (N, C, T) -> (N, T, C) @ (C, M)
     y = g.op("Transpose", [g.input("x", (N, K, 5))], perm=[0, 2, 1])
     out.append(g.build(g.matmul(y, K, M)))

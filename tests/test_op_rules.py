@@ -47,3 +47,14 @@ def test_vjp_is_the_transposed_jacobian(op, attrs, inputs, signal):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-6 * np.sqrt(g_out.size * a.size)), (op, i)
         checked += 1
     assert checked or not any(signal)
+
+
+@pytest.mark.parametrize("eq,ranks,want", [
+    ("...ij,jk->...ik", [4, 2], "abij,jk->abik"),
+    ("ij,jk", [2, 2], "ij,jk->ik"),                          # implicit output: the indices used once, sorted
+    ("...ij,...jk", [3, 4], "bij,abjk->abik"),               # ellipses right-aligned, as broadcasting
+    ("bld,de", [3, 2], "bld,de->bel"),
+])
+def test_einsum_equation_spelled_out(eq, ranks, want):
+    from memse_compiler.ir.ops.einsum import explicit_equation
+    assert explicit_equation(eq, ranks) == want

@@ -1,14 +1,36 @@
-"""Einsum of two operands (torch's legacy exporter writes `torch.einsum` as one), parsed as the ops it is made of:
+"""Einsum (torch's legacy exporter writes `torch.einsum` as one), parsed as the ops it is made of. Two operands:
 a ReduceSum of the indices only one operand has, Transposes and Reshapes that line the operands up as
 (batch..., rows, contracted) and (batch..., contracted, columns), one MatMul (a crossbar layer when the other
 operand is a constant weight, the digital product of two signals otherwise), and the Reshape and Transpose to the
-output's order. The data batch must be the first index of the signal operands and of the output."""
+output's order. The data batch must be the first index of the signal operands and of the output. An ellipsis
+is spelled out with free letters (from the operands' ranks) and an implicit output written as NumPy does; more
+operands become a chain of two-operand Einsums, the signals first, then each constant in turn (a crossbar each:
+`x W1 W2` is two layers, as the model computes it)."""
 from __future__ import annotations
+
+import string
+from collections import Counter
 
 import numpy as np
 from onnx import helper
 
 from memse_compiler.ir.ops.base import OpRule, register
+
+
+def explicit_equation(eq: str, ranks: list[int]) -> str:
+    """`eq` with every ellipsis replaced by letters it does not use (right-aligned, as broadcasting aligns them)
+    and an implicit output (no '->') made explicit: the ellipsis, then the indices used once, sorted."""
+    lhs, arrow, out = eq.partition("->")
+    terms = lhs.split(",")
+    free = [c for c in string.ascii_letters if c not in eq]
+    dots = [rank - (len(t) - 3) for t, rank in zip(terms, ranks) if "..." in t]
+    ellipsis = "".join(free[:max(dots, default=0)])
+    if not arrow:
+        once = Counter(c for t in terms for c in t.replace("...", ""))
+        out = ("..." if dots else "") + "".join(sorted(c for c, k in once.items() if k == 1))
+    spelled = [t.replace("...", ellipsis[len(ellipsis) - (rank - (len(t) - 3)):]) if "..." in t else t
+               for t, rank in zip(terms, ranks)]
+    return ",".join(spelled) + "->" + out.replace("...", ellipsis)
 
 
 def _prod(sizes) -> int:
@@ -22,15 +44,23 @@ class EinsumRule(OpRule):
     def expand(self, ctx):
         eq = ctx.attr("equation", b"")
         eq = (eq.decode() if isinstance(eq, bytes) else eq).replace(" ", "")
-        if "..." in eq or "->" not in eq or eq.count(",") != 1:
-            raise ctx.fail(f"equation {eq!r}: only two operands, an explicit output and no ellipsis are supported")
+        k = len(ctx.node.input)
+        consts = [ctx.const(i) for i in range(k)]
+        shapes = [tuple(np.shape(c)) if c is not None else tuple(ctx.shape(i)) for i, c in enumerate(consts)]
+        if "..." in eq or "->" not in eq:
+            eq = explicit_equation(eq, [len(s) for s in shapes])
         lhs, out = eq.split("->")
         terms = lhs.split(",")
         if any(len(set(t)) != len(t) for t in terms + [out]):
             raise ctx.fail(f"equation {eq!r}: a repeated index (a trace or a diagonal) is not supported")
+        sizes = {}
+        for t, s in zip(terms, shapes):
+            for c, d in zip(t, s):
+                if sizes.setdefault(c, d) != d:
+                    raise ctx.fail(f"equation {eq!r}: index {c!r} broadcasts ({sizes[c]} against {d})")
+        if k > 2:
+            return self._chain(ctx, terms, out, consts)
         names = list(ctx.node.input[:2])
-        consts = [ctx.const(0), ctx.const(1)]
-        shapes = [tuple(np.shape(c)) if c is not None else tuple(ctx.shape(i)) for i, c in enumerate(consts)]
         if consts[0] is not None:                    # the signal first: the product is symmetric in its operands
             terms, names, consts, shapes = terms[::-1], names[::-1], consts[::-1], shapes[::-1]
         size = {c: d for t, s in zip(terms, shapes) for c, d in zip(t, s)}
@@ -86,5 +116,23 @@ class EinsumRule(OpRule):
         else:
             nodes.append(helper.make_node("Transpose", [product], [ctx.node.output[0]], name=base,
                                           perm=[current.index(c) for c in out]))
+        nodes[-1].name = base
+        return nodes
+
+    @staticmethod
+    def _chain(ctx, terms: list[str], out: str, consts: list) -> list:
+        """Two-operand Einsums, the signals first and then each constant, each keeping only the indices that a later
+        operand or the output still needs (in order of first appearance: the batch stays first)."""
+        order = [i for i, c in enumerate(consts) if c is None] + [i for i, c in enumerate(consts) if c is not None]
+        base, nodes = ctx.node_name, []
+        current, term = ctx.node.input[order[0]], terms[order[0]]
+        for step, i in enumerate(order[1:], start=1):
+            later = "".join(terms[j] for j in order[step + 1:]) + out
+            joined = "".join(dict.fromkeys(term + terms[i]))
+            result = out if step == len(order) - 1 else "".join(c for c in joined if c in later)
+            name = ctx.node.output[0] if step == len(order) - 1 else f"{base}/step{step}"
+            nodes.append(helper.make_node("Einsum", [current, ctx.node.input[i]], [name], name=f"{base}/step{step}",
+                                          equation=f"{term},{terms[i]}->{result}"))
+            current, term = name, result
         nodes[-1].name = base
         return nodes
