@@ -28,7 +28,7 @@ from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.ops import rule_for, unsupported_op
 from memse_compiler.ir.ops.base import ParseContext, node_attribute
 from memse_compiler.opset_upgrade import constant_tensors, default_opset, upgrade_opset
-from memse_compiler.recurrent import unroll_recurrent
+from memse_compiler.recurrent import refuse_sequence_first_input, unroll_recurrent
 
 
 def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -337,6 +337,7 @@ def _complete_shapes(rule, attrs: dict, node: onnx.NodeProto, operands: list[str
 def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     """The op-level graph: one node per ONNX op (weighted ops hold a CrossbarLayer), one edge per signal."""
     model, label = load_model(model)
+    refuse_sequence_first_input(model, label)
     model = unroll_recurrent(model, label)
     original = model
     model = batch_first(model, label, BATCH)

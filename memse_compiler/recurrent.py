@@ -85,6 +85,8 @@ class _Unroller:
             return None
         if name not in self.values:
             raise self.refuse(f"has a computed {what} (only constant weights map onto crossbars)")
+        if not np.all(np.isfinite(self.values[name])):
+            raise self.refuse(f"{what} initializer '{name}' contains NaN or inf")
         return self.values[name].astype(np.float32)
 
     def fresh(self, hint: str) -> str:
@@ -265,6 +267,19 @@ def _sequence_lengths(model: onnx.ModelProto, shapes: dict, label: str) -> dict[
                                       f"sequence whose length is not fixed (export with a static sequence length)")
             lengths[node.input[0]] = seen.pop()
     return lengths
+
+
+def refuse_sequence_first_input(model: onnx.ModelProto, label: str) -> None:
+    """The compiler's signals start with the batch, the graph input too: a layout-0 recurrent node reading the
+    input itself, (seq, batch, features), is refused in one line (torch's batch_first=True exports a Transpose
+    in front, which batch_first.py follows)."""
+    graph = model.graph
+    data = {vi.name for vi in graph.input} - {t.name for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type in RECURRENT and not int(node_attribute(node, "layout", 0)) and node.input[0] in data:
+            raise MemseInputError(f"{label}: node '{node.name or node.output[0]}' ({node.op_type}) reads the graph "
+                                  f"input '{node.input[0]}' sequence-first (layout 0): the input must start with the "
+                                  f"batch (export with batch_first=True, or use layout=1)")
 
 
 def unroll_recurrent(model: onnx.ModelProto, label: str) -> onnx.ModelProto:

@@ -262,3 +262,31 @@ def test_optimiser_tunes_each_shared_crossbar_as_one():
     mc = run_montecarlo(g, dev, X[:64], chips=400, seed=4, progress=False, signals=[])["outputs"]["logits"]
     lo, hi = mc["ci95"]
     assert abs(r["optimized"]["mse"] - mc["mse"]) <= 0.1 * mc["mse"] + (hi - lo) / 2
+
+
+def test_refused_nan_recurrent_weight():
+    model, _ = recurrent_model("RNN", layout=1)
+    r = next(t for t in model.graph.initializer if t.name == "R")
+    bad = numpy_helper.to_array(r).copy()
+    bad[0, 0, 0] = np.nan
+    r.CopyFrom(numpy_helper.from_array(bad, "R"))
+    with pytest.raises(MemseInputError, match="R initializer 'R' contains NaN"):
+        unroll_recurrent(model, "m")
+
+
+def test_refused_sequence_first_graph_input():
+    """A layout-0 node reading the graph input itself: that input is (seq, batch, features), not batch first."""
+    model, _ = recurrent_model("LSTM")
+    with pytest.raises(MemseInputError, match="sequence-first"):
+        compile_model(model, "rram", np.zeros((5, 3, 4)))
+
+
+def test_layout_1_graph_outputs_y_and_y_h():
+    """A bare GRU with layout 1: its two outputs, (N, seq, dirs, H) and (N, dirs, H), are graph outputs with the
+    batch first; noise off, the executor gives the unrolled graph's onnxruntime values."""
+    model, shape = recurrent_model("GRU", "bidirectional", layout=1, linear_before_reset=1)
+    x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    g, _ = compile_model(model, "ideal", x.astype(np.float64), options={"mode": "diagonal"})
+    got = NoisyExecutor(g).run_noiseless(x)
+    for name, want in zip(["Y", "Y_h"], run_ort(unroll_recurrent(model, "t"), x)):
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6)
