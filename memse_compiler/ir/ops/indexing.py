@@ -32,6 +32,15 @@ def _const_ints(ctx: ParseContext, i: int, what: str) -> list[int] | None:
     return [int(a) for a in np.ravel(v)]
 
 
+def _as_range(src: np.ndarray) -> tuple[int, int] | None:
+    """(start, stop) when an output copies one contiguous run of input elements, in order (a Slice of a
+    leading axis, a Split): its copy and its transpose are then plain slices."""
+    flat = src.ravel()
+    if flat.size and flat[0] >= 0 and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
+        return int(flat[0]), int(flat[0] + flat.size)
+    return None
+
+
 class CopyRule(OpRule):
     """y_k[n, e] = x[n, sources_k[e]] (or `fill` where sources_k[e] = -1). Subclasses give `parse_copy`
     (the attributes) and `select(attrs, x, fill)` (the op on a batch of any dtype, per output)."""
@@ -50,6 +59,7 @@ class CopyRule(OpRule):
         shape = _sample_shape(ctx)
         index = np.arange(int(np.prod(shape)), dtype=np.int64).reshape((1,) + shape)
         attrs["sources"] = [s[0] for s in self.select(attrs, index, -1)]
+        attrs["ranges"] = [_as_range(src) for src in attrs["sources"]]
         attrs.setdefault("fill", 0.0)
         return attrs
 
@@ -58,7 +68,10 @@ class CopyRule(OpRule):
         n = x.shape[0]
         flat = x.reshape(n, -1)
         outs = []
-        for src in attrs["sources"]:
+        for src, run in zip(attrs["sources"], attrs.get("ranges") or [None] * len(attrs["sources"])):
+            if run is not None:
+                outs.append(flat[:, run[0]:run[1]].copy().reshape((n,) + src.shape))
+                continue
             y = flat[:, np.maximum(src, 0).ravel()]
             constant = (src < 0).ravel()
             if constant.any():
@@ -75,8 +88,11 @@ class CopyRule(OpRule):
     def vjp(self, attrs, lin, gouts, in_shapes):
         n, size = in_shapes[0][0], int(np.prod(in_shapes[0][1:]))
         g = np.zeros((n, size))
-        for src, go in zip(attrs["sources"], gouts):
+        for src, go, run in zip(attrs["sources"], gouts, attrs.get("ranges") or [None] * len(gouts)):
             if go is None:
+                continue
+            if run is not None:
+                g[:, run[0]:run[1]] += go.reshape(n, -1)
                 continue
             src, go = src.ravel(), go.reshape(n, -1)
             keep = src >= 0
