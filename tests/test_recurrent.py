@@ -290,3 +290,32 @@ def test_layout_1_graph_outputs_y_and_y_h():
     got = NoisyExecutor(g).run_noiseless(x)
     for name, want in zip(["Y", "Y_h"], run_ort(unroll_recurrent(model, "t"), x)):
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["conv", "tokens"])
+def test_shared_crossbar_over_positions_matches_monte_carlo(kind):
+    """One weight reused by two layers that each apply it at several positions (a conv twice, or a token-wise
+    MatMul twice): the per-sample weight gradients summed over positions and uses, against the executor."""
+    rng = np.random.default_rng(6)
+    if kind == "conv":
+        w = rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32)
+        x_shape, nodes = ["N", 4, 6, 6], [helper.make_node("Conv", ["x", "W"], ["a"], name="first", pads=[1, 1, 1, 1]),
+                                          helper.make_node("Relu", ["a"], ["r"]),
+                                          helper.make_node("Conv", ["r", "W"], ["y"], name="second", pads=[1, 1, 1, 1])]
+        x = rng.random((16, 4, 6, 6))
+    else:
+        w = rng.normal(0, 0.4, (6, 6)).astype(np.float32)
+        x_shape, nodes = ["N", 5, 6], [helper.make_node("MatMul", ["x", "W"], ["a"], name="first"),
+                                       helper.make_node("Relu", ["a"], ["r"]),
+                                       helper.make_node("MatMul", ["r", "W"], ["y"], name="second")]
+        x = rng.random((16, 5, 6))
+    graph = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, x_shape)],
+                              [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    g, _ = compile_model(model, NOISY, x)
+    assert g.layers["second"].shared_with == "first"
+    mse = g.graph["analysis"]["outputs"]["y"]["mse"]
+    mc = run_montecarlo(g, NOISY, x, chips=2000, seed=7, progress=False, signals=[])["outputs"]["y"]
+    lo, hi = mc["ci95"]
+    assert abs(mse - mc["mse"]) <= 0.05 * mc["mse"] + (hi - lo) / 2, (mse, mc)
