@@ -206,8 +206,7 @@ class NoisyExecutor:
                                   f"{opset}): export it with opset_version >= {MIN_OPSET}")
         self.input_name = g.graph["inputs"][0]
         self.aliases: dict[str, str] = {}
-        self.plans: list[_LayerPlan] = []      # one per programmed crossbar
-        self._plans: dict[str, _LayerPlan] = {}
+        self._plans: dict[str, _LayerPlan] = {}     # one per programmed crossbar
         b = _Builder(opset)
         self._chip_major: set[str] = set()      # chip-batched tensors laid out (chips, N, ...) rather than (chips*N, ...)
         if self.chips > 1:      # the batch is fed once and tiled: chip c sees samples [c N, (c+1) N)
@@ -381,7 +380,6 @@ class NoisyExecutor:
         plan.std = float(std.flat[0]) if np.all(std == std.flat[0]) else std.astype(np.float32)
         plan.inv_c = (1.0 / np.asarray(lay.scale_c, dtype=np.float64)).astype(np.float32)
         if shared is None:
-            self.plans.append(plan)
             self._plans[lay.crossbar] = plan
         else:
             shared.noise += plan.noise       # its read noise is its own, drawn with the crossbar's
@@ -426,6 +424,11 @@ class NoisyExecutor:
         return name
 
     # ---- chips ------------------------------------------------------------------------------------
+    @property
+    def plans(self) -> list[_LayerPlan]:
+        """What a chip draw needs, one plan per programmed crossbar, in graph order."""
+        return list(self._plans.values())
+
     def _buffer(self, key: tuple, shape: tuple) -> np.ndarray:
         """A reused float32 array (allocated once: on ResNet-18 a chip's inputs are ~0.4 GB, and fresh pages
         cost more than the arithmetic that fills them)."""
@@ -441,7 +444,7 @@ class NoisyExecutor:
         feed = {}
         buffer = None if slot is None else (lambda name, shape: self._buffer(("w", name, slot), shape))
         lead = (self.chips,) if self.chips > 1 else ()
-        for p in self.plans:
+        for p in self._plans.values():
             if rng is None or not self.programming:       # float64, then rounded once
                 w = p.layer.quantized_weight()
                 if lead:
@@ -468,7 +471,7 @@ class NoisyExecutor:
         `slot` selects one of several buffer sets so that a prefetching caller can fill one while the session
         reads another (the session never writes into its inputs)."""
         feed = {}
-        for p in self.plans:
+        for p in self._plans.values():
             for name, shape, std in p.noise:
                 shp = tuple(n if d is None else d for d in shape)
                 buf = self._buffer((name, shp, slot) if rng is not None else ("zeros", shp), shp)

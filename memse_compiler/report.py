@@ -90,9 +90,10 @@ def _fmt(v, spec=".3e") -> str:
 
 def hardware_table(report: dict) -> str:
     cols = ["layer", "op", "matrix", "tiles", "ADCs", "DACs", "util", "mse", "power_w"]
-    mark = {True: "*", False: ""}       # * : the op drives an earlier op's crossbar (not in the totals)
+    def shared(r: dict) -> bool:       # the op drives an earlier op's crossbar (marked *, not in the totals)
+        return r.get("crossbar", r["name"]) != r["name"]
     rows = [[r["name"], r["op"], f"{r['matrix'][0]}x{r['matrix'][1]}"]
-            + [f"{r[k]}{mark[r.get('crossbar', r['name']) != r['name']]}" for k in ("tiles", "adcs", "dacs")]
+            + [f"{r[k]}{'*' if shared(r) else ''}" for k in ("tiles", "adcs", "dacs")]
             + [f"{100 * r['utilization']:.0f}%", _fmt(r.get("mse")), _fmt(r.get("power_w"))]
             for r in report["layers"]]
     hw = report["hardware"]
@@ -102,9 +103,9 @@ def hardware_table(report: dict) -> str:
         cols.insert(8, "mc_mse")
         for row, r in zip(rows, report["layers"] + [{}]):
             row.insert(8, _fmt(r.get("mc_mse")))
-    shared = sum(r.get("crossbar", r["name"]) != r["name"] for r in report["layers"])
-    note = (f"\n* {shared} ops drive the crossbar of an earlier op (a recurrent layer's steps, tied weights): "
-            f"its tiles and converters count once") if shared else ""
+    count = sum(shared(r) for r in report["layers"])
+    note = (f"\n* {count} ops drive the crossbar of an earlier op (a recurrent layer's steps, tied weights): "
+            f"its tiles and converters count once") if count else ""
     return _table(cols, rows) + note
 
 

@@ -181,7 +181,8 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
     coherent = float(RESIDUALS.get(settings["residual"], settings["residual"]))
     # with crossbars driven at several steps, the same programming noise reaches both operands of a merge at
     # every step (an LSTM's cell state was 48 % low without); elsewhere it moved the outputs < 1 %, at a cost
-    refine_merges = any(layer.shared_with for layer in g.layers.values())
+    from passes.sensitivity import shared_crossbars, sweeps_use_chip
+    refine_merges = bool(shared_crossbars(g))
     rng = np.random.default_rng(options.get("seed", 0) + 1)
     reuse = bool(refinement)
 
@@ -192,7 +193,6 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
         if refinement is not None:
             refinement[key] = value
         return value
-    from passes.sensitivity import sweeps_use_chip
     for unit in schedule(g):
         if unit in g.layers:
             layer = g.layers[unit]

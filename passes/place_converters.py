@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from memse_compiler.ir import KIND_ADC, KIND_DAC, MemseGraph
+from memse_compiler.ir.crossbar import crossbar_uses
 from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.pass_base import Pass, PassContext
 
@@ -24,10 +25,7 @@ def calibrate_layer(layer, x_ref: np.ndarray, dac_bits, adc_bits, headroom: floa
 
 def share_converters(g: MemseGraph) -> None:
     """A shared crossbar has one set of converters: ranges cover every use (the widest), signed if any is."""
-    users: dict[str, list] = {}
-    for layer in g.layers.values():
-        users.setdefault(layer.crossbar, []).append(layer)
-    for group in (u for u in users.values() if len(u) > 1):
+    for group in (u for u in crossbar_uses(g.layers.values()).values() if len(u) > 1):
         dac_range = max(lay.dac_range for lay in group)
         dac_signed = any(lay.dac_signed for lay in group)
         adc_range = np.maximum.reduce([lay.adc_range for lay in group])

@@ -31,6 +31,7 @@ from collections import defaultdict
 import numpy as np
 
 from memse_compiler.ir import MemseGraph, schedule
+from memse_compiler.ir.crossbar import crossbar_uses
 from memse_compiler.ir.ops import rule_for
 from memse_compiler.ir.pass_base import Pass, PassContext
 from passes.crossbar_math import CrossbarMoments
@@ -50,7 +51,7 @@ def _sum_per_sample(a: np.ndarray, n: int) -> np.ndarray:
 
 def shared_crossbars(g: MemseGraph) -> set[str]:
     """The crossbars that several ops drive (their programming noise is common to every use)."""
-    return {layer.crossbar for layer in g.layers.values() if layer.shared_with}
+    return {name for name, uses in crossbar_uses(g.layers.values()).items() if len(uses) > 1}
 
 
 def needs_chip(cm: CrossbarMoments) -> bool:

@@ -34,6 +34,14 @@ def quantize(v: np.ndarray, step: np.ndarray | float, qmin: int, qmax: int) -> n
     return step * np.clip(np.round(v / step), qmin, qmax)
 
 
+def crossbar_uses(layers) -> dict[str, list["CrossbarLayer"]]:
+    """The ops driving each programmed crossbar (one, or a shared crossbar's several), in the given order."""
+    uses: dict[str, list[CrossbarLayer]] = {}
+    for layer in layers:
+        uses.setdefault(layer.crossbar, []).append(layer)
+    return uses
+
+
 SMALL_BATCH = 16     # weight gradients per sample (no copies of the activations) up to this batch
 
 

@@ -68,7 +68,7 @@ class CopyRule(OpRule):
         n = x.shape[0]
         flat = x.reshape(n, -1)
         outs = []
-        for src, run in zip(attrs["sources"], attrs.get("ranges") or [None] * len(attrs["sources"])):
+        for src, run in zip(attrs["sources"], attrs["ranges"]):
             if run is not None:
                 outs.append(flat[:, run[0]:run[1]].copy().reshape((n,) + src.shape))
                 continue
@@ -88,7 +88,7 @@ class CopyRule(OpRule):
     def vjp(self, attrs, lin, gouts, in_shapes):
         n, size = in_shapes[0][0], int(np.prod(in_shapes[0][1:]))
         g = np.zeros((n, size))
-        for src, go, run in zip(attrs["sources"], gouts, attrs.get("ranges") or [None] * len(gouts)):
+        for src, go, run in zip(attrs["sources"], gouts, attrs["ranges"]):
             if go is None:
                 continue
             if run is not None:
