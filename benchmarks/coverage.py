@@ -51,7 +51,8 @@ def jittered_inputs(x: np.ndarray, n: int = 24) -> np.ndarray:
 
 
 def measure(zm, precision: float, max_chips: int) -> list[tuple]:
-    x = jittered_inputs(next(iter(zm.inputs.values())).astype(np.float64))
+    x = zm.batch()
+    x = {k: jittered_inputs(v) for k, v in x.items()} if isinstance(x, dict) else jittered_inputs(x)
     rows = []
     for point, overrides in POINTS.items():
         dev = load_device("rram", overrides)

@@ -57,24 +57,26 @@ def _onnx_semantics(model: onnx.ModelProto):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def probe_values(model: onnx.ModelProto, data: str, batch: int, seed: int = 0,
-           everything: bool = True) -> dict[str, np.ndarray]:
-    """Every tensor's value (or only the outputs') on a batch of uniform [0, 1) inputs (onnxruntime,
-    optimisations off: the ONNX semantics)."""
+def probe_values(model: onnx.ModelProto, data: str | list[str], batch: int, seed: int = 0,
+                 everything: bool = True) -> dict[str, np.ndarray]:
+    """Every tensor's value (or only the outputs') on a batch of uniform [0, 1) inputs, one per data input
+    (onnxruntime, optimisations off: the ONNX semantics)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     if everything:
         known = {o.name for o in m.graph.output}
         produced = {o for n in m.graph.node for o in n.output if o}
         m.graph.output.extend(vi for vi in m.graph.value_info if vi.name in produced and vi.name not in known)
-    x_vi = next(vi for vi in m.graph.input if vi.name == data)
-    dims = [batch] + [d.dim_value for d in x_vi.type.tensor_type.shape.dim[1:]]
-    dtype = helper.tensor_dtype_to_np_dtype(x_vi.type.tensor_type.elem_type)
-    x = np.random.default_rng(seed).random(dims).astype(dtype)
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for name in [data] if isinstance(data, str) else data:
+        x_vi = next(vi for vi in m.graph.input if vi.name == name)
+        dims = [batch] + [d.dim_value for d in x_vi.type.tensor_type.shape.dim[1:]]
+        feed[name] = rng.random(dims).astype(helper.tensor_dtype_to_np_dtype(x_vi.type.tensor_type.elem_type))
     sess = _onnx_semantics(m)
     names = [o.name for o in sess.get_outputs()]
-    values = dict(zip(names, sess.run(names, {data: x})))
-    values[data] = x
+    values = dict(zip(names, sess.run(names, feed)))
+    values.update(feed)
     values.update((t.name, numpy_helper.to_array(t)) for t in m.graph.initializer)
     return values
 
@@ -82,7 +84,7 @@ def probe_values(model: onnx.ModelProto, data: str, batch: int, seed: int = 0,
 MAX_ATTEMPTS = 256
 
 
-def _rewrite(model: onnx.ModelProto, data: str, batch: int, values: dict, label: str,
+def _rewrite(model: onnx.ModelProto, data: list[str], batch: int, values: dict, label: str,
              symbol: str) -> BatchFirstRewriter | None:
     """The rewriter that went through every node, or None if one refused before the batch moved. At batch 1 a
     Reshape may put the batch at several axis boundaries: the choices are searched depth first, the latest undone
@@ -185,25 +187,25 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
     g = model.graph
     inits = {t.name for t in g.initializer}
     data = [vi.name for vi in g.input if vi.name not in inits]
-    if len(data) != 1 or not _needs_rewrite(model, data[0]):
+    if not data or not _needs_rewrite(model, data[0]):
         return model
-    x_vi = next(vi for vi in g.input if vi.name == data[0])
-    dims = x_vi.type.tensor_type.shape.dim
-    if not dims or any(not d.HasField("dim_value") for d in dims[1:]):
+    all_dims = [vi.type.tensor_type.shape.dim for vi in g.input if vi.name in data]
+    if any(not d or any(not e.HasField("dim_value") for e in d[1:]) for d in all_dims):
         return model
+    dims = all_dims[0]
     fixed = dims[0].dim_value if dims[0].HasField("dim_value") else None
     batch = fixed or PROBE_BATCH
     try:
-        values = probe_values(model, data[0], batch)
+        values = probe_values(model, data, batch)
     except Exception:
         return model                     # the frontend's own checks say what is wrong
-    rewriter = _rewrite(model, data[0], batch, values, label, (fixed is None and dims[0].dim_param) or symbol)
+    rewriter = _rewrite(model, data, batch, values, label, (fixed is None and dims[0].dim_param) or symbol)
     if rewriter is None:
         return model
     if all(lay.leading for lay in rewriter.layouts.values()):
         if fixed or not _shapes_read_but_lost(model, dims[0].dim_param):
             return model
-        return _with_batch_shapes(model, rewriter, probe_values(model, data[0], CHECK_BATCH, seed=1))
+        return _with_batch_shapes(model, rewriter, probe_values(model, data, CHECK_BATCH, seed=1))
     out = _assemble(rewriter)
     try:
         mine = {vi.name: vi for vi in out.graph.value_info}
@@ -212,8 +214,8 @@ def batch_first(model: onnx.ModelProto, label: str, symbol: str) -> onnx.ModelPr
         inferred = [vi for vi in out.graph.value_info if vi.name not in mine]
         del out.graph.value_info[:]
         out.graph.value_info.extend(list(mine.values()) + inferred)
-        check = probe_values(out, data[0], fixed or CHECK_BATCH, seed=1, everything=False)
-        ref = probe_values(model, data[0], fixed or CHECK_BATCH, seed=1, everything=False)
+        check = probe_values(out, data, fixed or CHECK_BATCH, seed=1, everything=False)
+        ref = probe_values(model, data, fixed or CHECK_BATCH, seed=1, everything=False)
     except Exception as exc:
         raise MemseInputError(f"{label}: moving the batch to axis 0 failed ({str(exc).strip().splitlines()[0]})") \
             from None
@@ -234,16 +236,17 @@ def check_freed_batch(g, original: onnx.ModelProto, export_batch: int) -> bool:
     if export_batch > CHECK_UP_TO:
         return True
     from memse_compiler.ir.interpret import run
-    x_name = g.graph["inputs"][0]
     m = 2 * export_batch if export_batch > 1 else 3
-    x = np.random.default_rng(0).random((m,) + tuple(g.tensors[x_name][1:])).astype(np.float32)
+    rng = np.random.default_rng(0)
+    xs = {name: rng.random((m,) + tuple(g.tensors[name][1:])).astype(np.float32) for name in g.graph["inputs"]}
     try:
-        got = run(g, x.astype(np.float64))
+        got = run(g, {name: x.astype(np.float64) for name, x in xs.items()})
     except Exception:           # a batch the export baked in somewhere else: not freed
         return False
     sess = _onnx_semantics(original)
     names = [o.name for o in sess.get_outputs()]
-    chunks = [sess.run(names, {x_name: x[i:i + export_batch]}) for i in range(0, m, export_batch)]
+    chunks = [sess.run(names, {name: x[i:i + export_batch] for name, x in xs.items()})
+              for i in range(0, m, export_batch)]
     for k, name in enumerate(names):
         want = np.concatenate([c[k] for c in chunks])
         if want.dtype.kind != "f" or name not in got:

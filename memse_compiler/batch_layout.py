@@ -112,14 +112,14 @@ def _write_axis(node: onnx.NodeProto, axes: list[int]) -> None:
 class BatchFirstRewriter:
     """One pass over the nodes: each signal's layout, the batch-first nodes, and what replaced what."""
 
-    def __init__(self, model: onnx.ModelProto, data: str, batch: int, values: dict, label: str, symbol: str,
+    def __init__(self, model: onnx.ModelProto, data: list[str], batch: int, values: dict, label: str, symbol: str,
                  choices: dict | None = None):
-        self.model, self.n, self.values, self.label, self.data = model, batch, values, label, data
+        self.model, self.n, self.values, self.label, self.data = model, batch, values, label, set(data)
         self.symbol = symbol
         self.choices = choices or {}       # node -> which of its candidate layouts to take (batch-1 exports)
         self.points: list[tuple[str, int]] = []     # the nodes that had a choice, in order, and how many
-        self.layouts = {data: Layout(tuple(values[data].shape))}
-        self.names = {data: data}          # original signal -> its batch-first tensor
+        self.layouts = {x: Layout(tuple(values[x].shape)) for x in data}
+        self.names = {x: x for x in data}          # original signal -> its batch-first tensor
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.init_names: set[str] = set()
@@ -505,7 +505,7 @@ class BatchFirstRewriter:
         out, outputs = [], {o.name for o in self.model.graph.output}
         for t, lay in self.layouts.items():
             name = self.names[t]
-            if name in names and name != self.data and name not in outputs and (t == name or not lay.leading):
+            if name in names and name not in self.data and name not in outputs and (t == name or not lay.leading):
                 dtype = helper.np_dtype_to_tensor_dtype(self.values[t].dtype)
                 dims = [self.symbol, *lay.batch_first_shape(self.n)[1:]]
                 out.append(helper.make_tensor_value_info(name, dtype, dims))

@@ -20,8 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "every signal under hardware noise, plus power.")
     p.add_argument("model", help="ONNX model file")
     p.add_argument("--device", required=True, help="device JSON file or bundled name (rram, pcm, ideal)")
-    p.add_argument("--inputs", help="evaluation inputs for the first graph input (.npy, or .npz keyed by "
-                                    "the input name); default: a synthetic batch uniform on [0, 1)")
+    p.add_argument("--inputs", help="evaluation inputs (.npy, or .npz keyed by the input names; a model with "
+                                    "several data inputs needs the .npz); default: a synthetic batch uniform on "
+                                    "[0, 1) for each input")
     p.add_argument("--batch", type=int, default=None,
                    help="number of evaluation inputs (synthetic batch size, default 64; or the first N of --inputs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs and of Monte-Carlo")
@@ -53,9 +54,16 @@ def _load_extensions() -> None:
         from memse_compiler import cli_extensions   # noqa: F401  (registers into EXTENSIONS)
 
 
+def describe_inputs(x) -> str:
+    """'N x (shape)' of the evaluation batch; per input name for several inputs."""
+    if isinstance(x, dict):
+        return ", ".join(f"{name} {v.shape[0]} x {tuple(v.shape[1:])}" for name, v in x.items())
+    return f"{x.shape[0]} x {tuple(x.shape[1:])}"
+
+
 def run(args: argparse.Namespace) -> int:
     from memse_compiler.frontend import build_graph
-    from memse_compiler.pipeline import check_batch, default_pipeline, load_inputs, synthetic_inputs
+    from memse_compiler.pipeline import checked_inputs, default_pipeline, load_inputs, synthetic_feed
     from memse_compiler.ir.pass_base import PassContext
     from memse_compiler.report import build_report, hardware_table, outputs_table, write_report
 
@@ -64,13 +72,11 @@ def run(args: argparse.Namespace) -> int:
         raise MemseInputError(f"--batch must be at least 1, got {args.batch}")
     t0 = time.perf_counter()
     g = build_graph(args.model)
-    x_name = g.graph["inputs"][0]
-    shape = g.tensors[x_name]
+    shape = g.tensors[g.graph["inputs"][0]]          # every data input shares its batch
     if args.inputs:
-        x = load_inputs(args.inputs, shape, x_name, args.batch or shape[0])
+        x = load_inputs(args.inputs, g, args.batch or shape[0])
     else:
-        x = synthetic_inputs(shape, args.batch or shape[0] or 64, args.seed)
-    check_batch(shape, len(x))
+        x = checked_inputs(g, synthetic_feed(g, args.batch or shape[0] or 64, args.seed))
     options = {"seed": args.seed}
     for hook in EXTENSIONS:
         hook.configure(args, options)
@@ -82,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     for hook in EXTENSIONS:
         hook.after_compile(args, g, ctx)
     report = build_report(g)
-    print(f"model {report['model']}  device {device.name}  inputs {x.shape[0]} x {tuple(x.shape[1:])}")
+    print(f"model {report['model']}  device {device.name}  inputs {describe_inputs(x)}")
     print(hardware_table(report))
     if not args.no_analysis and any(o.get("mse") is not None for o in report["outputs"].values()):
         print()

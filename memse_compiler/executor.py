@@ -49,6 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 from memse_compiler.chip_batching import chip_batching_obstacle
 from memse_compiler.ir import KIND_INPUT, KIND_OUTPUT, MemseGraph, schedule
 from memse_compiler.ir.errors import MemseInputError
+from memse_compiler.ir.feeds import Inputs, feed_batch, input_feed
 from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.ops import rule_for
@@ -204,18 +205,20 @@ class NoisyExecutor:
             # its digital nodes run as exported, next to Round and tensor-bound Clip/Slice of opset 11
             raise MemseInputError(f"the Monte-Carlo executor needs ONNX opset >= {MIN_OPSET} (the model has "
                                   f"{opset}): export it with opset_version >= {MIN_OPSET}")
-        self.input_name = g.graph["inputs"][0]
+        self.input_names = list(g.graph["inputs"])
         self.aliases: dict[str, str] = {}
         self._plans: dict[str, _LayerPlan] = {}     # one per programmed crossbar
         b = _Builder(opset)
         self._chip_major: set[str] = set()      # chip-batched tensors laid out (chips, N, ...) rather than (chips*N, ...)
-        if self.chips > 1:      # the batch is fed once and tiled: chip c sees samples [c N, (c+1) N)
-            self.feed_name = b.input("__memse/input", g.tensors[self.input_name])
-            reps = np.ones(len(g.tensors[self.input_name]), np.int64)
-            reps[0] = self.chips
-            b.op("Tile", [self.feed_name, b.const("reps", reps)], self.input_name)
-        else:
-            self.feed_name = b.input(self.input_name, g.tensors[self.input_name])
+        self.feed_names: dict[str, str] = {}     # data input -> the session input it is fed as
+        for i, name in enumerate(self.input_names):
+            if self.chips > 1:      # the batch is fed once and tiled: chip c sees samples [c N, (c+1) N)
+                self.feed_names[name] = b.input(f"__memse/input{i or ''}", g.tensors[name])
+                reps = np.ones(len(g.tensors[name]), np.int64)
+                reps[0] = self.chips
+                b.op("Tile", [self.feed_names[name], b.const(f"reps{i or ''}", reps)], name)
+            else:
+                self.feed_names[name] = b.input(name, g.tensors[name])
         consts, ref = g.graph["constants"], g.graph.get("reference", {})
         outputs: list[str] = []
         for unit in schedule(g):
@@ -485,24 +488,32 @@ class NoisyExecutor:
         `run_chip` draws in, so prefetching the feed in another thread gives the same numbers)."""
         return {**self.draw_chip(rng, slot), **self._read_noise(n, rng if self.read_sigma > 0 else None, slot)}
 
-    def run_feed(self, x: np.ndarray, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Every exposed signal for the batch `x` with a complete noise feed (see `chip_feed`)."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        values = dict(zip(self.output_names, self.session.run(self.output_names, {self.feed_name: x, **feed})))
-        values[self.input_name] = x
+    def data_feed(self, x: Inputs) -> dict[str, np.ndarray]:
+        """The batch `x` (an array, or a dict by input name) as the float32 arrays the session is fed."""
+        return {n: np.ascontiguousarray(v) for n, v in input_feed(self.input_names, x, np.float32).items()}
+
+    def run_feed(self, x: Inputs, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every exposed signal for the batch `x` with a complete noise feed (see `chip_feed`); `x` may be a
+        `data_feed` already (then it is not copied again)."""
+        data = self.data_feed(x)
+        session_feed = {self.feed_names[n]: v for n, v in data.items()}
+        values = dict(zip(self.output_names, self.session.run(self.output_names, {**session_feed, **feed})))
+        values.update(data)
         for alias, target in self.aliases.items():
             values[alias] = values[target]
         return values
 
-    def run(self, x: np.ndarray, chip: dict[str, np.ndarray], rng: np.random.Generator | None = None
+    def run(self, x: Inputs, chip: dict[str, np.ndarray], rng: np.random.Generator | None = None
             ) -> dict[str, np.ndarray]:
         """Every exposed signal for the batch `x` on `chip` (from `draw_chip`, reusable across batches);
         fresh read noise from `rng` (None: no read noise)."""
-        return self.run_feed(x, {**chip, **self._read_noise(len(x), rng)})
+        data = self.data_feed(x)
+        return self.run_feed(data, {**chip, **self._read_noise(feed_batch(data), rng)})
 
-    def run_chip(self, x: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def run_chip(self, x: Inputs, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One simulated chip (programming noise drawn once) on the whole batch `x`, with read noise."""
-        return self.run_feed(x, self.chip_feed(len(x), rng))
+        data = self.data_feed(x)
+        return self.run_feed(data, self.chip_feed(feed_batch(data), rng))
 
     def split_chips(self, values: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         """A run's values (chips stacked on the batch axis) -> one dict per chip, as a one-chip executor gives
@@ -510,9 +521,9 @@ class NoisyExecutor:
         if self.chips == 1:
             return [values]
         out = [dict() for _ in range(self.chips)]
-        fed = values.get(self.input_name)
+        fed = {id(values[n]) for n in self.input_names if n in values}
         for name, v in values.items():
-            if v is fed:              # the input batch, and its aliases (L/dac without a DAC): every chip's
+            if id(v) in fed:          # the input batches, and their aliases (L/dac without a DAC): every chip's
                 parts = [v] * self.chips
             elif name in self._chip_major:
                 parts = list(v)
@@ -522,7 +533,7 @@ class NoisyExecutor:
                 chip[name] = part
         return out
 
-    def run_noiseless(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def run_noiseless(self, x: Inputs) -> dict[str, np.ndarray]:
         """The noiseless programmed chip (quantized conductances, tiling, converters): `interpret.run(g, x,
         hardware=True)` in float32."""
         return self.run(x, self._noiseless, None)

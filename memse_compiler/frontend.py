@@ -112,12 +112,13 @@ def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
     g = model.graph
     inits = {t.name for t in g.initializer}
     data = [vi for vi in g.input if vi.name not in inits]
-    if len(data) != 1 or not data[0].type.tensor_type.shape.dim:
+    if not data or any(not vi.type.tensor_type.shape.dim for vi in data):
         return model, None
-    d0 = data[0].type.tensor_type.shape.dim[0]
-    if not d0.HasField("dim_value"):
+    leading = [vi.type.tensor_type.shape.dim[0] for vi in data]
+    if not all(d.HasField("dim_value") for d in leading) or len({d.dim_value for d in leading}) != 1:
         return model, None
-    b = d0.dim_value
+    b = leading[0].dim_value
+    data_names = {vi.name for vi in data}
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -138,7 +139,7 @@ def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
             name = f"{node.input[1]}__batch_{lead}_{k}"
             g.initializer.append(numpy_helper.from_array(_with_leading(target, lead), name))
             _retarget(node, 1, name, lead)
-    for vi in [i for i in g.input if i.name == data[0].name] + [o for o in g.output if (_dims(o) or (None,))[0] == b]:
+    for vi in [i for i in g.input if i.name in data_names] + [o for o in g.output if (_dims(o) or (None,))[0] == b]:
         vi.type.tensor_type.shape.dim[0].Clear()
         vi.type.tensor_type.shape.dim[0].dim_param = BATCH
     rewritten = [vi for vi in g.value_info if _symbolic(vi)[:1] == (BATCH,)]    # batch_layout's batch-first signals
@@ -334,6 +335,19 @@ def _complete_shapes(rule, attrs: dict, node: onnx.NodeProto, operands: list[str
         shapes[o] = tensors[o] = tuple(a if a == c else None for a, c in zip(s2, s3))
 
 
+def _check_data_input(vi: onnx.ValueInfoProto, label: str) -> None:
+    """A data input must be float with static sizes but for its batch axis (0)."""
+    x_shape = _dims(vi)
+    if x_shape is None or not x_shape:
+        raise MemseInputError(f"{label}: input '{vi.name}' has no static shape")
+    for i, d in enumerate(x_shape[1:], start=1):
+        if d is None:
+            raise MemseInputError(f"{label}: input '{vi.name}' has a dynamic dimension {i}; only the batch "
+                                  f"dimension (0) may be symbolic")
+    if vi.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        raise MemseInputError(f"{label}: input '{vi.name}' must be float32 or float64")
+
+
 def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     """The op-level graph: one node per ONNX op (weighted ops hold a CrossbarLayer), one edge per signal."""
     model, label = load_model(model)
@@ -357,26 +371,24 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     batch_dependent: dict[str, np.ndarray] = {}
 
     data_inputs = [vi for vi in graph.input if vi.name not in consts]
-    if len(data_inputs) != 1:
-        names = ", ".join(f"'{vi.name}'" for vi in data_inputs) or "none"
-        raise MemseInputError(f"{label}: the model must have exactly one data input, found {names}")
-    x_vi = data_inputs[0]
-    x_shape = _dims(x_vi)
-    if x_shape is None or not x_shape:
-        raise MemseInputError(f"{label}: input '{x_vi.name}' has no static shape")
-    for i, d in enumerate(x_shape[1:], start=1):
-        if d is None:
-            raise MemseInputError(f"{label}: input '{x_vi.name}' has a dynamic dimension {i}; only the batch "
-                                  f"dimension (0) may be symbolic")
-    if x_vi.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
-        raise MemseInputError(f"{label}: input '{x_vi.name}' must be float32 or float64")
+    if not data_inputs:
+        raise MemseInputError(f"{label}: the model has no data input (every graph input is an initializer)")
+    for vi in data_inputs:
+        _check_data_input(vi, label)
+    x_vi = data_inputs[0]       # the batch reference (every data input carries the same batch on axis 0)
+    batches = {vi.name: _dims(vi)[0] for vi in data_inputs}
+    if len(set(batches.values())) > 1:
+        listed = ", ".join(f"'{n}' {b if b is not None else 'dynamic'}" for n, b in batches.items())
+        raise MemseInputError(f"{label}: the data inputs must share their batch dimension (axis 0), found {listed}")
 
     g = MemseGraph(name=graph.name or Path(label).stem, model_path=label, opset=opset,
-                   inputs=[x_vi.name], outputs=[o.name for o in graph.output], constants=consts,
-                   export_batch=export_batch)
+                   inputs=[vi.name for vi in data_inputs], outputs=[o.name for o in graph.output],
+                   constants=consts, export_batch=export_batch)
     g.tensors.update(shapes)
-    g.add_node(f"input:{x_vi.name}", op="Input", kind=KIND_INPUT, inputs=[], outputs=[x_vi.name])
-    producers = {x_vi.name: f"input:{x_vi.name}"}
+    producers = {}
+    for vi in data_inputs:
+        g.add_node(f"input:{vi.name}", op="Input", kind=KIND_INPUT, inputs=[], outputs=[vi.name])
+        producers[vi.name] = f"input:{vi.name}"
     used_names: set[str] = set()
 
     batch_fixed = False                 # set by a layer that sums over the input's axis 0
@@ -474,5 +486,6 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         # freed of its batch, the graph must still be the export's network sample by sample; if not, it keeps it
         batch_fixed = not check_freed_batch(g, original, export_batch)
     if batch_fixed:                     # the export's batch is the only one the model runs at
-        g.tensors[x_vi.name] = (export_batch,) + tuple(g.tensors[x_vi.name][1:])
+        for vi in data_inputs:
+            g.tensors[vi.name] = (export_batch,) + tuple(g.tensors[vi.name][1:])
     return g

@@ -18,6 +18,7 @@ import numpy as np
 from memse_compiler.chip_batching import auto_chips_per_run
 from memse_compiler.executor import NoisyExecutor, row_tile_name
 from memse_compiler.ir import MemseGraph
+from memse_compiler.ir.feeds import Inputs, feed_batch, input_feed, reference_feed, same_feed
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.interpret import run as interpret
 
@@ -83,18 +84,19 @@ class _TileSignals:
         return out
 
 
-def _references(g: MemseGraph, x: np.ndarray | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _references(g: MemseGraph, x: Inputs | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(the evaluation batch by input name, the float reference of every signal on it)."""
     ref = g.graph.get("reference")
-    x_name = g.graph["inputs"][0]
     if x is None:
-        return ref[x_name], ref
-    x = np.asarray(x, dtype=np.float64)
-    if ref is not None and ref[x_name].shape == x.shape and np.array_equal(ref[x_name], x):
-        return x, ref
-    return x, interpret(g, x, hardware=False)      # other inputs: their own float reference
+        return reference_feed(g), ref
+    feed = input_feed(g.graph["inputs"], x)
+    compiled = reference_feed(g)
+    if compiled is not None and same_feed(compiled, feed):
+        return feed, ref
+    return feed, interpret(g, feed, hardware=False)      # other inputs: their own float reference
 
 
-def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chips: int = 100,
+def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: int = 100,
                    precision: float | None = None, seed: int = 0, min_chips: int = 10, progress: bool = True,
                    signals: Iterable[str] | None = None, executor: NoisyExecutor | None = None,
                    prefetch: bool | None = None) -> dict:
@@ -116,9 +118,11 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
     """
     t0 = time.perf_counter()
     # with prefetching, one core draws noise while onnxruntime runs on the others
-    x, ref = _references(g, x)
+    inputs, ref = _references(g, x)
+    batch = feed_batch(inputs)
     ex = executor or NoisyExecutor(g, device, threads=max(1, (os.cpu_count() or 2) - 1) if prefetch is not False
-                                   else None, chips_per_run=min(auto_chips_per_run(g, len(x)), chips))
+                                   else None, chips_per_run=min(auto_chips_per_run(g, batch), chips))
+    x = ex.data_feed(inputs)        # float32 once, fed to every run as it is
     rng = np.random.default_rng(seed)
     outputs = list(g.graph["outputs"])
     layer_out = {name: lay.output for name, lay in g.layers.items()}
@@ -127,7 +131,7 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
     plain = dict.fromkeys(outputs + list(layer_out.values()))
     want = None if signals is None else set(signals)
     for t in ref:
-        if t != g.graph["inputs"][0] and np.asarray(ref[t]).dtype.kind == "f" and (want is None or t in want):
+        if t not in inputs and np.asarray(ref[t]).dtype.kind == "f" and (want is None or t in want):
             plain.setdefault(t)
     # float32 references for the internal signals: the chip's values are float32 anyway, and the squared error
     # then costs half the memory traffic; graph outputs keep float64 (their bias^2/variance split)
@@ -177,14 +181,14 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
         k, take = ex.chips, min(ex.chips, chips - n)
         if take <= 0 or converged(n):
             return
-        fed = values.get(ex.input_name)
+        fed = {id(values[n]) for n in inputs}
         seen: dict[tuple[int, int], np.ndarray] = {}      # aliases (L/dac without a DAC, ...) computed once
         for t, r in refs.items():
             v = values[t]
             key = (id(v), id(r))
             if key not in seen:
                 # the fed batch is every chip's input: one value for all of them
-                seen[key] = np.repeat(_msd_chips(v, r, 1), k) if v is fed else _msd_chips(v, r, k)
+                seen[key] = np.repeat(_msd_chips(v, r, 1), k) if id(v) in fed else _msd_chips(v, r, k)
             per_chip[t].extend(seen[key][:take].tolist())
         if tile_sets:
             for chip in ex.split_chips(values)[:take]:
@@ -197,7 +201,7 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
             del lst[n + keep:]
         for o in outputs:
             v = values[o]
-            y = (np.broadcast_to(v, (k,) + v.shape) if v is fed else v.reshape((k,) + ref[o].shape))[:keep]
+            y = (np.broadcast_to(v, (k,) + v.shape) if id(v) in fed else v.reshape((k,) + ref[o].shape))[:keep]
             y = y.astype(np.float64)
             sums[o] += y.sum(axis=0)
             sums2[o] += np.square(y).sum(axis=0)
@@ -216,7 +220,7 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
         runs = 0
         while not prefetch and runs < 2 and not finished():       # the in-line start
             t_draw = time.perf_counter()
-            feed = ex.chip_feed(len(x), rng)
+            feed = ex.chip_feed(batch, rng)
             t_run = time.perf_counter()
             values = ex.run_feed(x, feed)
             t_rec = time.perf_counter()
@@ -228,7 +232,7 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
             show(finished())
         if prefetch and not finished():
             pool = ThreadPoolExecutor(2)
-            draw = lambda j: pool.submit(ex.chip_feed, len(x), rng, j % 2)  # noqa: E731
+            draw = lambda j: pool.submit(ex.chip_feed, batch, rng, j % 2)  # noqa: E731
             pending = draw(runs)
             while True:
                 feed = pending.result()
@@ -247,7 +251,7 @@ def run_montecarlo(g: MemseGraph, device=None, x: np.ndarray | None = None, chip
                 show(False)
         else:
             while not finished():
-                record_run(ex.run_feed(x, ex.chip_feed(len(x), rng)))
+                record_run(ex.run_feed(x, ex.chip_feed(batch, rng)))
                 show(finished())
         show(True)
     finally:

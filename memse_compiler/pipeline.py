@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -11,6 +11,7 @@ import onnx
 from memse_compiler.frontend import build_graph
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.errors import MemseInputError
+from memse_compiler.ir.feeds import Inputs, input_feed
 from memse_compiler.ir.pass_base import Pass, PassContext
 
 
@@ -59,16 +60,45 @@ def check_batch(shape: Sequence[int | None], n: int) -> None:
                               f"evaluate {shape[0]} (--batch {shape[0]}) or export with a dynamic batch axis")
 
 
-def synthetic_inputs(shape: Sequence[int | None], batch: int, seed: int) -> np.ndarray:
+def synthetic_inputs(shape: Sequence[int | None], batch: int, seed: int | np.random.Generator) -> np.ndarray:
     """The documented default evaluation batch: uniform on [0, 1) (normalised image-like inputs)."""
-    rng = np.random.default_rng(seed)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     return rng.random((batch,) + tuple(shape[1:]))
 
 
-def load_inputs(path: str | os.PathLike, shape: Sequence[int | None], input_name: str,
-                batch: int | None = None) -> np.ndarray:
-    """Read evaluation inputs from .npy or .npz (key = the input's name, or the only array) and check them."""
+def synthetic_feed(g: MemseGraph, batch: int, seed: int) -> Inputs:
+    """`synthetic_inputs` for every data input, drawn in input order from one generator (an array for a
+    one-input model, else a dict by name)."""
+    rng = np.random.default_rng(seed)
+    feed = {name: synthetic_inputs(g.tensors[name], batch, rng) for name in g.graph["inputs"]}
+    return next(iter(feed.values())) if len(feed) == 1 else feed
+
+
+def checked_inputs(g: MemseGraph, x: Inputs, label: str = "inputs") -> Inputs:
+    """`x` (an array, or a dict by input name) as float64, checked against the model's data inputs: every input
+    given, its shape (N, ...) matching, finite, one common N, which a fixed-batch model must match. Returned in
+    the form given."""
+    feed = input_feed(g.graph["inputs"], x)
+    for name, v in feed.items():
+        shape = g.tensors[name]
+        want = tuple(shape[1:])
+        if v.ndim != len(shape) or tuple(v.shape[1:]) != want:
+            raise MemseInputError(f"{label}: input shape {v.shape} does not match the model input '{name}' of shape "
+                                  f"(N, {', '.join(map(str, want))})")
+        if v.shape[0] == 0:
+            raise MemseInputError(f"{label}: contains no samples")
+        if not np.all(np.isfinite(v)):
+            raise MemseInputError(f"{label}: inputs contain NaN or inf" +
+                                  (f" (input '{name}')" if len(feed) > 1 else ""))
+        check_batch(shape, v.shape[0])
+    return feed if isinstance(x, Mapping) or len(feed) > 1 else feed[g.graph["inputs"][0]]
+
+
+def load_inputs(path: str | os.PathLike, g: MemseGraph, batch: int | None = None) -> Inputs:
+    """Read evaluation inputs from .npy (a one-input model) or .npz (keyed by the input names; a one-input model
+    also takes an .npz holding one array) and check them; the first `batch` samples."""
     label = str(path)
+    names = g.graph["inputs"]
     try:
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -77,47 +107,45 @@ def load_inputs(path: str | os.PathLike, shape: Sequence[int | None], input_name
         raise MemseInputError(f"{label}: not a readable .npy/.npz file ({type(exc).__name__})") from None
     if isinstance(data, np.lib.npyio.NpzFile):
         keys = list(data.keys())
-        if input_name in keys:
-            data = data[input_name]
-        elif len(keys) == 1:
-            data = data[keys[0]]
+        if all(n in keys for n in names):
+            arrays = {n: np.asarray(data[n]) for n in names}
+        elif len(names) == 1 and len(keys) == 1:
+            arrays = {names[0]: np.asarray(data[keys[0]])}
         else:
-            raise MemseInputError(f"{label}: has arrays {keys}; name one '{input_name}'")
-    x = np.asarray(data)
-    if x.dtype.kind != "f":
-        raise MemseInputError(f"{label}: inputs must be floating point, got dtype {x.dtype}")
-    want = tuple(shape[1:])
-    if x.ndim != len(shape) or tuple(x.shape[1:]) != want:
-        raise MemseInputError(f"{label}: input shape {x.shape} does not match the model input "
-                              f"'{input_name}' of shape (N, {', '.join(map(str, want))})")
-    if x.shape[0] == 0:
-        raise MemseInputError(f"{label}: contains no samples")
-    if not np.all(np.isfinite(x)):
-        raise MemseInputError(f"{label}: inputs contain NaN or inf")
+            missing = [n for n in names if n not in keys]
+            raise MemseInputError(f"{label}: has arrays {keys}; name " +
+                                  (f"one '{names[0]}'" if len(names) == 1 else
+                                   f"one per data input (missing {', '.join(repr(n) for n in missing)})"))
+    elif len(names) > 1:
+        raise MemseInputError(f"{label}: the model has {len(names)} data inputs ({', '.join(map(repr, names))}): "
+                              f"give an .npz with one array per input name")
+    else:
+        arrays = {names[0]: np.asarray(data)}
+    for name, v in arrays.items():
+        if v.dtype.kind != "f":
+            raise MemseInputError(f"{label}: inputs must be floating point, got dtype {v.dtype}" +
+                                  (f" for '{name}'" if len(names) > 1 else ""))
     if batch is not None:
-        x = x[:batch]
-    return x.astype(np.float64)
+        arrays = {n: v[:batch] for n, v in arrays.items()}
+    feed = checked_inputs(g, arrays, label)
+    return feed[names[0]] if len(names) == 1 else feed
 
 
-def compile_model(model: str | os.PathLike | onnx.ModelProto, device, inputs: np.ndarray | None = None, *,
+def compile_model(model: str | os.PathLike | onnx.ModelProto, device, inputs: Inputs | None = None, *,
                   batch: int = 64, seed: int = 0, pipeline: Pipeline | None = None,
                   options: dict | None = None) -> tuple[MemseGraph, PassContext]:
     """Build the graph of `model`, then run `pipeline` (default: lowering + analysis) on `device`.
 
     `device` is a device_models.Device (or anything load_device accepts). Returns the annotated graph and
-    the pass context (device, inputs, options).
+    the pass context (device, inputs, options). `inputs`: the evaluation batch, an array, or for a model with
+    several data inputs a dict by input name (None: `synthetic_feed`).
     """
     from device_models import Device, load_device
     if not isinstance(device, Device):
         device = load_device(device)
     g = build_graph(model)
-    shape = g.tensors[g.graph["inputs"][0]]
-    if inputs is None:
-        inputs = synthetic_inputs(shape, batch, seed)
-    elif tuple(np.shape(inputs)[1:]) != tuple(shape[1:]):
-        raise MemseInputError(f"inputs of shape {np.shape(inputs)} do not match the model input {shape}")
-    check_batch(shape, len(inputs))
-    ctx = PassContext(device=device, inputs=np.asarray(inputs, dtype=np.float64),
+    inputs = checked_inputs(g, synthetic_feed(g, batch, seed) if inputs is None else inputs)
+    ctx = PassContext(device=device, inputs=inputs,
                       options={"seed": seed, **(options or {})})
     g.graph["device"] = device
     g.graph["options"] = dict(ctx.options)

@@ -31,6 +31,8 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
+from memse_compiler.ir.feeds import reference_feed
+
 rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
                  "svg.fonttype": "none", "axes.grid": True, "grid.alpha": 0.3})
 
@@ -172,7 +174,7 @@ def sweep_curve(g, param: str, values: np.ndarray, rerun: bool = False) -> np.nd
     if todo:
         from memse_compiler.pipeline import compile_model
         device, model = g.graph.get("device"), g.graph.get("model_path")
-        x = g.graph.get("reference", {}).get(g.graph["inputs"][0]) if g.graph.get("inputs") else None
+        x = reference_feed(g)
         if device is None or not hasattr(device, "with_overrides") or not model or x is None \
                 or not Path(model).is_file():
             raise ValueError("the graph has neither a closed-form sweep nor model file, device and inputs "

@@ -257,7 +257,7 @@ def _sequence_lengths(model: onnx.ModelProto, shapes: dict, label: str) -> dict[
         inits = {t.name for t in model.graph.initializer}
         data = [vi.name for vi in model.graph.input if vi.name not in inits]
         try:
-            probes = [probe_values(model, data[0], b) for b in (PROBE_BATCH, CHECK_BATCH)] if len(data) == 1 else []
+            probes = [probe_values(model, data, b) for b in (PROBE_BATCH, CHECK_BATCH)]
         except Exception:
             probes = []
         for node, axis in unknown:

@@ -7,6 +7,7 @@ import numpy as np
 
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.errors import MemseInputError
+from memse_compiler.ir.feeds import feed_batch, input_feed
 from memse_compiler.ir.interpret import run
 from memse_compiler.ir.pass_base import Pass, PassContext
 
@@ -17,12 +18,13 @@ class Calibrate(Pass):
     def apply(self, g: MemseGraph, ctx: PassContext) -> MemseGraph:
         if ctx.inputs is None:
             raise MemseInputError("no evaluation inputs were given to calibrate on")
+        feed = input_feed(g.graph["inputs"], ctx.inputs)
         try:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):   # _require_finite reports
-                g.graph["reference"] = run(g, ctx.inputs, hardware=False)
+                g.graph["reference"] = run(g, feed, hardware=False)
         except (ValueError, IndexError) as exc:
             # a batch the export fixed as a constant somewhere (frontend.batch_generic frees the usual ones)
-            b, n = g.graph.get("export_batch"), len(ctx.inputs)
+            b, n = g.graph.get("export_batch"), feed_batch(feed)
             if b is None or b == n:
                 raise
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -27,6 +27,7 @@ import numpy as np
 
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.crossbar import CrossbarLayer
+from memse_compiler.ir.feeds import reference_feed
 from memse_compiler.ir.interpret import run as interpret
 from passes.map_conductances import pair_conductances
 
@@ -66,8 +67,7 @@ class LevelsShift:
         ideal converters unless `converters`."""
         matrices = None if compiled else {name: weights_at_levels(layer, levels, self.rounding)
                                           for name, layer in self.g.layers.items()}
-        x = self.g.graph["reference"][self.g.graph["inputs"][0]]
-        return interpret(self.g, x, hardware=True, matrices=matrices, converters=converters)[self.output]
+        return interpret(self.g, reference_feed(self.g), hardware=True, matrices=matrices, converters=converters)[self.output]
 
     def __call__(self, levels: int | None) -> float:
         levels = levels_count(levels)

@@ -169,9 +169,10 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
     cheap passes at other noise levels (the closed form's bias law)."""
     ref = g.graph["reference"]
     consts = g.graph["constants"]
-    x_name = g.graph["inputs"][0]
-    x = ref[x_name] if samples is None else ref[x_name][:samples]
-    moments = {x_name: (x, np.zeros_like(x))}
+    moments = {}
+    for x_name in g.graph["inputs"]:       # exact data: no variance
+        x = ref[x_name] if samples is None else ref[x_name][:samples]
+        moments[x_name] = (x, np.zeros_like(x))
     internal: dict[str, tuple] = {}
     lin: dict = {}
     settings = analysis_options(options)

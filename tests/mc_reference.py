@@ -33,7 +33,7 @@ def layer_with_read_noise(layer, w, x, sigma_r, rng) -> np.ndarray:
 
 
 def chip_outputs(g, device, x, rng) -> dict[str, np.ndarray]:
-    vals = {g.graph["inputs"][0]: x}
+    vals = dict(x) if isinstance(x, dict) else {g.graph["inputs"][0]: x}
     chip: dict[str, np.ndarray] = {}        # crossbar -> its programmed weights (drawn once, at its first use)
     for unit in schedule(g):
         if unit in g.layers:

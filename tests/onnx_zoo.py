@@ -33,10 +33,15 @@ WEIGHTED_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose"})
 class ZooModel:
     name: str                                   # unique, pytest-id friendly
     model: onnx.ModelProto
-    inputs: dict[str, np.ndarray] = field(default_factory=dict)  # feed for the single graph input
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)  # feed for the graph's data inputs
 
     def __repr__(self) -> str:  # keep pytest output short
         return f"ZooModel({self.name!r})"
+
+    def batch(self, dtype=np.float64):
+        """The feed as the compiler takes it: one array for a one-input model, else the dict by input name."""
+        feed = {k: v.astype(dtype) for k, v in self.inputs.items()}
+        return next(iter(feed.values())) if len(feed) == 1 else feed
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,6 +348,22 @@ def dense_misc_models() -> list[ZooModel]:
     h = g.op("Relu", [g.gemm(x, K, 3, name="fc")])
     out.append(g.build(g.op("Einsum", [x, g.weight("w", (K, 3, 4)), h], equation="bi,ijc,bj->bc")))
 
+    g = Builder("two_inputs_add")             # two data inputs meet exactly at an Add, then a crossbar
+    out.append(g.build(g.gemm(g.op("Add", [g.input("x1", (N, K)), g.input("x2", (N, K), dist="uniform")]), K, M)))
+
+    g = Builder("two_inputs_branches")        # an image branch and a feature branch, concatenated, then a head
+    img = g.op("Flatten", [g.op("Relu", [g.conv(g.input("image", (N, 2, 4, 4)), 2, 3, pads=[1, 1, 1, 1])])])
+    side = g.op("Relu", [g.gemm(g.input("features", (N, K)), K, 5, name="side")])
+    out.append(g.build(g.gemm(g.op("Concat", [img, side], axis=1), 3 * 16 + 5, 4, name="head")))
+
+    g = Builder("two_inputs_attention_mask")  # scores of two projections plus an additive mask fed as an input
+    x = g.input("x", (N, 4, K))
+    q, k = g.matmul(x, K, K, name="q"), g.matmul(x, K, K, name="k")
+    scores = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 2, 1])])
+    mask = g.op("Mul", [g.input("mask", (N, 4, 4), dist="uniform"), g.const("minus", np.array(-4.0, np.float32))])
+    att = g.op("Softmax", [g.op("Add", [scores, mask])], axis=-1)
+    out.append(g.build(g.matmul(g.op("MatMul", [att, g.matmul(x, K, K, name="v")]), K, 3, name="out")))
+
     g = Builder("transpose_matmul")           # (N, C, T) -> (N, T, C) @ (C, M)
     y = g.op("Transpose", [g.input("x", (N, K, 5))], perm=[0, 2, 1])
     out.append(g.build(g.matmul(y, K, M)))
@@ -544,9 +565,9 @@ def bad_models(tmpdir: pathlib.Path) -> dict[str, pathlib.Path]:
     models["nan_weight"] = _fc_with_weight("nan_weight", w_nan)
     models["inf_weight"] = _fc_with_weight("inf_weight", w_inf)
 
-    g = Builder("two_inputs")
-    s = g.op("Add", [g.input("x1", (N, K)), g.input("x2", (N, K))])
-    models["two_inputs"] = g.build(g.gemm(s, K, M)).model
+    g = Builder("mismatched_batches")          # two data inputs whose fixed batches differ
+    models["mismatched_batches"] = g.build([g.gemm(g.input("x1", (2, K)), K, M, name="fc1"),
+                                            g.gemm(g.input("x2", (3, K)), K, M, name="fc2")]).model
 
     g = Builder("maxpool_ceil_past_end")              # ceil_mode would start a window in the end padding
     y = g.op("Relu", [g.conv(g.input("x", (N, 3, 8, 8)), 3, 4, pads=[1, 1, 1, 1])])

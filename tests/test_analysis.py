@@ -390,7 +390,7 @@ def test_every_op_coverage_model_against_the_executor():
     dev = load_device("rram", ["crossbar.rows=16", "crossbar.cols=8", "adc.bits=7"])
     misses = []
     for zm in op_coverage_models():
-        x = next(iter(zm.inputs.values())).astype(np.float64)
+        x = zm.batch()
         g, _ = compile_model(zm.model, dev, x)
         mc = run_montecarlo(g, dev, x, chips=300, precision=0.03, seed=0, progress=False, signals=[])
         for out, o in g.graph["analysis"]["outputs"].items():

@@ -70,7 +70,7 @@ def test_ideal_examples_match_onnxruntime(name):
 
 @pytest.mark.parametrize("zm", ZOO, ids=lambda m: m.name)
 def test_ideal_zoo_matches_onnxruntime(zm):
-    (x,) = zm.inputs.values()
+    x = zm.batch(np.float32)
     g = lower(zm.model, IDEAL, x)
     values = NoisyExecutor(g).run_noiseless(x)
     for vi, want in zip(zm.model.graph.output, reference_outputs(zm)):
@@ -110,7 +110,7 @@ def test_quantized_tiled_zoo_matches_interpreter(zm):
     # 4 x 4 tiles: row tiles cut conv channels (masks), bias-only tiles, grouped convs gathered per group
     dev = load_device("rram", QUANT + ["crossbar.rows=4", "crossbar.cols=4", "crossbar.bias=" +
                                        ("digital" if len(zm.name) % 2 else "row")])
-    (x,) = zm.inputs.values()
+    x = zm.batch(np.float32)
     check_against_interpreter(lower(zm.model, dev, x), x)
 
 
@@ -127,7 +127,7 @@ def test_read_noise_variance(idx, zm):
     dev = load_device("rram", ["programming_noise.sigma=0", "adc.bits=null", f"read_noise.sigma={s_r}",
                                "crossbar.rows=4", "crossbar.cols=4",
                                "mapping.scale=" + ("column" if idx % 2 else "layer")])
-    (x,) = zm.inputs.values()
+    x = zm.batch(np.float32)
     g = lower(zm.model, dev, x)
     ex = NoisyExecutor(g, dev)
     chips, rng = 300, np.random.default_rng(idx)

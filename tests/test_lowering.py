@@ -41,9 +41,9 @@ ZOO = op_coverage_models()
 
 @pytest.mark.parametrize("zm", ZOO, ids=[z.name for z in ZOO])
 def test_zoo_lowers_exactly(zm):
-    x = next(iter(zm.inputs.values()))
-    g = lower(zm.model, x.astype(np.float64), IDEAL.with_overrides({"crossbar.rows": 8, "crossbar.cols": 6}))
-    vals = interpret.run(g, x.astype(np.float64), hardware=True)
+    x = zm.batch()
+    g = lower(zm.model, x, IDEAL.with_overrides({"crossbar.rows": 8, "crossbar.cols": 6}))
+    vals = interpret.run(g, x, hardware=True)
     for name, want in zip([o.name for o in zm.model.graph.output], reference_outputs(zm)):
         np.testing.assert_allclose(vals[name], want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
 

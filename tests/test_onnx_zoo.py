@@ -46,12 +46,13 @@ def test_coverage_model_valid_and_runs(zm: ZooModel):
 
     init_names = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in init_names]
-    assert len(graph_inputs) == 1 and list(zm.inputs) == [graph_inputs[0].name]
-    x = zm.inputs[graph_inputs[0].name]
-    assert x.dtype == np.float32
-    declared = _dims(graph_inputs[0])
-    assert len(declared) == x.ndim
-    assert all(isinstance(d, str) or d == s for d, s in zip(declared, x.shape))
+    assert list(zm.inputs) == [vi.name for vi in graph_inputs]
+    for vi in graph_inputs:
+        x = zm.inputs[vi.name]
+        assert x.dtype == np.float32
+        declared = _dims(vi)
+        assert len(declared) == x.ndim
+        assert all(isinstance(d, str) or d == s for d, s in zip(declared, x.shape))
 
     for init in model.graph.initializer:
         assert np.isfinite(numpy_helper.to_array(init)).all()
@@ -108,7 +109,7 @@ def test_zoo_covers_the_brief():
 def test_bad_models(tmp_path):
     paths = bad_models(tmp_path)
     assert set(paths) == {"truncated", "not_onnx", "empty", "unsupported_op", "dynamic_spatial",
-                          "nan_weight", "inf_weight", "two_inputs", "no_weighted_ops", "maxpool_ceil_past_end"}
+                          "nan_weight", "inf_weight", "mismatched_batches", "no_weighted_ops", "maxpool_ceil_past_end"}
     for kind, path in paths.items():
         assert path.exists() and path.parent == tmp_path and path.suffix == ".onnx", kind
 
@@ -134,8 +135,8 @@ def test_bad_models(tmp_path):
         w = {i.name: numpy_helper.to_array(i) for i in loaded[kind].graph.initializer}["fc.weight"]
         assert bad(w).sum() == 1, kind
 
-    two = loaded["two_inputs"]
-    assert len(two.graph.input) == 2
+    two = loaded["mismatched_batches"]
+    assert [_dims(i)[0] for i in two.graph.input] == [2, 3]
     used = {i for n in two.graph.node for i in n.input}
     assert all(i.name in used for i in two.graph.input)
 

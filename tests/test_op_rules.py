@@ -13,7 +13,7 @@ from onnx_zoo import op_coverage_models
 
 CASES = []
 for _zm in op_coverage_models():
-    _x = next(iter(_zm.inputs.values())).astype(np.float64)
+    _x = _zm.batch()
     _g, _ = compile_model(_zm.model, "ideal", _x, pipeline=default_pipeline(analysis=False))
     _ref, _consts = _g.graph["reference"], _g.graph["constants"]
     for _n, _d in _g.nodes(data=True):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from memse_compiler.ir.feeds import Inputs, input_feed
 from memse_compiler.ir.graph import KIND_INPUT, KIND_OUTPUT, KIND_WEIGHTED, LOWERED_KINDS, MemseGraph, schedule
 from memse_compiler.ir.ops import rule_for
 
@@ -12,16 +13,16 @@ def operand_values(g: MemseGraph, names: list[str], values: dict[str, np.ndarray
     return [values[n] if n in values else consts[n] for n in names]
 
 
-def run(g: MemseGraph, x: np.ndarray, hardware: bool = False,
+def run(g: MemseGraph, x: Inputs, hardware: bool = False,
         matrices: dict[str, np.ndarray] | None = None, converters: bool = True) -> dict[str, np.ndarray]:
-    """All signals of the graph for the input batch `x` (float64).
+    """All signals of the graph for the input batch `x` (float64; a dict by input name for several inputs).
 
     hardware=False: the network's float semantics (weighted ops with their float weights), the reference.
     hardware=True: the noiseless programmed chip: quantized conductances, tiling and converters; `matrices`:
     other effective weights (G, O, Jb) for some layers (e.g. rounded to other levels); converters=False:
     ideal DACs and ADCs.
     """
-    values = {g.graph["inputs"][0]: np.asarray(x, dtype=np.float64)}
+    values = input_feed(g.graph["inputs"], x)
     for unit in schedule(g):
         if unit in g.layers:
             layer = g.layers[unit]
