@@ -1,7 +1,7 @@
-"""Transformer and recurrent forms of torch's own modules and other exporter forms (tests/torch_exports/, made by its make.py
-with random weights, and by make_qdq.py: two examples quantized by onnxruntime's static quantization): each runs
-batch-first at another batch as onnxruntime runs the export, its noiseless chip is onnxruntime's, and its
-analysis agrees with Monte-Carlo."""
+"""Transformer and recurrent forms of torch's own modules (one with two data inputs) and other exporter forms
+(tests/torch_exports/, made by its make.py with random weights, and by make_qdq.py: two examples quantized by
+onnxruntime's static quantization): each runs batch-first at another batch as onnxruntime runs the export, its
+noiseless chip is onnxruntime's, and its analysis agrees with Monte-Carlo."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,11 +18,18 @@ from memse_compiler.pipeline import default_pipeline
 
 EXPORTS = Path(__file__).resolve().parent / "torch_exports"
 MODELS = ["seqfirst_mha", "mha_weights.fixed", "causal_encoder.fixed", "decoder.fixed", "merge", "group_norm", "fake_quant",
-          "gpt_block", "cnn_qdq", "vit_qdq", "lstm_2layer", "gru_seqfirst.dynamo"]
+          "gpt_block", "cnn_qdq", "vit_qdq", "lstm_2layer", "gru_seqfirst.dynamo", "cross_attention",
+          "cross_attention.fixed"]
 X = np.random.default_rng(3).random((8, 1, 8, 8)).astype(np.float32)
+CONTEXT = np.random.default_rng(4).random((8, 6, 5)).astype(np.float32)     # cross_attention's second input
 
 
-def export_outputs(path: Path, x: np.ndarray) -> np.ndarray:
+def inputs_of(name: str, dtype=np.float32):
+    """The evaluation batch of an export: X, and for the two-input exports a dict with the context tokens."""
+    return {"x": X.astype(dtype), "context": CONTEXT.astype(dtype)} if name.startswith("cross") else X.astype(dtype)
+
+
+def export_outputs(path: Path, x) -> np.ndarray:
     """onnxruntime on the export, in chunks of its fixed batch (or at once). Graph optimisations off: they would
     fuse fake quantization (QuantizeLinear -> DequantizeLinear -> Gemm) into integer kernels, which round
     differently from the ONNX semantics the compiler and its executor follow."""
@@ -30,17 +37,19 @@ def export_outputs(path: Path, x: np.ndarray) -> np.ndarray:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     first = sess.get_inputs()[0]
-    step = first.shape[0] if isinstance(first.shape[0], int) else len(x)
-    return np.concatenate([sess.run(None, {first.name: x[i:i + step]})[0] for i in range(0, len(x), step)])
+    feed = x if isinstance(x, dict) else {first.name: x}
+    n = len(next(iter(feed.values())))
+    step = first.shape[0] if isinstance(first.shape[0], int) else n
+    return np.concatenate([sess.run(None, {k: v[i:i + step] for k, v in feed.items()})[0] for i in range(0, n, step)])
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_export_runs_batch_first_at_another_batch(name):
     path = EXPORTS / f"{name}.onnx"
     ideal = load_device("ideal", ["conductance.levels=null"])
-    g, _ = compile_model(str(path), ideal, X.astype(np.float64), pipeline=default_pipeline(analysis=False))
-    want, out = export_outputs(path, X), g.graph["outputs"][0]
-    for got in (g.graph["reference"][out], NoisyExecutor(g).run_noiseless(X)[out]):
+    g, _ = compile_model(str(path), ideal, inputs_of(name, np.float64), pipeline=default_pipeline(analysis=False))
+    want, out = export_outputs(path, inputs_of(name)), g.graph["outputs"][0]
+    for got in (g.graph["reference"][out], NoisyExecutor(g).run_noiseless(inputs_of(name))[out]):
         if "qdq" in name:
             # fake quantization is a staircase: float32 (onnxruntime) and float64 (the reference), or tiled, sums
             # may land on either side of a rounding threshold, one step apart, and the flip travels downstream
@@ -53,7 +62,7 @@ def test_export_runs_batch_first_at_another_batch(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_export_analysis_matches_monte_carlo(name):
     device = load_device("rram", ["programming_noise.sigma=4e-6"])
-    g, _ = compile_model(str(EXPORTS / f"{name}.onnx"), device, X.astype(np.float64))
+    g, _ = compile_model(str(EXPORTS / f"{name}.onnx"), device, inputs_of(name, np.float64))
     out = g.graph["outputs"][0]
     mse = g.graph["analysis"]["outputs"][out]["mse"]
     res = run_montecarlo(g, device, chips=600, seed=1, progress=False, signals=[])["outputs"][out]

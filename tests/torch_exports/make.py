@@ -17,6 +17,9 @@ of memse-compiler); the committed .onnx files are what the tests read. Usage: py
                               sliced from one ConstantOfShape of the batch size (dynamic batch)
   gru_seqfirst.dynamo.onnx    a bidirectional nn.GRU on sequence-first input, the head on both final states,
                               through torch's dynamo exporter (batch 1; needs onnxscript)
+  cross_attention.onnx        two data inputs: image tokens attend (sequence-first nn.MultiheadAttention) to a
+                              second input's context tokens (dynamic batch)
+  cross_attention.fixed.onnx  the same exported at batch 4
 """
 import math
 import os
@@ -160,6 +163,19 @@ class SeqFirstGRU(nn.Module):
         return self.head(torch.cat([h[0], h[1]], dim=1))
 
 
+class CrossAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.ctx = nn.Linear(8, D), nn.Linear(5, D)
+        self.mha, self.head = nn.MultiheadAttention(D, 2), nn.Linear(D, 10)
+
+    def forward(self, x, context):
+        q = self.emb(tokens(x)).transpose(0, 1)
+        kv = torch.tanh(self.ctx(context)).transpose(0, 1)
+        a, _ = self.mha(q, kv, kv, need_weights=False)
+        return self.head(a.transpose(0, 1).mean(1))
+
+
 def main():
     warnings.filterwarnings("ignore")
     for name, cls, dynamic in [("seqfirst_mha", SeqFirstMHA, True), ("mha_weights.fixed", MHAWeights, False),
@@ -171,6 +187,13 @@ def main():
         torch.onnx.export(cls().eval(), (torch.rand(4, 1, 8, 8),), path, dynamo=False, opset_version=17,
                           input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "N"}, "y": {0: "N"}} if dynamic else None)
+        print(f"{name}.onnx  {os.path.getsize(path)} B")
+    for name, dynamic in [("cross_attention", True), ("cross_attention.fixed", False)]:
+        torch.manual_seed(0)
+        path = os.path.join(HERE, name + ".onnx")
+        torch.onnx.export(CrossAttention().eval(), (torch.rand(4, 1, 8, 8), torch.rand(4, 6, 5)), path, dynamo=False,
+                          opset_version=17, input_names=["x", "context"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "context": {0: "N"}, "y": {0: "N"}} if dynamic else None)
         print(f"{name}.onnx  {os.path.getsize(path)} B")
     torch.manual_seed(0)
     path = os.path.join(HERE, "gru_seqfirst.dynamo.onnx")
