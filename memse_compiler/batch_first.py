@@ -72,7 +72,9 @@ def probe_values(model: onnx.ModelProto, data: str | list[str], batch: int, seed
     for name in [data] if isinstance(data, str) else data:
         x_vi = next(vi for vi in m.graph.input if vi.name == name)
         dims = [batch] + [d.dim_value for d in x_vi.type.tensor_type.shape.dim[1:]]
-        feed[name] = rng.random(dims).astype(helper.tensor_dtype_to_np_dtype(x_vi.type.tensor_type.elem_type))
+        dtype = helper.tensor_dtype_to_np_dtype(x_vi.type.tensor_type.elem_type)
+        # ids and masks: ones (a valid index, nothing masked out)
+        feed[name] = rng.random(dims).astype(dtype) if np.dtype(dtype).kind == "f" else np.ones(dims, dtype)
     sess = _onnx_semantics(m)
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(names, feed)))
@@ -238,9 +240,13 @@ def check_freed_batch(g, original: onnx.ModelProto, export_batch: int) -> bool:
     from memse_compiler.ir.interpret import run
     m = 2 * export_batch if export_batch > 1 else 3
     rng = np.random.default_rng(0)
-    xs = {name: rng.random((m,) + tuple(g.tensors[name][1:])).astype(np.float32) for name in g.graph["inputs"]}
+    types = g.graph.get("input_types") or {}
+    xs = {}
+    for name in g.graph["inputs"]:
+        dtype, shape = np.dtype(types.get(name, "float32")), (m,) + tuple(g.tensors[name][1:])
+        xs[name] = rng.random(shape).astype(np.float32) if dtype.kind == "f" else np.ones(shape, dtype)
     try:
-        got = run(g, {name: x.astype(np.float64) for name, x in xs.items()})
+        got = run(g, xs)
     except Exception:           # a batch the export baked in somewhere else: not freed
         return False
     sess = _onnx_semantics(original)

@@ -49,7 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 from memse_compiler.chip_batching import chip_batching_obstacle
 from memse_compiler.ir import KIND_INPUT, KIND_OUTPUT, MemseGraph, schedule
 from memse_compiler.ir.errors import MemseInputError
-from memse_compiler.ir.feeds import Inputs, feed_batch, input_feed
+from memse_compiler.ir.feeds import Inputs, feed_batch, graph_feed
 from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.ops import rule_for
@@ -211,14 +211,17 @@ class NoisyExecutor:
         b = _Builder(opset)
         self._chip_major: set[str] = set()      # chip-batched tensors laid out (chips, N, ...) rather than (chips*N, ...)
         self.feed_names: dict[str, str] = {}     # data input -> the session input it is fed as
+        types = g.graph.get("input_types") or {}
         for i, name in enumerate(self.input_names):
+            declared = np.dtype(types.get(name, "float32"))       # float inputs run in float32; ids/masks as declared
+            elem = TensorProto.FLOAT if declared.kind == "f" else helper.np_dtype_to_tensor_dtype(declared)
             if self.chips > 1:      # the batch is fed once and tiled: chip c sees samples [c N, (c+1) N)
-                self.feed_names[name] = b.input(f"__memse/input{i or ''}", g.tensors[name])
+                self.feed_names[name] = b.input(f"__memse/input{i or ''}", g.tensors[name], elem)
                 reps = np.ones(len(g.tensors[name]), np.int64)
                 reps[0] = self.chips
                 b.op("Tile", [self.feed_names[name], b.const(f"reps{i or ''}", reps)], name)
             else:
-                self.feed_names[name] = b.input(name, g.tensors[name])
+                self.feed_names[name] = b.input(name, g.tensors[name], elem)
         consts, ref = g.graph["constants"], g.graph.get("reference", {})
         outputs: list[str] = []
         for unit in schedule(g):
@@ -490,7 +493,7 @@ class NoisyExecutor:
 
     def data_feed(self, x: Inputs) -> dict[str, np.ndarray]:
         """The batch `x` (an array, or a dict by input name) as the float32 arrays the session is fed."""
-        return {n: np.ascontiguousarray(v) for n, v in input_feed(self.input_names, x, np.float32).items()}
+        return {n: np.ascontiguousarray(v) for n, v in graph_feed(self.g, x, np.float32).items()}
 
     def run_feed(self, x: Inputs, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every exposed signal for the batch `x` with a complete noise feed (see `chip_feed`); `x` may be a

@@ -25,8 +25,10 @@ from memse_compiler.batch_first import batch_first, check_freed_batch
 from memse_compiler.fusions import drop_requantization, fuse_layer_norm
 from memse_compiler.ir import KIND_DIGITAL, KIND_INPUT, KIND_OUTPUT, KIND_WEIGHTED, MemseGraph
 from memse_compiler.ir.errors import MemseInputError
+from memse_compiler.ir.feeds import checked_data_inputs
 from memse_compiler.ir.ops import rule_for, unsupported_op
 from memse_compiler.ir.ops.base import ParseContext, node_attribute
+from memse_compiler.ir.ops.exact import exact_attrs, reads_only_exact, touches_non_float
 from memse_compiler.opset_upgrade import constant_tensors, default_opset, upgrade_opset
 from memse_compiler.recurrent import refuse_sequence_first_input, unroll_recurrent
 
@@ -335,19 +337,7 @@ def _complete_shapes(rule, attrs: dict, node: onnx.NodeProto, operands: list[str
         shapes[o] = tensors[o] = tuple(a if a == c else None for a, c in zip(s2, s3))
 
 
-def _check_data_input(vi: onnx.ValueInfoProto, label: str) -> None:
-    """A data input must be float with static sizes but for its batch axis (0)."""
-    x_shape = _dims(vi)
-    if x_shape is None or not x_shape:
-        raise MemseInputError(f"{label}: input '{vi.name}' has no static shape")
-    for i, d in enumerate(x_shape[1:], start=1):
-        if d is None:
-            raise MemseInputError(f"{label}: input '{vi.name}' has a dynamic dimension {i}; only the batch "
-                                  f"dimension (0) may be symbolic")
-    if vi.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
-        raise MemseInputError(f"{label}: input '{vi.name}' must be float32 or float64")
-
-
+EXACT = rule_for("Exact")
 def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     """The op-level graph: one node per ONNX op (weighted ops hold a CrossbarLayer), one edge per signal."""
     model, label = load_model(model)
@@ -370,20 +360,14 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     # constants that depend on the batch size: their value at the second probe batch (consts: at the first)
     batch_dependent: dict[str, np.ndarray] = {}
 
-    data_inputs = [vi for vi in graph.input if vi.name not in consts]
-    if not data_inputs:
-        raise MemseInputError(f"{label}: the model has no data input (every graph input is an initializer)")
-    for vi in data_inputs:
-        _check_data_input(vi, label)
+    data_inputs = checked_data_inputs([vi for vi in graph.input if vi.name not in consts], label)
     x_vi = data_inputs[0]       # the batch reference (every data input carries the same batch on axis 0)
-    batches = {vi.name: _dims(vi)[0] for vi in data_inputs}
-    if len(set(batches.values())) > 1:
-        listed = ", ".join(f"'{n}' {b if b is not None else 'dynamic'}" for n, b in batches.items())
-        raise MemseInputError(f"{label}: the data inputs must share their batch dimension (axis 0), found {listed}")
 
     g = MemseGraph(name=graph.name or Path(label).stem, model_path=label, opset=opset,
                    inputs=[vi.name for vi in data_inputs], outputs=[o.name for o in graph.output],
-                   constants=consts, export_batch=export_batch)
+                   constants=consts, export_batch=export_batch,
+                   input_types={vi.name: str(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+                                for vi in data_inputs})
     g.tensors.update(shapes)
     producers = {}
     for vi in data_inputs:
@@ -392,6 +376,10 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     used_names: set[str] = set()
 
     batch_fixed = False                 # set by a layer that sums over the input's axis 0
+    exact = {vi.name for vi in data_inputs}      # signals computed from the data inputs alone (ir/ops/exact.py)
+    elem_types = {vi.name: vi.type.tensor_type.elem_type for vi in list(graph.value_info) + list(graph.output) +
+                  list(graph.input) if vi.type.tensor_type.elem_type}
+    elem_types.update((t.name, t.data_type) for t in graph.initializer)
     pending = list(graph.node)          # a rule may expand a node into others, parsed next
     internal: set[str] = set()          # internal nodes the frontend wrote (BatchBroadcast of a baked constant)
     idx = -1
@@ -435,23 +423,38 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         rule = rule_for(node.op_type)
         if rule is not None and rule.internal and synthetic is None and name not in internal:
             rule = None                  # internal op names are not ONNX ops
-        if rule is None:
-            raise unsupported_op(label, node.op_type, name)
+        exact_ok = synthetic is None and reads_only_exact(node, consts, exact)
+        if rule is None and not exact_ok:
+            noisy = any(t in producers and t not in exact for t in node.input)
+            raise unsupported_op(label, node.op_type, name, noisy=noisy)
         node = _copy_batch(node, name, consts, batch_dependent, label)
         if node.op_type in ("Add", "Where"):
             node = _finite_mask(node, consts)
-        ctx = ParseContext(node=node, node_name=name, consts=consts, shapes=shapes, opset=opset)
-        expanded = rule.expand(ctx)
-        if expanded:
-            used_names.discard(name)     # the expansion's last node takes the name
-            pending[:0] = expanded
-            continue
-        rule = rule.resolve(ctx)
+        ctx = ParseContext(node=node, node_name=name, consts=consts, shapes=shapes, opset=opset, exact=exact)
+        if exact_ok and (rule is None or (not rule.integer_signals and touches_non_float(node, consts, elem_types))):
+            rule = EXACT
+        else:
+            expanded = rule.expand(ctx)
+            if expanded:
+                used_names.discard(name)     # the expansion's last node takes the name
+                pending[:0] = expanded
+                continue
+            rule = rule.resolve(ctx)
         for i, inp in enumerate(node.input):
             if inp and inp not in consts and inp not in producers:
                 raise MemseInputError(f"{label}: node '{name}' reads '{inp}', which nothing produces")
-        attrs = rule.parse(ctx)
-        operands = [node.input[i] for i in rule.operands(ctx)]
+        if rule is not EXACT:
+            try:
+                attrs = rule.parse(ctx)
+                operands = [node.input[i] for i in rule.operands(ctx)]
+            except MemseInputError:
+                if not exact_ok or rule.weighted:
+                    raise
+                # computed from the data inputs alone (a Gather of constant rows by token ids): the same value on
+                # every chip, whatever the registry's rule refuses
+                rule = EXACT
+        if rule is EXACT:
+            attrs, operands = exact_attrs(node, consts, elem_types, opset)
         if rule.weighted and getattr(attrs["layer"].geometry, "in_columns", False) and \
                 shapes.get(attrs["layer"].input, (0,))[0] is None:
             # the activation's axis 0 is summed over (Gemm transA=1, a constant left operand): no batch there
@@ -473,6 +476,8 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         for out in node.output:
             if out:
                 producers[out] = name
+        if not rule.weighted and all(t in exact for t in operands):
+            exact.update(o for o in node.output if o)
 
     for out in g.graph["outputs"]:
         if out not in producers:

@@ -18,7 +18,7 @@ import numpy as np
 from memse_compiler.chip_batching import auto_chips_per_run
 from memse_compiler.executor import NoisyExecutor, row_tile_name
 from memse_compiler.ir import MemseGraph
-from memse_compiler.ir.feeds import Inputs, feed_batch, input_feed, reference_feed, same_feed
+from memse_compiler.ir.feeds import Inputs, feed_batch, graph_feed, reference_feed, same_feed
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.interpret import run as interpret
 
@@ -89,7 +89,7 @@ def _references(g: MemseGraph, x: Inputs | None) -> tuple[dict[str, np.ndarray],
     ref = g.graph.get("reference")
     if x is None:
         return reference_feed(g), ref
-    feed = input_feed(g.graph["inputs"], x)
+    feed = graph_feed(g, x)
     compiled = reference_feed(g)
     if compiled is not None and same_feed(compiled, feed):
         return feed, ref

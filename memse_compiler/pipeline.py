@@ -11,7 +11,7 @@ import onnx
 from memse_compiler.frontend import build_graph
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.errors import MemseInputError
-from memse_compiler.ir.feeds import Inputs, input_feed
+from memse_compiler.ir.feeds import Inputs, graph_feed
 from memse_compiler.ir.pass_base import Pass, PassContext
 
 
@@ -67,18 +67,41 @@ def synthetic_inputs(shape: Sequence[int | None], batch: int, seed: int | np.ran
 
 
 def synthetic_feed(g: MemseGraph, batch: int, seed: int) -> Inputs:
-    """`synthetic_inputs` for every data input, drawn in input order from one generator (an array for a
-    one-input model, else a dict by name)."""
+    """`synthetic_inputs` for every float data input, drawn in input order from one generator (an array for a
+    one-input model, else a dict by name). An integer input that indexes a constant table (token ids into an
+    embedding) gets ids drawn uniformly over the table's rows; any other integer or bool input (a mask) ones."""
     rng = np.random.default_rng(seed)
-    feed = {name: synthetic_inputs(g.tensors[name], batch, rng) for name in g.graph["inputs"]}
+    types = g.graph.get("input_types") or {}
+    feed = {}
+    for name in g.graph["inputs"]:
+        dtype = np.dtype(types.get(name, "float32"))
+        shape = (batch,) + tuple(g.tensors[name][1:])
+        if dtype.kind == "f":
+            feed[name] = synthetic_inputs(g.tensors[name], batch, rng)
+        else:
+            rows = index_range(g, name)
+            feed[name] = (rng.integers(0, rows, shape) if rows else np.ones(shape)).astype(dtype)
     return next(iter(feed.values())) if len(feed) == 1 else feed
+
+
+def index_range(g: MemseGraph, name: str) -> int | None:
+    """The number of rows of the constant table a Gather reads with the input `name` as indices, if one does."""
+    for unit in g.consumers(name):
+        d = g.nodes[unit]
+        node = d.get("onnx_node")
+        if node is not None and node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and \
+                node.input[0] in g.graph["constants"]:
+            table = g.graph["constants"][node.input[0]]
+            axis = int(next((a.i for a in node.attribute if a.name == "axis"), 0))
+            return int(table.shape[axis])
+    return None
 
 
 def checked_inputs(g: MemseGraph, x: Inputs, label: str = "inputs") -> Inputs:
     """`x` (an array, or a dict by input name) as float64, checked against the model's data inputs: every input
     given, its shape (N, ...) matching, finite, one common N, which a fixed-batch model must match. Returned in
     the form given."""
-    feed = input_feed(g.graph["inputs"], x)
+    feed = graph_feed(g, x)
     for name, v in feed.items():
         shape = g.tensors[name]
         want = tuple(shape[1:])
@@ -87,7 +110,11 @@ def checked_inputs(g: MemseGraph, x: Inputs, label: str = "inputs") -> Inputs:
                                   f"(N, {', '.join(map(str, want))})")
         if v.shape[0] == 0:
             raise MemseInputError(f"{label}: contains no samples")
-        if not np.all(np.isfinite(v)):
+        rows = None if v.dtype.kind == "f" else index_range(g, name)
+        if rows is not None and v.size and (v.min() < -rows or v.max() >= rows):
+            raise MemseInputError(f"{label}: input '{name}' indexes a table of {rows} rows, and holds "
+                                  f"{v.min() if v.min() < -rows else v.max()}")
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
             raise MemseInputError(f"{label}: inputs contain NaN or inf" +
                                   (f" (input '{name}')" if len(feed) > 1 else ""))
         check_batch(shape, v.shape[0])
@@ -121,8 +148,9 @@ def load_inputs(path: str | os.PathLike, g: MemseGraph, batch: int | None = None
                               f"give an .npz with one array per input name")
     else:
         arrays = {names[0]: np.asarray(data)}
+    types = g.graph.get("input_types") or {}
     for name, v in arrays.items():
-        if v.dtype.kind != "f":
+        if np.dtype(types.get(name, "float32")).kind == "f" and v.dtype.kind != "f":
             raise MemseInputError(f"{label}: inputs must be floating point, got dtype {v.dtype}" +
                                   (f" for '{name}'" if len(names) > 1 else ""))
     if batch is not None:

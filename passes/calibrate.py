@@ -7,7 +7,7 @@ import numpy as np
 
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.errors import MemseInputError
-from memse_compiler.ir.feeds import feed_batch, input_feed
+from memse_compiler.ir.feeds import feed_batch, graph_feed
 from memse_compiler.ir.interpret import run
 from memse_compiler.ir.pass_base import Pass, PassContext
 
@@ -18,7 +18,7 @@ class Calibrate(Pass):
     def apply(self, g: MemseGraph, ctx: PassContext) -> MemseGraph:
         if ctx.inputs is None:
             raise MemseInputError("no evaluation inputs were given to calibrate on")
-        feed = input_feed(g.graph["inputs"], ctx.inputs)
+        feed = graph_feed(g, ctx.inputs)
         try:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):   # _require_finite reports
                 g.graph["reference"] = run(g, feed, hardware=False)

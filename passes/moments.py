@@ -25,7 +25,7 @@ from passes.crossbar_math import crossbar_moments, propagated_variance
 
 def mse_of(mean: np.ndarray, var: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
     """(mse, bias^2, variance), averaged over samples and elements."""
-    b2 = float(np.mean((mean - ref) ** 2))
+    b2 = float(np.mean((np.asarray(mean, np.float64) - np.asarray(ref, np.float64)) ** 2))   # bool masks too
     v = float(np.mean(var))
     return b2 + v, b2, v
 
@@ -172,7 +172,7 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
     moments = {}
     for x_name in g.graph["inputs"]:       # exact data: no variance
         x = ref[x_name] if samples is None else ref[x_name][:samples]
-        moments[x_name] = (x, np.zeros_like(x))
+        moments[x_name] = (x, np.zeros(np.shape(x)))
     internal: dict[str, tuple] = {}
     lin: dict = {}
     settings = analysis_options(options)

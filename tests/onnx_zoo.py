@@ -40,7 +40,7 @@ class ZooModel:
 
     def batch(self, dtype=np.float64):
         """The feed as the compiler takes it: one array for a one-input model, else the dict by input name."""
-        feed = {k: v.astype(dtype) for k, v in self.inputs.items()}
+        feed = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in self.inputs.items()}
         return next(iter(feed.values())) if len(feed) == 1 else feed
 
 
@@ -73,11 +73,16 @@ class Builder:
         return name
 
     # ---- graph inputs
-    def input(self, name: str, shape, dist: str = "normal") -> str:
-        """Graph input; 'N' in `shape` is symbolic (fed with BATCH), other strings stay symbolic too."""
+    def input(self, name: str, shape, dist: str = "normal", ids: int | None = None) -> str:
+        """Graph input; 'N' in `shape` is symbolic (fed with BATCH), other strings stay symbolic too. ids: an int64
+        input of token ids in [0, ids)."""
         self._names.add(name)
-        self.graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
+        elem = TensorProto.FLOAT if ids is None else TensorProto.INT64
+        self.graph_inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
         concrete = [BATCH if isinstance(d, str) else d for d in shape]
+        if ids is not None:
+            self.feed[name] = self.rng.integers(0, ids, concrete).astype(np.int64)
+            return name
         if dist == "normal":
             x = self.rng.standard_normal(concrete)
         elif dist == "uniform":
@@ -363,6 +368,16 @@ def dense_misc_models() -> list[ZooModel]:
     mask = g.op("Mul", [g.input("mask", (N, 4, 4), dist="uniform"), g.const("minus", np.array(-4.0, np.float32))])
     att = g.op("Softmax", [g.op("Add", [scores, mask])], axis=-1)
     out.append(g.build(g.matmul(g.op("MatMul", [att, g.matmul(x, K, K, name="v")]), K, 3, name="out")))
+
+    g = Builder("where_exact_condition")      # a condition computed from a second input alone selects the signal
+    y = g.op("Relu", [g.gemm(g.input("x", (N, K)), K, M)])
+    keep = g.op("Greater", [g.input("gate", (N, M), dist="uniform"), g.const("half", np.array(0.5, np.float32))])
+    out.append(g.build(g.gemm(g.op("Where", [keep, y, g.const("zero", np.array(0.0, np.float32))]), M, 4,
+                              name="fc2")))
+
+    g = Builder("token_embedding")            # int64 ids -> rows of a constant table (a digital lookup), then a crossbar
+    emb = g.op("Gather", [g.weight("table", (9, K)), g.input("ids", (N, 5), ids=9)], axis=0)
+    out.append(g.build(g.matmul(g.op("Relu", [g.matmul(emb, K, M)]), M, 3, name="head")))
 
     g = Builder("transpose_matmul")           # (N, C, T) -> (N, T, C) @ (C, M)
     y = g.op("Transpose", [g.input("x", (N, K, 5))], perm=[0, 2, 1])

@@ -1,4 +1,4 @@
-"""Transformer and recurrent forms of torch's own modules (one with two data inputs) and other exporter forms
+"""Transformer and recurrent forms of torch's own modules (two data inputs, token ids) and other exporter forms
 (tests/torch_exports/, made by its make.py with random weights, and by make_qdq.py: two examples quantized by
 onnxruntime's static quantization): each runs batch-first at another batch as onnxruntime runs the export, its
 noiseless chip is onnxruntime's, and its analysis agrees with Monte-Carlo."""
@@ -19,13 +19,20 @@ from memse_compiler.pipeline import default_pipeline
 EXPORTS = Path(__file__).resolve().parent / "torch_exports"
 MODELS = ["seqfirst_mha", "mha_weights.fixed", "causal_encoder.fixed", "decoder.fixed", "merge", "group_norm", "fake_quant",
           "gpt_block", "cnn_qdq", "vit_qdq", "lstm_2layer", "gru_seqfirst.dynamo", "cross_attention",
-          "cross_attention.fixed"]
+          "cross_attention.fixed", "tokens_fill", "tokens_additive"]
 X = np.random.default_rng(3).random((8, 1, 8, 8)).astype(np.float32)
 CONTEXT = np.random.default_rng(4).random((8, 6, 5)).astype(np.float32)     # cross_attention's second input
 
 
+TOKENS = {"ids": np.random.default_rng(5).integers(0, 20, (8, 6)),           # tokens_*: int64 ids and padding
+          "mask": (np.arange(6)[None, :] < np.array([6, 4, 2, 6, 5, 3, 6, 1])[:, None]).astype(np.int64)}
+
+
 def inputs_of(name: str, dtype=np.float32):
-    """The evaluation batch of an export: X, and for the two-input exports a dict with the context tokens."""
+    """The evaluation batch of an export: X; for the two-input exports a dict with the context tokens; token ids
+    and a padding mask for the token models."""
+    if name.startswith("tokens"):
+        return dict(TOKENS)
     return {"x": X.astype(dtype), "context": CONTEXT.astype(dtype)} if name.startswith("cross") else X.astype(dtype)
 
 

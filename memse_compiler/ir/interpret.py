@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from memse_compiler.ir.feeds import Inputs, input_feed
+from memse_compiler.ir.feeds import Inputs, graph_feed
 from memse_compiler.ir.graph import KIND_INPUT, KIND_OUTPUT, KIND_WEIGHTED, LOWERED_KINDS, MemseGraph, schedule
 from memse_compiler.ir.ops import rule_for
 
@@ -22,7 +22,7 @@ def run(g: MemseGraph, x: Inputs, hardware: bool = False,
     other effective weights (G, O, Jb) for some layers (e.g. rounded to other levels); converters=False:
     ideal DACs and ADCs.
     """
-    values = input_feed(g.graph["inputs"], x)
+    values = graph_feed(g, x)
     for unit in schedule(g):
         if unit in g.layers:
             layer = g.layers[unit]

@@ -20,6 +20,9 @@ of memse-compiler); the committed .onnx files are what the tests read. Usage: py
   cross_attention.onnx        two data inputs: image tokens attend (sequence-first nn.MultiheadAttention) to a
                               second input's context tokens (dynamic batch)
   cross_attention.fixed.onnx  the same exported at batch 4
+  tokens_fill.onnx            int64 token ids and padding mask: embedding + positions, self-attention masked by
+                              masked_fill(mask == 0, -inf), masked mean pool (dynamic batch)
+  tokens_additive.onnx        the same with the additive mask (1 - mask) * -1e4 of BERT-style models
 """
 import math
 import os
@@ -176,6 +179,28 @@ class CrossAttention(nn.Module):
         return self.head(a.transpose(0, 1).mean(1))
 
 
+class TokenClassifier(nn.Module):
+    VOCAB, LENGTH = 20, 6
+
+    def __init__(self, style):
+        super().__init__()
+        self.style = style
+        self.tok, self.pos = nn.Embedding(self.VOCAB, D), nn.Parameter(torch.randn(self.LENGTH, D) * 0.1)
+        self.qkv, self.proj, self.head = nn.Linear(D, 3 * D), nn.Linear(D, D), nn.Linear(D, 4)
+
+    def forward(self, ids, mask):
+        x = self.tok(ids) + self.pos
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        s = q @ k.transpose(1, 2) / D ** 0.5
+        if self.style == "fill":
+            s = s.masked_fill(mask[:, None, :] == 0, float("-inf"))
+        else:
+            s = s + (1.0 - mask[:, None, :].float()) * -1e4
+        a = self.proj(F.softmax(s, dim=-1) @ v)
+        m = mask.float()[:, :, None]
+        return self.head((F.relu(a + x) * m).sum(1) / m.sum(1))
+
+
 def main():
     warnings.filterwarnings("ignore")
     for name, cls, dynamic in [("seqfirst_mha", SeqFirstMHA, True), ("mha_weights.fixed", MHAWeights, False),
@@ -195,6 +220,16 @@ def main():
                           opset_version=17, input_names=["x", "context"], output_names=["y"],
                           dynamic_axes={"x": {0: "N"}, "context": {0: "N"}, "y": {0: "N"}} if dynamic else None)
         print(f"{name}.onnx  {os.path.getsize(path)} B")
+    for style in ("fill", "additive"):
+        torch.manual_seed(0)
+        path = os.path.join(HERE, f"tokens_{style}.onnx")
+        ids = torch.randint(0, TokenClassifier.VOCAB, (4, TokenClassifier.LENGTH))
+        mask = torch.ones(4, TokenClassifier.LENGTH, dtype=torch.int64)
+        mask[1, 4:] = 0
+        torch.onnx.export(TokenClassifier(style).eval(), (ids, mask), path, dynamo=False, opset_version=17,
+                          input_names=["ids", "mask"], output_names=["y"],
+                          dynamic_axes={"ids": {0: "N"}, "mask": {0: "N"}, "y": {0: "N"}})
+        print(f"tokens_{style}.onnx  {os.path.getsize(path)} B")
     torch.manual_seed(0)
     path = os.path.join(HERE, "gru_seqfirst.dynamo.onnx")
     torch.onnx.export(SeqFirstGRU().eval(), (torch.rand(1, 1, 8, 8),), path, dynamo=True, external_data=False,

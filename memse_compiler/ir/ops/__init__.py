@@ -6,13 +6,16 @@ moments through it, back-propagate sensitivities through its linearisation, and 
 """
 from memse_compiler.ir.ops.base import OpRule, REGISTRY, register, rule_for  # noqa: F401
 from memse_compiler.ir.ops import (  # noqa: F401  (registration)
-    arithmetic, broadcast, einsum, elementwise, indexing, linear, normalization, pooling, quantization, weighted)
+    arithmetic, broadcast, einsum, elementwise, exact, indexing, linear, normalization, pooling, quantization,
+    weighted)
 
 SUPPORTED_OPS = tuple(sorted(op for op, rule in REGISTRY.items() if not rule.internal))
 
 
-def unsupported_op(label: str, op_type: str, node_name: str):
-    """The one-line error for an op no rule takes (the frontend's, and batch_first's ahead of it)."""
+def unsupported_op(label: str, op_type: str, node_name: str, noisy: bool = False):
+    """The one-line error for an op no rule takes (the frontend's, and batch_first's ahead of it). noisy: the
+    node reads a signal with hardware noise upstream (any op may read only the data inputs' exact signals)."""
     from memse_compiler.ir.errors import MemseInputError
-    return MemseInputError(f"{label}: unsupported op '{op_type}' at node '{node_name}' "
-                           f"(supported: {', '.join(SUPPORTED_OPS)})")
+    where = " on a signal computed by the crossbars" if noisy else ""
+    return MemseInputError(f"{label}: unsupported op '{op_type}' at node '{node_name}'{where} (supported: "
+                           f"{', '.join(SUPPORTED_OPS)}; any op reading only the data inputs, e.g. a mask)")

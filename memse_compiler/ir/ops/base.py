@@ -40,6 +40,7 @@ class ParseContext:
     consts: dict[str, np.ndarray]
     shapes: dict[str, tuple]              # static shapes, None for the symbolic batch dimension
     opset: int = 17                       # the model's default-domain opset
+    exact: set = field(default_factory=set)   # signals computed from the data inputs alone (ir/ops/exact.py)
 
     def const(self, i: int) -> np.ndarray | None:
         if i >= len(self.node.input) or not self.node.input[i]:
@@ -110,6 +111,9 @@ class OpRule:
     op_types: ClassVar[tuple[str, ...]] = ()
     weighted: ClassVar[bool] = False
     internal: ClassVar[bool] = False        # reached through another rule's `resolve`, not an ONNX op type
+    # handles integer signals itself (fake quantization's codes); other rules leave a node that reads or writes
+    # integer or bool data inputs' values to the exact rule (ir/ops/exact.py)
+    integer_signals: ClassVar[bool] = False
 
     # ---- frontend --------------------------------------------------------------------------------
     def resolve(self, ctx: ParseContext) -> "OpRule":

@@ -89,36 +89,54 @@ class BatchBroadcastRule(OpRule):
 
 @register
 class WhereRule(OpRule):
-    """Where(condition, a, b) with a constant condition: `scores.masked_fill(mask == 0, -inf)` with a fixed
-    (causal) mask, whose -inf the frontend makes -1e30 as for an additive mask. Every element is one operand's
-    element: its moments are that operand's, exactly, and so is its sensitivity."""
+    """Where(condition, a, b) with a constant condition (`scores.masked_fill(mask == 0, -inf)` with a fixed causal
+    mask, whose -inf the frontend makes -1e30 as for an additive mask) or an exact one, computed from the data
+    inputs alone (a padding mask fed with the tokens, ir/ops/exact.py): the same on every chip. Every element is
+    one operand's element: its moments are that operand's, exactly, and so is its sensitivity."""
     op_types = ("Where",)
 
     def parse(self, ctx):
         cond = ctx.const(0)
-        if cond is None:
-            raise ctx.fail("the condition is computed from a signal (only a constant mask is supported)")
-        return {"condition": cond.astype(bool)}
+        if cond is not None:
+            return {"condition": cond.astype(bool)}
+        if ctx.node.input[0] in ctx.exact:
+            return {"condition": None}          # an operand, read at run time
+        raise ctx.fail("the condition is computed from a noisy signal (only a constant mask, or one computed "
+                       "from the data inputs alone, is supported)")
 
     def operands(self, ctx):
-        return [1, 2]
+        return [1, 2] if ctx.is_const(0) else [0, 1, 2]
+
+    @staticmethod
+    def _split(attrs, xs):
+        """(condition, a, b) from the operands."""
+        if attrs["condition"] is None:
+            return np.asarray(xs[0]).astype(bool), xs[1], xs[2]
+        return attrs["condition"], xs[0], xs[1]
 
     def forward(self, attrs, xs):
-        return [np.where(attrs["condition"], xs[0], xs[1])]
+        c, a, b = self._split(attrs, xs)
+        return [np.where(c, a, b)]
 
     def moments(self, attrs, means, variances):
-        c = attrs["condition"]
-        return [np.where(c, means[0], means[1])], [np.where(c, variances[0], variances[1])], Linearization()
+        c, ma, mb = self._split(attrs, means)
+        _, va, vb = self._split(attrs, variances)
+        return [np.where(c, ma, mb)], [np.where(c, va, vb)], Linearization(gains=[c])
 
     def vjp(self, attrs, lin, gouts, in_shapes):
         g = gouts[0]
+        signal_cond = attrs["condition"] is None
         if g is None:
-            return [None, None]
-        c = attrs["condition"]
-        return [unbroadcast(np.where(c, g, 0.0), in_shapes[0]), unbroadcast(np.where(c, 0.0, g), in_shapes[1])]
+            return [None] * (3 if signal_cond else 2)
+        c = lin.gains[0] if signal_cond else attrs["condition"]
+        grads = [unbroadcast(np.where(c, g, 0.0), in_shapes[-2]), unbroadcast(np.where(c, 0.0, g), in_shapes[-1])]
+        return [None] + grads if signal_cond else grads
 
     def expressions(self, attrs, mus, vs, node):
         c = attrs["condition"]
+        if c is None:
+            pick = sympy.Function(f"where[{node}]")
+            return [pick(*mus)], [pick(*vs[1:])]
         if c.all() or not c.any():                  # one operand throughout
             k = 0 if c.all() else 1
             return [mus[k]], [vs[k]]

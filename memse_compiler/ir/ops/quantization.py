@@ -42,6 +42,7 @@ def _scale_and_zero_point(ctx) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]
 class QuantizeLinearRule(OpRule):
     """q = clip(round(x / scale) + zero_point, qmin, qmax), round half to even (as ONNX and numpy)."""
     op_types = ("QuantizeLinear",)
+    integer_signals = True
 
     def operands(self, ctx):
         return [0]
@@ -91,6 +92,7 @@ def _quantizer(mu, var, step, lo, hi) -> stats.Moments:
 class DequantizeLinearRule(OpRule):
     """x = (q - zero_point) * scale: exact, affine."""
     op_types = ("DequantizeLinear",)
+    integer_signals = True
 
     def operands(self, ctx):
         return [0]
