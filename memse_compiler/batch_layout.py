@@ -454,6 +454,12 @@ class BatchFirstRewriter:
         self.axis_op(node, [node_attribute(node, "axis", 0)], lay, lay, _write_axis)
 
     def op_Gather(self, node: onnx.NodeProto) -> None:
+        if node.input[0] not in self.layouts:
+            # rows of a constant table picked by signal indices (an embedding lookup of token ids): along axis 0 the
+            # output is the indices' shape then the row's, its batch where the indices have it
+            if node_attribute(node, "axis", 0) % self.values[node.input[0]].ndim:
+                raise self.refuse(node, "gathers a constant along another axis than 0 by signal indices")
+            return self.batch_first_only(node)
         lay = self.layouts[node.input[0]]
         if node.input[1] in self.layouts:
             return self.batch_first_only(node)

@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from memse_compiler.batch_broadcasts import (BATCH_PROBES, BATCH_SLOTS, baked_broadcasts, batch_sized_constants,
+                                             one_sample_broadcast)
 from memse_compiler.batch_first import batch_first, check_freed_batch
 from memse_compiler.fusions import drop_requantization, fuse_layer_norm
 from memse_compiler.ir import KIND_DIGITAL, KIND_INPUT, KIND_OUTPUT, KIND_WEIGHTED, MemseGraph
@@ -66,10 +68,6 @@ def _first_line(exc: Exception) -> str:
 
 
 BATCH = "batch"               # the symbolic batch dimension
-BATCH_PROBES = (2, 3)         # batch sizes the shape arithmetic is folded at, to see what depends on the batch
-# where a batch size read from a Shape may stand (the input, as the leading entry) and what replaces it there:
-# a Reshape target (0: copy), an Expand shape (1: keep), Resize sizes (`F.interpolate(x, size=...)`; 0: its mark)
-BATCH_SLOTS = {"Reshape": (1, 0), "Expand": (1, 1), "Resize": (3, 0)}
 
 
 def _allows_zero(node: onnx.NodeProto) -> bool:
@@ -151,55 +149,6 @@ def batch_generic(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int | None]:
         return onnx.shape_inference.infer_shapes(out, strict_mode=True), b
     except Exception:
         return model, None
-
-
-def _batch_broadcast(node: onnx.NodeProto, name: str, data: str, consts: dict, batch_dependent: dict,
-                     export_batch: int | None) -> onnx.NodeProto | None:
-    """Expand of a constant of one sample to a shape that starts with the batch size (`cls.expand(x.shape[0],
-    -1, -1)`: computed from a Shape, or the batch a fixed export baked in): an internal BatchBroadcast node of
-    the data input and the sample's value, else None."""
-    if node.op_type != "Expand" or len(node.input) < 2 or node.input[1] not in consts:
-        return None
-    c = consts.get(node.input[0])
-    if c is None or node.input[0] in batch_dependent:
-        return None
-    t1 = consts[node.input[1]].reshape(-1)
-    if node.input[1] in batch_dependent:
-        t2 = batch_dependent[node.input[1]].reshape(-1)
-        if not t1.size or (t1[0], t2[0]) != BATCH_PROBES or not np.array_equal(t1[1:], t2[1:]):
-            return None
-    elif not (export_batch and export_batch > 1 and t1.size and t1[0] == export_batch):
-        return None
-    if c.ndim > t1.size:
-        return None
-    c = c.reshape((1,) * (t1.size - c.ndim) + c.shape)
-    if c.shape[0] != 1:
-        return None
-    value = np.array(np.broadcast_to(c, np.broadcast_shapes(c.shape, (1,) + tuple(int(d) for d in t1[1:]))))
-    consts[f"{name}/value"] = value
-    return onnx.helper.make_node("BatchBroadcast", [data, f"{name}/value"], [node.output[0]], name=name)
-
-
-def _baked_broadcasts(node: onnx.NodeProto, name: str, data: str, consts: dict,
-                      export_batch: int | None) -> list[onnx.NodeProto] | None:
-    """A Concat (along another axis) of a constant that a fixed-batch export folded from a broadcast of one
-    sample (torch's dynamo exporter folds `cls.expand(B, -1, -1)` into a (B, 1, d) initializer): each such
-    constant, B equal slices, becomes a BatchBroadcast node of its first slice ahead of the Concat. None if
-    there is none."""
-    if node.op_type != "Concat" or not export_batch:
-        return None
-    axis = node_attribute(node, "axis", 0)
-    new, nodes = onnx.NodeProto(), []
-    new.CopyFrom(node)
-    for i, t in enumerate(node.input):
-        c = consts.get(t)
-        if c is None or c.ndim < 2 or axis % c.ndim == 0 or c.shape[0] != export_batch or not np.all(c == c[:1]):
-            continue
-        bb = f"{name}/batch_broadcast_{i}"
-        consts[f"{bb}/value"] = c[:1]
-        nodes.append(onnx.helper.make_node("BatchBroadcast", [data, f"{bb}/value"], [f"{bb}/out"], name=bb))
-        new.input[i] = f"{bb}/out"
-    return nodes + [new] if nodes else None
 
 
 def _batch_hint(export_batch: int | None) -> str:
@@ -399,8 +348,9 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         name = node.name or f"{node.op_type}_{idx}"
         while name in used_names:
             name = f"{name}_{idx}"
-        synthetic = _batch_broadcast(node, name, x_vi.name, consts, batch_dependent, export_batch)
-        baked = _baked_broadcasts(node, name, x_vi.name, consts, export_batch)
+        synthetic = one_sample_broadcast(node, name, x_vi.name, consts, batch_dependent, export_batch)
+        baked = baked_broadcasts(node, name, x_vi.name, consts, export_batch) or \
+            batch_sized_constants(node, name, x_vi.name, consts, batch_dependent, shapes, export_batch)
         if baked:
             internal.update(n.name for n in baked[:-1])
             # shape inference read the baked constant's B as every downstream signal's batch: it is any batch
@@ -423,7 +373,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         rule = rule_for(node.op_type)
         if rule is not None and rule.internal and synthetic is None and name not in internal:
             rule = None                  # internal op names are not ONNX ops
-        exact_ok = synthetic is None and reads_only_exact(node, consts, exact)
+        exact_ok = synthetic is None and name not in internal and reads_only_exact(node, consts, exact)
         if rule is None and not exact_ok:
             noisy = any(t in producers and t not in exact for t in node.input)
             raise unsupported_op(label, node.op_type, name, noisy=noisy)

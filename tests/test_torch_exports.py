@@ -19,7 +19,7 @@ from memse_compiler.pipeline import default_pipeline
 EXPORTS = Path(__file__).resolve().parent / "torch_exports"
 MODELS = ["seqfirst_mha", "mha_weights.fixed", "causal_encoder.fixed", "decoder.fixed", "merge", "group_norm", "fake_quant",
           "gpt_block", "cnn_qdq", "vit_qdq", "lstm_2layer", "gru_seqfirst.dynamo", "cross_attention",
-          "cross_attention.fixed", "tokens_fill", "tokens_additive"]
+          "cross_attention.fixed", "tokens_fill", "tokens_additive", "mini_bert", "mini_bert.dynamo"]
 X = np.random.default_rng(3).random((8, 1, 8, 8)).astype(np.float32)
 CONTEXT = np.random.default_rng(4).random((8, 6, 5)).astype(np.float32)     # cross_attention's second input
 
@@ -33,6 +33,9 @@ def inputs_of(name: str, dtype=np.float32):
     and a padding mask for the token models."""
     if name.startswith("tokens"):
         return dict(TOKENS)
+    if name.startswith("mini_bert"):             # ids only, 0 = padding
+        return np.where(np.arange(8)[None, :] < np.array([8, 5, 3, 8, 1, 6, 7, 2])[:, None],
+                        np.random.default_rng(6).integers(1, 30, (8, 8)), 0)
     return {"x": X.astype(dtype), "context": CONTEXT.astype(dtype)} if name.startswith("cross") else X.astype(dtype)
 
 

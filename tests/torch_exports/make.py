@@ -23,6 +23,9 @@ of memse-compiler); the committed .onnx files are what the tests read. Usage: py
   tokens_fill.onnx            int64 token ids and padding mask: embedding + positions, self-attention masked by
                               masked_fill(mask == 0, -inf), masked mean pool (dynamic batch)
   tokens_additive.onnx        the same with the additive mask (1 - mask) * -1e4 of BERT-style models
+  mini_bert.onnx              int64 ids only, padding = id 0: embeddings, 2-layer nn.TransformerEncoder with
+                              src_key_padding_mask = (ids == 0), masked mean pool (dynamic batch)
+  mini_bert.dynamo.onnx       the same through torch's dynamo exporter (batch 4; needs onnxscript)
 """
 import math
 import os
@@ -201,6 +204,23 @@ class TokenClassifier(nn.Module):
         return self.head((F.relu(a + x) * m).sum(1) / m.sum(1))
 
 
+class MiniBert(nn.Module):
+    VOCAB, LENGTH = 30, 8
+
+    def __init__(self):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(self.VOCAB, D, padding_idx=0), nn.Embedding(self.LENGTH, D)
+        layer = nn.TransformerEncoderLayer(D, 2, 32, dropout=0.0, batch_first=True)
+        self.enc, self.head = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Linear(D, 3)
+
+    def forward(self, ids):
+        pad = ids == 0
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        h = self.enc(self.tok(ids) + self.pos(pos)[None], src_key_padding_mask=pad)
+        keep = (~pad).float()[:, :, None]
+        return self.head((h * keep).sum(1) / keep.sum(1).clamp(min=1))
+
+
 def main():
     warnings.filterwarnings("ignore")
     for name, cls, dynamic in [("seqfirst_mha", SeqFirstMHA, True), ("mha_weights.fixed", MHAWeights, False),
@@ -230,6 +250,16 @@ def main():
                           input_names=["ids", "mask"], output_names=["y"],
                           dynamic_axes={"ids": {0: "N"}, "mask": {0: "N"}, "y": {0: "N"}})
         print(f"tokens_{style}.onnx  {os.path.getsize(path)} B")
+    for name, dynamo in [("mini_bert", False), ("mini_bert.dynamo", True)]:
+        torch.manual_seed(0)
+        path = os.path.join(HERE, name + ".onnx")
+        ids = torch.randint(1, MiniBert.VOCAB, (4, MiniBert.LENGTH))
+        ids[1, 5:] = 0
+        extra = (dict(external_data=False) if dynamo
+                 else dict(opset_version=17, dynamic_axes={"ids": {0: "N"}, "y": {0: "N"}}))
+        torch.onnx.export(MiniBert().eval(), (ids,), path, dynamo=dynamo, input_names=["ids"], output_names=["y"],
+                          **extra)
+        print(f"{name}.onnx  {os.path.getsize(path)} B")
     torch.manual_seed(0)
     path = os.path.join(HERE, "gru_seqfirst.dynamo.onnx")
     torch.onnx.export(SeqFirstGRU().eval(), (torch.rand(1, 1, 8, 8),), path, dynamo=True, external_data=False,
