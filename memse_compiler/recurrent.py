@@ -9,8 +9,10 @@ element-wise ops of the registry: gate slices, activations, the cell and hidden-
 
 Both layouts and all three directions are unrolled; `clip` becomes a Clip before every gate activation (as in
 onnxruntime, not before h of the cell state); the peepholes of LSTM are element-wise products; a zero initial
-state (absent, or torch's ConstantOfShape of the batch size) leaves the first step without a recurrent product. Refused in one line: a non-constant W/R/B, `sequence_lens`
-shorter than the sequence, LSTM's `input_forget`, activations that take parameters, a symbolic sequence length.
+state (absent, or torch's ConstantOfShape of the batch size) leaves the first step without a recurrent product.
+Per-sample `sequence_lens` (an int data input, exact: ir/ops/exact.py) mask the steps past each sample's length
+with Where: the states are held and Y is zero there, as onnxruntime does. Refused in one line: a non-constant
+W/R/B, LSTM's `input_forget`, activations that take parameters, a symbolic sequence length.
 Runs before batch_first: with layout 0 the batch is on axis 1 of X and Y, which it then moves.
 """
 from __future__ import annotations
@@ -134,9 +136,10 @@ class _Unroller:
         if W is None or R is None:
             raise self.refuse("has no constant W and R")
         lens = self.input(4)
-        if lens is not None and (lens not in self.values or np.any(self.values[lens] != self.seq)):
-            raise self.refuse("has sequence_lens that may be shorter than the sequence (per-sample lengths "
-                              "are not supported)")
+        full = lens is None or (lens in self.values and np.all(self.values[lens] == self.seq))
+        # per-sample lengths (a data input, exact): steps past a sample's length hold its state and give Y zeros
+        self.lengths = None if full else self.emit("Cast", [lens], "lens", to=onnx.TensorProto.INT64)
+        self.valid_at: dict[int, str] = {}
         if B is None:
             B = np.zeros((len(self.directions), 2 * gates * h), np.float32)
         seq_axis = 1 if self.layout else 0
@@ -144,19 +147,31 @@ class _Unroller:
                  for t in range(self.seq)]
         ys, finals_h, finals_c = [], [], []
         for d in range(len(self.directions)):
-            outs, c_last = self.direction(d, steps, W[d], R[d], B[d])
+            outs, last, c_last = self.direction(d, steps, W[d], R[d], B[d])
             if self.used(0):    # Y: (seq, dirs, N, H) in layout 0, (N, seq, dirs, H) in layout 1
                 axes = [1, 2] if self.layout else [0, 1]
                 ys.append(self.emit("Concat", [self.unsqueeze(o, axes) for o in outs], "y", axis=seq_axis))
-            last = outs[0] if self.directions[d] else outs[-1]
             finals_h.append(self.unsqueeze(last, [seq_axis]) if self.used(1) else None)
             finals_c.append(self.unsqueeze(c_last, [seq_axis]) if self.used(2) else None)
         self.finish(0, ys, 2 if self.layout else 1)
         self.finish(1, finals_h, seq_axis)        # Y_h, Y_c: (dirs, N, H) in layout 0, (N, dirs, H) in layout 1
         self.finish(2, finals_c, seq_axis)
 
-    def direction(self, d: int, steps: list[str], W: np.ndarray, R: np.ndarray, B: np.ndarray) -> tuple[list, str]:
-        """The steps of direction d: (its hidden state at every time, its last cell state (LSTM))."""
+    def valid(self, t: int) -> str:
+        """(N, 1) bool: whether step t is within each sample's length."""
+        if t not in self.valid_at:
+            self.valid_at[t] = self.unsqueeze(self.emit("Less", [self.const_int("t", t), self.lengths], "valid"), [1])
+        return self.valid_at[t]
+
+    def masked(self, t: int, new: str, held: str | None) -> str:
+        """`new` where step t is within the sample's length, else `held` (zeros when None)."""
+        return self.emit("Where", [self.valid(t), new, held or self.const("zero", np.float32(0.0))], "held")
+
+    def direction(self, d: int, steps: list[str], W: np.ndarray, R: np.ndarray, B: np.ndarray
+                  ) -> tuple[list, str, str]:
+        """The steps of direction d: (its output at every time, its last hidden and cell (LSTM) states). With
+        per-sample lengths a step past a sample's length outputs zeros and keeps its states, so the reverse
+        direction starts at each sample's last step, as ONNX specifies."""
         gates, h = RECURRENT[self.op], self.hidden
         # GRU without linear_before_reset: R_h multiplies r * H, a product of its own (a third crossbar)
         split = self.op == "GRU" and not node_attribute(self.node, "linear_before_reset", 0)
@@ -176,14 +191,20 @@ class _Unroller:
             xw = self.emit("Gemm", [steps[t], w, wb], "xw", name=f"{self.key}/W{self.step}", transB=1)
             hr = self.emit("Gemm", [h_prev, r, rb], "hr", name=f"{self.key}/R{self.step}", transB=1) if h_prev else rb
             acts = self.acts[d]
+            c_new = None
             if self.op == "RNN":
-                h_prev = self.activation(acts[0], self.emit("Add", [xw, hr], "a"))
+                h_new = self.activation(acts[0], self.emit("Add", [xw, hr], "a"))
             elif self.op == "GRU":
-                h_prev = self.gru_step(xw, hr, h_prev, r_h, acts)
+                h_new = self.gru_step(xw, hr, h_prev, r_h, acts)
             else:
-                h_prev, c_prev = self.lstm_step(xw, hr, c_prev, None if peep is None else peep[d], acts)
-            outs[t] = h_prev
-        return outs, c_prev
+                h_new, c_new = self.lstm_step(xw, hr, c_prev, None if peep is None else peep[d], acts)
+            if self.lengths is None:
+                h_prev, c_prev, outs[t] = h_new, c_new, h_new
+                continue
+            outs[t] = self.masked(t, h_new, None)
+            h_prev = self.masked(t, h_new, h_prev)
+            c_prev = self.masked(t, c_new, c_prev) if c_new is not None else None
+        return outs, h_prev, c_prev
 
     def used(self, i: int) -> bool:
         return len(self.node.output) > i and bool(self.node.output[i])
