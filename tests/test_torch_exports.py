@@ -79,3 +79,17 @@ def test_export_analysis_matches_monte_carlo(name):
     mc, (lo, hi) = res["mse"], res["ci95"]
     assert hi - lo < 0.2 * mc, "the Monte-Carlo reference must be tighter than the tolerance"
     assert abs(mse - mc) <= 0.10 * mc + (hi - lo) / 2, (mse, mc, lo, hi)
+
+
+@pytest.mark.parametrize("name", ["gpt_block", "causal_encoder.fixed", "tokens_fill", "mini_bert"])
+def test_masked_exports_round_trip_through_the_graph_file(name, tmp_path):
+    """Masks as a constant-condition Where (gpt_block), an additive constant (causal_encoder), an exact-condition
+    Where and exact nodes (tokens_fill, mini_bert): every edge's expressions come back from the exported graph
+    file as the same sympy expressions."""
+    from memse_compiler.export import export_graph, load_graph
+    g, _ = compile_model(str(EXPORTS / f"{name}.onnx"), "rram", inputs_of(name, np.float64),
+                         options={"mode": "diagonal"})
+    h = load_graph(export_graph(g, tmp_path / "g.json"))
+    for u, v, d in g.edges(data=True):
+        for k in ("mean_expr", "var_expr"):
+            assert h.edges[u, v][k] == d[k], (u, v, k)

@@ -1,9 +1,11 @@
 """Expand and Tile: a signal broadcast or repeated over non-batch axes (a copy, exact), and a constant broadcast
 to the batch (a class token, an initial state: `cls.expand(x.shape[0], -1, -1)`), which becomes the internal op
 BatchBroadcast, a signal of variance 0 that only takes its batch size from the data input. Where with a constant
-condition (`masked_fill` with a fixed mask) broadcasts its operands and picks one per element, also exactly."""
+condition (`masked_fill` with a fixed mask, or one computed from the data inputs alone) broadcasts its operands and
+picks one per element, also exactly."""
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
@@ -134,11 +136,10 @@ class WhereRule(OpRule):
 
     def expressions(self, attrs, mus, vs, node):
         c = attrs["condition"]
+        pick = sympy.Function("where_" + re.sub(r"\W+", "_", node))   # a name the graph export parses back
         if c is None:
-            pick = sympy.Function(f"where[{node}]")
             return [pick(*mus)], [pick(*vs[1:])]
         if c.all() or not c.any():                  # one operand throughout
             k = 0 if c.all() else 1
             return [mus[k]], [vs[k]]
-        pick = sympy.Function(f"where[{node}]")
         return [pick(mus[0], mus[1])], [pick(vs[0], vs[1])]
