@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Train seven small digit classifiers and export them to ONNX.
+"""Train eight small digit classifiers and export them to ONNX.
 
 Produces (next to this script):
   mlp_digits.onnx, cnn_digits.onnx, rescnn_digits.onnx, attn_digits.onnx (a one-block transformer),
   vit_digits.onnx (a vision transformer of torch's nn.TransformerEncoderLayer), and the same weights as
   vit_digits_dynamo.onnx (torch's dynamo exporter, batch fixed at 1; needs onnxscript),
-  lstm_digits.onnx and gru_digits.onnx (the image rows as an 8-step sequence)
+  lstm_digits.onnx and gru_digits.onnx (the image rows as an 8-step sequence),
+  tokens_digits.onnx (the 64 pixel intensities 0..16 as int64 token ids, a small transformer)
+  digits_tokens.npy        (200,64)    int64    - the first 200 test images as token ids
   digits_inputs.npy        (200,1,8,8) float32  - first 200 test images
   digits_labels.npy        (200,)      int64    - their labels
   digits_inputs_small.npz  key "input": (16,1,8,8) float32 - first 16 test images
@@ -164,6 +166,28 @@ class GRUNet(nn.Module):
         return self.head(torch.cat([h[0], h[1]], dim=1))
 
 
+class TokenNet(nn.Module):
+    """The 64 pixels as a sequence of token ids: load_digits' raw intensities 0..16 are a vocabulary of 17. An
+    embedding table and learned positions, one nn.TransformerEncoderLayer (2 heads), the mean over tokens, a linear
+    head. Its input is int64 ids (`digits_tokens.npy`): the lookup is an exact digital op for the compiler
+    (memse_compiler/ir/ops/exact.py), the projections are crossbars."""
+
+    def __init__(self, d=24):
+        super().__init__()
+        self.tok = nn.Embedding(17, d)
+        self.pos = nn.Parameter(torch.zeros(1, 64, d))
+        self.encoder = nn.TransformerEncoderLayer(d, 2, 2 * d, dropout=0.0, batch_first=True, activation="gelu")
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, ids):
+        return self.head(self.encoder(self.tok(ids) + self.pos).mean(1))
+
+
+def as_tokens(x: np.ndarray) -> np.ndarray:
+    """(N, 1, 8, 8) images in [0, 1] -> (N, 64) int64 ids: load_digits' integer intensities 0..16."""
+    return np.rint(x.reshape(len(x), 64) * 16).astype(np.int64)
+
+
 def train(model, x, y, epochs, lr=1e-2, batch=64):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
@@ -182,17 +206,17 @@ def train(model, x, y, epochs, lr=1e-2, batch=64):
     return loss.item()
 
 
-def export(model, path, **extra):
+def export(model, path, dummy=None, input_name="input", **extra):
     if os.path.exists(path):
         os.remove(path)
-    dummy = torch.zeros(1, 1, 8, 8, dtype=torch.float32)
+    dummy = torch.zeros(1, 1, 8, 8, dtype=torch.float32) if dummy is None else dummy
     torch.onnx.export(
         model, (dummy,), path,
         dynamo=False,
         opset_version=17,
-        input_names=["input"],
+        input_names=[input_name],
         output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        dynamic_axes={input_name: {0: "batch"}, "logits": {0: "batch"}},
         **extra,
     )
     # Make sure the file is self-contained: reload (pulling in any external
@@ -232,17 +256,17 @@ def verify_fixed(model, path, x):
     assert diff < 1e-4, diff
 
 
-def verify(model, path, x_test, y_test):
+def verify(model, path, x_test, y_test, input_name="input"):
     onnx.checker.check_model(path, full_check=True)
     with torch.no_grad():
         ref = model(torch.from_numpy(x_test)).numpy()
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    out = sess.run(["logits"], {"input": x_test})[0]
+    out = sess.run(["logits"], {input_name: x_test})[0]
     acc_t = float((ref.argmax(1) == y_test).mean())
     acc_o = float((out.argmax(1) == y_test).mean())
     diff = float(np.abs(out - ref).max())
     # also check a non-1 batch dimension of a different size works
-    out_small = sess.run(["logits"], {"input": x_test[:N_SMALL]})[0]
+    out_small = sess.run(["logits"], {input_name: x_test[:N_SMALL]})[0]
     assert out_small.shape == (N_SMALL, 10)
     print(f"  [{os.path.basename(path)}] torch acc={acc_t:.4f} onnxruntime acc={acc_o:.4f} "
           f"max|dlogits|={diff:.2e}")
@@ -276,6 +300,7 @@ def main():
         ("vit_digits", ViTNet, 40, {}),
         ("lstm_digits", LSTMNet, 40, {}),
         ("gru_digits", GRUNet, 40, {}),
+        ("tokens_digits", TokenNet, 60, {}),
     ]
     if only:
         specs = [s for s in specs if s[0] in only.split(",")]
@@ -283,11 +308,16 @@ def main():
     for name, cls, epochs, extra in specs:
         torch.manual_seed(SEED)
         model = cls()
+        tokens = cls is TokenNet
+        xs_tr, xs_te = (as_tokens(x_tr), as_tokens(x_te)) if tokens else (x_tr, x_te)
         t0 = time.time()
-        loss = train(model, x_tr, y_tr, epochs)
+        loss = train(model, xs_tr, y_tr, epochs, **(dict(lr=5e-3) if tokens else {}))
         dt = time.time() - t0
         print(f"{name}: trained {epochs} epochs in {dt:.1f}s, final batch loss {loss:.4f}")
         path = os.path.join(HERE, name + ".onnx")
+        if tokens:
+            extra = dict(extra, dummy=torch.zeros(1, 64, dtype=torch.int64), input_name="tokens")
+            np.save(os.path.join(HERE, "digits_tokens.npy"), as_tokens(x_te[:N_SAVE]))
         m = export(model, path, **extra)
         ops = [n.op_type for n in m.graph.node]
         print(f"  ops: {ops}")
@@ -299,7 +329,7 @@ def main():
             n_bn = ops.count("BatchNormalization")
             assert n_bn >= 1, "BatchNormalization nodes were fused away"
             assert n_bn == len(bns), (n_bn, len(bns))
-        acc = verify(model, path, x_te, y_te)
+        acc = verify(model, path, xs_te, y_te, input_name="tokens" if tokens else "input")
         n_params = sum(p.numel() for p in model.parameters())
         size = os.path.getsize(path)
         assert size < 100_000, size

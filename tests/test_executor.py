@@ -48,7 +48,15 @@ def lower(model, device, x):
 
 def plain_ort(path: Path, x: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run(None, {"input": x})[0]
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def example_inputs(name: str) -> np.ndarray:
+    """The examples' evaluation batch: the images, or for tokens_digits the same images as int64 ids."""
+    return np.load(EXAMPLES / "digits_tokens.npy") if name == "tokens" else X
+
+
+EXAMPLE_NAMES = ["mlp", "cnn", "rescnn", "attn", "vit", "lstm", "gru", "tokens"]
 
 
 def assert_close(got, want, rtol=1e-5, what=""):
@@ -58,14 +66,14 @@ def assert_close(got, want, rtol=1e-5, what=""):
 
 
 # ---- (a) noise off, ideal device: the original model -------------------------------------------------
-@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn", "vit", "lstm", "gru"])
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_ideal_examples_match_onnxruntime(name):
-    path = EXAMPLES / f"{name}_digits.onnx"
-    g = lower(path, IDEAL, X)
+    path, x = EXAMPLES / f"{name}_digits.onnx", example_inputs(name)
+    g = lower(path, IDEAL, x)
     ex = NoisyExecutor(g)
-    want = plain_ort(path, X)
-    assert_close(ex.run_noiseless(X)["logits"], want, what=name)
-    assert_close(ex.run_chip(X, np.random.default_rng(0))["logits"], want, what=name)   # noise off: same
+    want = plain_ort(path, x)
+    assert_close(ex.run_noiseless(x)["logits"], want, what=name)
+    assert_close(ex.run_chip(x, np.random.default_rng(0))["logits"], want, what=name)   # noise off: same
 
 
 @pytest.mark.parametrize("zm", ZOO, ids=lambda m: m.name)
@@ -96,13 +104,14 @@ def check_against_interpreter(g, x):
             assert_close(got, ps[:, :, :, r, :], what=f"{lay.name} row tile {r}")
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "rescnn", "attn", "vit", "lstm", "gru"])
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_quantized_tiled_examples_match_interpreter(name):
-    rows = 16 if name in ("lstm", "gru") else 32       # the recurrent examples' R has 25 and 17 rows
+    rows = 16 if name in ("lstm", "gru", "tokens") else 32       # the recurrent examples' R has 25 and 17 rows
     dev = load_device("rram", QUANT + [f"crossbar.rows={rows}"])
-    g = lower(EXAMPLES / f"{name}_digits.onnx", dev, X[:64])
+    x = example_inputs(name)[:64]
+    g = lower(EXAMPLES / f"{name}_digits.onnx", dev, x)
     assert any(lay.row_tiles > 1 for lay in g.layers.values())
-    check_against_interpreter(g, X[:64])
+    check_against_interpreter(g, x)
 
 
 @pytest.mark.parametrize("zm", ZOO, ids=lambda m: m.name)
