@@ -10,6 +10,7 @@ The symbolic templates (passes/symbolic.py) state the same formulas; they are ev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -93,6 +94,23 @@ class CrossbarMoments:
     out_mean: np.ndarray
     out_var: np.ndarray
     read_unit: np.ndarray         # inj_read per unit sigma_r^2 (N, P, G, O)
+
+    # which sources the layer has: asked by every backward sweep (hundreds in the refined mode), computed once
+    @cached_property
+    def has_programming(self) -> bool:
+        return bool(np.any(self.w_var))
+
+    @cached_property
+    def has_read(self) -> bool:
+        return bool(np.any(self.inj_read))
+
+    @cached_property
+    def has_adc(self) -> bool:
+        return bool(np.any(self.inj_adc))
+
+    @cached_property
+    def has_dac(self) -> bool:
+        return bool(np.any(self.dac_resid))
 
 
 def lattice_dac_moments(layer: CrossbarLayer, prev: CrossbarLayer, prev_cm: "CrossbarMoments",

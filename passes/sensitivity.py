@@ -60,13 +60,13 @@ def needs_chip(cm: CrossbarMoments) -> bool:
     input variance v (in the refined mode, v carries the correlation-aware refinement), so a network of
     such layers (an MLP) keeps one sweep per probe; otherwise every layer runs through the chip, which is
     exact in the linear model whatever v the forward has."""
-    return cm.mu_vec.shape[1] > 1 and bool(np.any(cm.w_var))
+    return cm.mu_vec.shape[1] > 1 and cm.has_programming
 
 
 def sweeps_use_chip(g: MemseGraph, lin: dict) -> bool:
     """Whether `chip_backward` runs its sweeps through a random chip: some linearized layer needs one."""
     shared = shared_crossbars(g)
-    return any(needs_chip(lin[u]) or (g.layers[u].crossbar in shared and np.any(lin[u].w_var))
+    return any(needs_chip(lin[u]) or (g.layers[u].crossbar in shared and lin[u].has_programming)
                for u in lin if u in g.layers)
 
 
@@ -155,13 +155,13 @@ def layer_backward(layer, cm: CrossbarMoments, gout: np.ndarray, add, coef=None,
     through = cm.w_bar if chip is None else chip
     if chip is None:
         add("programming", _sum_per_sample(y2 * cm.inj_programming, n))
-    if np.any(cm.inj_read):
+    if cm.has_read:
         add("read", _sum_per_sample(y2 * cm.inj_read, n))
-    if np.any(cm.inj_adc):
+    if cm.has_adc:
         add("adc", _sum_per_sample(y2 * cm.inj_adc, n))
     g_vec = layer.partial_sums_T(np.ascontiguousarray(g_ps), through, rows=layer.weight.shape[2])
     g_dac = layer.geometry.to_vectors_T(g_vec, cm.mean_in.shape)
-    if np.any(cm.dac_resid):
+    if cm.has_dac:
         add("dac", _sum_per_sample(g_dac * g_dac * cm.dac_resid, g_dac.shape[0]))
     if coef is not None:
         coef("dac_unit", _sum_per_sample(g_dac * g_dac, g_dac.shape[0]) * layer.dac_range ** 2 / 12.0)  # x 1 / levels^2
@@ -246,7 +246,7 @@ def backward(g: MemseGraph, order: list[str], probe: dict[str, np.ndarray], add,
             gin = layer_backward(layer, lin[unit], gout, lambda s, v, u=unit: add(u, s, v),
                                  None if coef is None else (lambda s, v, u=unit: coef(u, s, v)),
                                  chip.matrix(layer.crossbar, lin[unit])
-                                 if chip is not None and np.any(lin[unit].w_var) else None,
+                                 if chip is not None and lin[unit].has_programming else None,
                                  programming if layer.crossbar in shared else None)
             grads[layer.input] = grads[layer.input] + gin if layer.input in grads else gin
             continue

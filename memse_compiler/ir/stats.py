@@ -257,21 +257,31 @@ def _gh_nodes(n: int) -> tuple[np.ndarray, np.ndarray]:
     return _GH_CACHE[n]
 
 
-def gauss_hermite_moments(f, df, mu: np.ndarray, var: np.ndarray, n: int = 40) -> Moments:
-    """E[f(X)], Var[f(X)] and E[f'(X)] by n-point quadrature, looping over the n nodes (not elements)."""
+# nodes by the largest std of the signal (the activations' curvature scale is ~1): at std <= 0.1, 12 nodes are
+# within 5e-6 of 80 (relative variance, erf; 1e-11 for tanh, sigmoid, softplus, Mish), at <= 0.5, 24 within 2e-7
+GH_NODES = ((0.1, 12), (0.5, 24))
+
+
+def gauss_hermite_moments(f, df, mu: np.ndarray, var: np.ndarray, n: int | None = None) -> Moments:
+    """E[f(X)], Var[f(X)] and E[f'(X)] by n-point quadrature, looping over the n nodes (not elements). n None:
+    by the largest std (`GH_NODES`), else 40; df None: no gain (the caller has it in closed form)."""
     mu, var = np.broadcast_arrays(np.asarray(mu, float), np.asarray(var, float))
     s = np.sqrt(np.maximum(var, 0.0))
+    if n is None:
+        top = float(s.max()) if s.size else 0.0
+        n = next((k for bound, k in GH_NODES if top <= bound), 40)
     z, w = _gh_nodes(n)
     m1 = np.zeros_like(mu)
     m2 = np.zeros_like(mu)
-    gain = np.zeros_like(mu)
+    gain = None if df is None else np.zeros_like(mu)
     f0 = f(mu)
     for zi, wi in zip(z, w):
         x = mu + s * zi
         d = f(x) - f0                     # centred on f(mu) so the variance does not cancel
         m1 += wi * d
         m2 += wi * d * d
-        gain += wi * df(x)
+        if gain is not None:
+            gain += wi * df(x)
     return Moments(f0 + m1, np.maximum(m2 - m1 * m1, 0.0), gain)
 
 
@@ -335,9 +345,12 @@ def mish_moments(mu, var) -> Moments:
 
 
 def erf_moments(mu, var) -> Moments:
-    """Mean in closed form (E erf(X) = erf(mu / sqrt(1 + 2 var))); variance and gain by quadrature."""
-    m = gauss_hermite_moments(erf, lambda x: 2 / np.sqrt(np.pi) * np.exp(-x * x), mu, var)
-    return Moments(erf(np.asarray(mu) / np.sqrt(1 + 2 * np.asarray(var))), m.var, m.gain)
+    """Mean and gain in closed form (E erf(X) = erf(mu / sqrt(1 + 2 var)), E erf'(X) = 2/sqrt(pi)
+    exp(-mu^2 / (1 + 2 var)) / sqrt(1 + 2 var)); the variance by quadrature."""
+    mu, var = np.asarray(mu, float), np.asarray(var, float)
+    m = gauss_hermite_moments(erf, None, mu, var)
+    k = 1 + 2 * np.maximum(var, 0.0)
+    return Moments(erf(mu / np.sqrt(k)), m.var, 2 / np.sqrt(np.pi) * np.exp(-mu * mu / k) / np.sqrt(k))
 
 
 def gelu_moments(mu, var, approximate: str = "none") -> Moments:
