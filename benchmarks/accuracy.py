@@ -38,8 +38,10 @@ tune_allocator()     # as the CLI does (memse_compiler/allocator.py)
 
 MODELS = {"mlp": "examples/mlp_digits.onnx", "cnn": "examples/cnn_digits.onnx",
           "rescnn": "examples/rescnn_digits.onnx", "attn": "examples/attn_digits.onnx",
-          "vit": "examples/vit_digits.onnx", "lstm": "examples/lstm_digits.onnx", "gru": "examples/gru_digits.onnx"}
+          "vit": "examples/vit_digits.onnx", "lstm": "examples/lstm_digits.onnx", "gru": "examples/gru_digits.onnx",
+          "tokens": "examples/tokens_digits.onnx"}
 INPUTS = "examples/digits_inputs.npy"
+TOKENS = "examples/digits_tokens.npy"      # the same images as int64 ids, for tokens_digits
 OUTPUT = "logits"
 
 # (name, overrides on top of the bundled "rram" device, what the point varies)
@@ -227,8 +229,9 @@ def main() -> None:
     models = args.models.split(",")
     x = np.load(ROOT / INPUTS)[: args.inputs]
     header = provenance("# Analysis vs Monte-Carlo accuracy (output `logits` MSE)", __file__) + [
-        f"- Inputs: the first {len(x)} of `{INPUTS}` (shape {x.shape}), used both as the calibration/evaluation "
-        f"batch of the analysis and as the Monte-Carlo evaluation inputs",
+        f"- Inputs: the first {len(x)} of `{INPUTS}` (shape {x.shape}; `tokens`: of `{TOKENS}`, the same images as "
+        f"int64 ids), used both as the calibration/evaluation batch of the analysis and as the Monte-Carlo "
+        f"evaluation inputs",
         f"- Monte-Carlo: `run_montecarlo(..., precision={args.precision}, min_chips={args.min_chips}, "
         f"chips={args.max_chips}, seed={args.seed})`: chips are simulated until the 95% CI half-width is <= "
         f"{args.precision * 100:g}% of the MSE (\"(cap)\" = stopped at the chip cap before that)",
@@ -247,7 +250,8 @@ def main() -> None:
     t_all = time.perf_counter()
     for model in models:
         for n in names:
-            r = run_point(model, n, table[n][1], x, args)
+            xm = np.load(ROOT / TOKENS)[: args.inputs] if model == "tokens" else x
+            r = run_point(model, n, table[n][1], xm, args)
             rows.append(r)
             print(row(r), flush=True)
     total = time.perf_counter() - t_all
