@@ -101,7 +101,7 @@ def plain_ort(model, x: np.ndarray, repeat: int, weight_inputs: bool = False) ->
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = THREADS
     sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-    feed[sess.get_inputs()[0].name] = np.ascontiguousarray(x, dtype=np.float32)
+    feed[sess.get_inputs()[0].name] = np.ascontiguousarray(x, dtype=np.float32 if x.dtype.kind == "f" else x.dtype)
     sess.run(None, feed)
     best = math.inf
     for _ in range(repeat):
@@ -289,7 +289,8 @@ def main() -> None:
     print(f"(warm-up {time.perf_counter() - t:.1f} s, not counted)", file=sys.stderr, flush=True)
     rows = []
     for name in args.models.split(","):
-        rows.append(bench(name, str(ROOT / f"examples/{name}_digits.onnx"), x, dev, args, resnet=False))
+        xm = np.load(ROOT / "examples/digits_tokens.npy")[: len(x)] if name == "tokens" else x     # int64 ids
+        rows.append(bench(name, str(ROOT / f"examples/{name}_digits.onnx"), xm, dev, args, resnet=False))
         print(row(rows[-1]), flush=True)
     if resnet:
         xr = np.random.default_rng(0).random((args.resnet_batch, 3, 224, 224)).astype(np.float32)
