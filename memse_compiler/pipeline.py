@@ -101,7 +101,10 @@ def checked_inputs(g: MemseGraph, x: Inputs, label: str = "inputs") -> Inputs:
     """`x` (an array, or a dict by input name) as float64, checked against the model's data inputs: every input
     given, its shape (N, ...) matching, finite, one common N, which a fixed-batch model must match. Returned in
     the form given."""
-    feed = graph_feed(g, x)
+    try:
+        feed = graph_feed(g, x)
+    except MemseInputError as exc:         # named after the file the batch came from
+        raise MemseInputError(f"{label}: {str(exc).removeprefix('inputs: ')}") from None
     for name, v in feed.items():
         shape = g.tensors[name]
         want = tuple(shape[1:])
