@@ -281,7 +281,8 @@ def _complete_shapes(rule, attrs: dict, node: onnx.NodeProto, operands: list[str
     for b in BATCH_PROBES:
         xs = [consts[t] if t in consts else np.zeros(tuple(b if d is None else d for d in shapes[t]))
               for t in operands]
-        probes.append([np.shape(y) for y in rule.forward(attrs, xs)])
+        with np.errstate(all="ignore"):            # zeros are only for the shapes (a Reciprocal of 0, say)
+            probes.append([np.shape(y) for y in rule.forward(attrs, xs)])
     for o, s2, s3 in zip(outs, *probes):
         shapes[o] = tensors[o] = tuple(a if a == c else None for a, c in zip(s2, s3))
 

@@ -414,6 +414,11 @@ def dense_misc_models() -> list[ZooModel]:
     y = g.matmul(g.input("x", (N, 5, K)), K, M)
     out.append(g.build(g.op("LayerNormalization", [y, g.vector("ln.weight", (5, M), 0.5)], axis=1)))
 
+    g = Builder("rms_norm_tokens", opset=23)  # RMSNormalization (opset 23: torch's nn.RMSNorm) over the features
+    y = g.matmul(g.input("x", (N, 5, K)), K, M)
+    y = g.op("RMSNormalization", [y, g.vector("rms.weight", (M,), 0.5)], axis=-1, epsilon=1e-3)
+    out.append(g.build(g.matmul(g.op("Relu", [y]), M, 4)))
+
     g = Builder("unsqueeze_squeeze")          # (N, M) -> (N, 1, M) -> MatMul -> (N, 4)
     axis = g.const("axis", np.array([1], np.int64))
     y = g.op("Unsqueeze", [g.op("Relu", [g.gemm(g.input("x", (N, K)), K, M)]), axis])

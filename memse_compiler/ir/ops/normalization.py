@@ -1,4 +1,5 @@
-"""LayerNormalization: a nonlinear map of a whole feature vector, propagated by its linearisation;
+"""LayerNormalization: a nonlinear map of a whole feature vector, propagated by its linearisation; RMSNormalization
+as the elementwise ops it is made of;
 InstanceNormalization (and so torch's GroupNorm, which exports as one between two Reshapes) as a LayerNormalization
 over the spatial axes followed by the per-channel scale and bias."""
 from __future__ import annotations
@@ -77,6 +78,38 @@ class LayerNormRule(OpRule):
         axes = self._axes(attrs, g)
         gs = g * attrs["scale"]                 # J^T g = (gs - mean(gs) - x_hat mean(gs x_hat)) / s
         return [(gs - gs.mean(axis=axes, keepdims=True) - x_hat * (gs * x_hat).mean(axis=axes, keepdims=True)) / s]
+
+
+@register
+class RMSNormRule(OpRule):
+    """RMSNormalization (opset 23; torch's nn.RMSNorm at opset 23): y = x / sqrt(mean(x^2) + eps) * scale over the
+    trailing axes from `axis`, parsed as the ops torch writes for it at lower opsets (Pow, ReduceMean, Add, Sqrt,
+    Reciprocal, Mul, Mul), whose moments the registry already propagates (the decomposed form is within 1 % of
+    Monte-Carlo on a Gemm -> RMSNorm -> Gemm export)."""
+    op_types = ("RMSNormalization",)
+
+    def expand(self, ctx):
+        rank = len(ctx.shape(0))
+        axis = int(ctx.attr("axis", -1)) % rank
+        if axis == 0:
+            raise ctx.fail("normalising over the batch axis (0) is not supported")
+        if ctx.const(1) is None:
+            raise ctx.fail("the scale must be a constant")
+        base, x = ctx.node_name, ctx.node.input[0]
+        const = ctx.new_const
+        two = const("two", np.array(2.0))
+        axes = const("axes", np.arange(axis, rank, dtype=np.int64))
+        eps = const("epsilon", np.array(float(ctx.attr("epsilon", 1e-5))))
+        mk = helper.make_node
+        mean_axes = ({"axes": list(range(axis, rank))} if ctx.opset < 18 else {})
+        mean_inputs = [f"{base}/square"] + ([] if ctx.opset < 18 else [axes])
+        return [mk("Pow", [x, two], [f"{base}/square"], name=f"{base}/pow"),
+                mk("ReduceMean", mean_inputs, [f"{base}/mean"], name=f"{base}/mean", keepdims=1, **mean_axes),
+                mk("Add", [f"{base}/mean", eps], [f"{base}/shifted"], name=f"{base}/eps"),
+                mk("Sqrt", [f"{base}/shifted"], [f"{base}/rms"], name=f"{base}/sqrt"),
+                mk("Reciprocal", [f"{base}/rms"], [f"{base}/inv"], name=f"{base}/inverse"),
+                mk("Mul", [x, f"{base}/inv"], [f"{base}/normed"], name=f"{base}/normalise"),
+                mk("Mul", [f"{base}/normed", ctx.node.input[1]], [ctx.node.output[0]], name=base)]
 
 
 @register
