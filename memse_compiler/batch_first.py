@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper
 
 from memse_compiler.batch_layout import BatchFirstRewriter
 from memse_compiler.ir.errors import MemseInputError
+from memse_compiler.ir.feeds import input_dtype, probe_input
 from memse_compiler.ir.ops.base import node_attribute
 
 
@@ -72,9 +73,7 @@ def probe_values(model: onnx.ModelProto, data: str | list[str], batch: int, seed
     for name in [data] if isinstance(data, str) else data:
         x_vi = next(vi for vi in m.graph.input if vi.name == name)
         dims = [batch] + [d.dim_value for d in x_vi.type.tensor_type.shape.dim[1:]]
-        dtype = helper.tensor_dtype_to_np_dtype(x_vi.type.tensor_type.elem_type)
-        # ids and masks: ones (a valid index, nothing masked out)
-        feed[name] = rng.random(dims).astype(dtype) if np.dtype(dtype).kind == "f" else np.ones(dims, dtype)
+        feed[name] = probe_input(rng, dims, helper.tensor_dtype_to_np_dtype(x_vi.type.tensor_type.elem_type))
     sess = _onnx_semantics(m)
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(names, feed)))
@@ -240,11 +239,10 @@ def check_freed_batch(g, original: onnx.ModelProto, export_batch: int) -> bool:
     from memse_compiler.ir.interpret import run
     m = 2 * export_batch if export_batch > 1 else 3
     rng = np.random.default_rng(0)
-    types = g.graph.get("input_types") or {}
     xs = {}
-    for name in g.graph["inputs"]:
-        dtype, shape = np.dtype(types.get(name, "float32")), (m,) + tuple(g.tensors[name][1:])
-        xs[name] = rng.random(shape).astype(np.float32) if dtype.kind == "f" else np.ones(shape, dtype)
+    for name in g.graph["inputs"]:      # float inputs as onnxruntime runs the export: float32
+        dtype = np.float32 if input_dtype(g, name).kind == "f" else input_dtype(g, name)
+        xs[name] = probe_input(rng, (m,) + tuple(g.tensors[name][1:]), dtype)
     try:
         got = run(g, xs)
     except Exception:           # a batch the export baked in somewhere else: not freed

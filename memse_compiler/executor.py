@@ -49,7 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 from memse_compiler.chip_batching import chip_batching_obstacle
 from memse_compiler.ir import KIND_INPUT, KIND_OUTPUT, MemseGraph, schedule
 from memse_compiler.ir.errors import MemseInputError
-from memse_compiler.ir.feeds import Inputs, feed_batch, graph_feed
+from memse_compiler.ir.feeds import Inputs, feed_batch, graph_feed, input_dtype
 from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.ops import rule_for
@@ -211,9 +211,8 @@ class NoisyExecutor:
         b = _Builder(opset)
         self._chip_major: set[str] = set()      # chip-batched tensors laid out (chips, N, ...) rather than (chips*N, ...)
         self.feed_names: dict[str, str] = {}     # data input -> the session input it is fed as
-        types = g.graph.get("input_types") or {}
         for i, name in enumerate(self.input_names):
-            declared = np.dtype(types.get(name, "float32"))       # float inputs run in float32; ids/masks as declared
+            declared = input_dtype(g, name)         # float inputs run in float32; ids and masks as declared
             elem = TensorProto.FLOAT if declared.kind == "f" else helper.np_dtype_to_tensor_dtype(declared)
             if self.chips > 1:      # the batch is fed once and tiled: chip c sees samples [c N, (c+1) N)
                 self.feed_names[name] = b.input(f"__memse/input{i or ''}", g.tensors[name], elem)

@@ -30,7 +30,7 @@ from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.feeds import checked_data_inputs
 from memse_compiler.ir.ops import rule_for, unsupported_op
 from memse_compiler.ir.ops.base import ParseContext, node_attribute
-from memse_compiler.ir.ops.exact import exact_attrs, reads_only_exact, touches_non_float
+from memse_compiler.ir.ops.exact import exact_attrs, node_evaluator, reads_only_exact, touches_non_float
 from memse_compiler.opset_upgrade import constant_tensors, default_opset, upgrade_opset
 from memse_compiler.recurrent import refuse_sequence_first_input, unroll_recurrent
 
@@ -176,18 +176,8 @@ def _dims(vi: onnx.ValueInfoProto) -> tuple | None:
 
 def _fold_constant_node(node: onnx.NodeProto, consts: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:
     """Evaluate a node whose inputs are all constants (rare: exporters leave few) with onnx.reference."""
-    from onnx.reference import ReferenceEvaluator
-    inputs = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(consts[n].dtype), None)
-              for n in node.input if n]
-    outputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in node.output]
-    g = onnx.helper.make_graph([node], "fold", inputs, outputs)
-    # onnx.reference implements (De)QuantizeLinear from opset 19 on, the same map for 8-bit integers as 13's
-    opset = max(opset, FOLD_FROM.get(node.op_type, 0))
-    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", opset)])
-    return ReferenceEvaluator(m).run(None, {n: consts[n] for n in node.input if n})
-
-
-FOLD_FROM = {"DequantizeLinear": 19, "QuantizeLinear": 19}
+    fed = {n: onnx.helper.np_dtype_to_tensor_dtype(consts[n].dtype) for n in node.input if n}
+    return node_evaluator(node, fed, opset).run(None, {n: consts[n] for n in fed})
 
 
 def _fold_shape(node: onnx.NodeProto, shapes: dict, symbols: tuple, batch: str | None, consts: dict,
@@ -288,6 +278,8 @@ def _complete_shapes(rule, attrs: dict, node: onnx.NodeProto, operands: list[str
 
 
 EXACT = rule_for("Exact")
+
+
 def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     """The op-level graph: one node per ONNX op (weighted ops hold a CrossbarLayer), one edge per signal."""
     model, label = load_model(model)

@@ -11,7 +11,8 @@ import onnx
 from memse_compiler.frontend import build_graph
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.errors import MemseInputError
-from memse_compiler.ir.feeds import Inputs, graph_feed
+from memse_compiler.ir.feeds import Inputs, graph_feed, input_dtype
+from memse_compiler.ir.ops.base import node_attribute
 from memse_compiler.ir.pass_base import Pass, PassContext
 
 
@@ -71,10 +72,9 @@ def synthetic_feed(g: MemseGraph, batch: int, seed: int) -> Inputs:
     one-input model, else a dict by name). An integer input that indexes a constant table (token ids into an
     embedding) gets ids drawn uniformly over the table's rows; any other integer or bool input (a mask) ones."""
     rng = np.random.default_rng(seed)
-    types = g.graph.get("input_types") or {}
     feed = {}
     for name in g.graph["inputs"]:
-        dtype = np.dtype(types.get(name, "float32"))
+        dtype = input_dtype(g, name)
         shape = (batch,) + tuple(g.tensors[name][1:])
         if dtype.kind == "f":
             feed[name] = synthetic_inputs(g.tensors[name], batch, rng)
@@ -91,9 +91,7 @@ def index_range(g: MemseGraph, name: str) -> int | None:
         node = d.get("onnx_node")
         if node is not None and node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and \
                 node.input[0] in g.graph["constants"]:
-            table = g.graph["constants"][node.input[0]]
-            axis = int(next((a.i for a in node.attribute if a.name == "axis"), 0))
-            return int(table.shape[axis])
+            return int(g.graph["constants"][node.input[0]].shape[node_attribute(node, "axis", 0)])
     return None
 
 
@@ -101,10 +99,7 @@ def checked_inputs(g: MemseGraph, x: Inputs, label: str = "inputs") -> Inputs:
     """`x` (an array, or a dict by input name) as float64, checked against the model's data inputs: every input
     given, its shape (N, ...) matching, finite, one common N, which a fixed-batch model must match. Returned in
     the form given."""
-    try:
-        feed = graph_feed(g, x)
-    except MemseInputError as exc:         # named after the file the batch came from
-        raise MemseInputError(f"{label}: {str(exc).removeprefix('inputs: ')}") from None
+    feed = graph_feed(g, x, label=label)
     for name, v in feed.items():
         shape = g.tensors[name]
         want = tuple(shape[1:])
@@ -151,9 +146,8 @@ def load_inputs(path: str | os.PathLike, g: MemseGraph, batch: int | None = None
                               f"give an .npz with one array per input name")
     else:
         arrays = {names[0]: np.asarray(data)}
-    types = g.graph.get("input_types") or {}
     for name, v in arrays.items():
-        if np.dtype(types.get(name, "float32")).kind == "f" and v.dtype.kind != "f":
+        if input_dtype(g, name).kind == "f" and v.dtype.kind != "f":
             raise MemseInputError(f"{label}: inputs must be floating point, got dtype {v.dtype}" +
                                   (f" for '{name}'" if len(names) > 1 else ""))
     if batch is not None:

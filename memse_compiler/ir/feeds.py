@@ -16,18 +16,30 @@ from memse_compiler.ir.errors import MemseInputError
 Inputs = Union[np.ndarray, Mapping[str, np.ndarray]]
 
 
-def input_feed(names: list[str], x: Inputs, dtype=np.float64, types: Mapping[str, str] | None = None
-               ) -> dict[str, np.ndarray]:
+def input_dtype(g, name: str) -> np.dtype:
+    """The dtype the model declares for data input `name` (float32 when the graph does not say)."""
+    return np.dtype((g.graph.get("input_types") or {}).get(name, "float32"))
+
+
+def probe_input(rng: np.random.Generator, shape: tuple, dtype) -> np.ndarray:
+    """A batch to probe the model with: uniform on [0, 1) for a float input; ones for ids and masks (a valid index,
+    nothing masked out)."""
+    return rng.random(shape).astype(dtype) if np.dtype(dtype).kind == "f" else np.ones(shape, dtype)
+
+
+def input_feed(names: list[str], x: Inputs, dtype=np.float64, types: Mapping[str, str] | None = None,
+               label: str = "inputs") -> dict[str, np.ndarray]:
     """{input name: batch} for the data inputs `names` (a graph's ``g.graph["inputs"]``), checked to cover them
     all and to share one batch size. Float inputs as `dtype`; an input `types` declares int or bool (token ids, a
-    mask) must be given as integers or booleans, and is kept as its declared type."""
+    mask) must be given as integers or booleans, and is kept as its declared type. `label` starts the errors
+    (the file the batch came from)."""
     if isinstance(x, Mapping):
         missing = [n for n in names if n not in x]
         extra = [k for k in x if k not in names]
         if missing or extra:
             what = (f"no batch for {', '.join(repr(n) for n in missing)}" if missing else
                     f"{', '.join(repr(k) for k in extra)} is not a data input")
-            raise MemseInputError(f"inputs: {what} (the model's data inputs: {', '.join(map(repr, names))})")
+            raise MemseInputError(f"{label}: {what} (the model's data inputs: {', '.join(map(repr, names))})")
         given = {n: x[n] for n in names}
     else:
         if len(names) != 1:
@@ -43,17 +55,17 @@ def input_feed(names: list[str], x: Inputs, dtype=np.float64, types: Mapping[str
         elif v.dtype.kind in "iub":
             feed[n] = v.astype(declared, copy=False)
         else:
-            raise MemseInputError(f"inputs: input '{n}' is {declared} in the model (ids or a mask), got {v.dtype}")
+            raise MemseInputError(f"{label}: input '{n}' is {declared} in the model (ids or a mask), got {v.dtype}")
     sizes = {n: (v.shape[0] if v.ndim else None) for n, v in feed.items()}
     if len(set(sizes.values())) > 1:
         listed = ", ".join(f"'{n}' {s}" for n, s in sizes.items())
-        raise MemseInputError(f"inputs: the data inputs' batches differ in size ({listed})")
+        raise MemseInputError(f"{label}: the data inputs' batches differ in size ({listed})")
     return feed
 
 
-def graph_feed(g, x: Inputs, dtype=np.float64) -> dict[str, np.ndarray]:
+def graph_feed(g, x: Inputs, dtype=np.float64, label: str = "inputs") -> dict[str, np.ndarray]:
     """`input_feed` for the data inputs of graph `g`, with their declared types."""
-    return input_feed(g.graph["inputs"], x, dtype, g.graph.get("input_types"))
+    return input_feed(g.graph["inputs"], x, dtype, g.graph.get("input_types"), label)
 
 
 def feed_batch(feed: Mapping[str, np.ndarray]) -> int:

@@ -15,43 +15,51 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import sympy
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from memse_compiler.ir.ops.base import Linearization, OpRule, register
+
+
+# onnx.reference implements (De)QuantizeLinear from opset 19 on, the same map for 8-bit integers as 13's
+EVALUATE_FROM = {"DequantizeLinear": 19, "QuantizeLinear": 19}
+
+
+def node_evaluator(node: onnx.NodeProto, fed: dict[str, int], opset: int,
+                   constants: dict[str, np.ndarray] | None = None):
+    """onnx.reference on a model of `node` alone: `fed` maps the inputs given at run time to their ONNX elem types,
+    `constants` holds the others (the frontend's folds of constant nodes, and exact nodes)."""
+    from onnx.reference import ReferenceEvaluator
+    inputs = [helper.make_tensor_value_info(n, t, None) for n, t in fed.items()]
+    inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in (constants or {}).items()]
+    outputs = [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in node.output]
+    graph = helper.make_graph([node], "one_node", inputs, outputs, inits)
+    opset = max(opset, EVALUATE_FROM.get(node.op_type, 0))
+    return ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
 
 
 @dataclass(eq=False)
 class ExactNode:
     """One exported node run on its signal operands (the constants it reads are kept here)."""
     node: onnx.NodeProto
-    constants: dict[int, np.ndarray]          # input position -> constant value
-    input_types: dict[int, int]               # signal input position -> ONNX elem type it is fed as
-    output_types: list[int]
+    constants: dict[str, np.ndarray]          # the constants it reads, as exported
+    fed: dict[str, int]                       # the signals it reads -> the ONNX elem type each is fed as
     opset: int
     _session: object = field(default=None, repr=False)
 
     def __repr__(self) -> str:       # what the exported graph shows
         return f"exact {self.node.op_type}"
 
-    def _evaluator(self):
-        if self._session is None:
-            from onnx.reference import ReferenceEvaluator
-            names = [f"in{i}" if n else "" for i, n in enumerate(self.node.input)]
-            node = helper.make_node(self.node.op_type, names, [f"out{k}" for k in range(len(self.output_types))],
-                                    domain=self.node.domain)
-            node.attribute.extend(self.node.attribute)
-            inputs = [helper.make_tensor_value_info(f"in{i}", self.input_types[i], None) for i in self.input_types]
-            inits = [onnx.numpy_helper.from_array(np.asarray(v), f"in{i}") for i, v in self.constants.items()]
-            outputs = [helper.make_tensor_value_info(f"out{k}", t, None) for k, t in enumerate(self.output_types)]
-            graph = helper.make_graph([node], "exact", inputs, outputs, inits)
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
-            self._session = ReferenceEvaluator(model)
-        return self._session
+    @property
+    def outputs(self) -> list[str]:
+        return [o for o in self.node.output if o]
 
     def run(self, signals: list[np.ndarray]) -> list[np.ndarray]:
-        feed = {f"in{i}": np.asarray(x, dtype=helper.tensor_dtype_to_np_dtype(self.input_types[i]))
-                for i, x in zip(sorted(self.input_types), signals)}
-        return [np.asarray(y) for y in self._evaluator().run(None, feed)]
+        """The outputs for the signal operands, in the node's input order."""
+        if self._session is None:
+            self._session = node_evaluator(self.node, self.fed, self.opset, self.constants)
+        names = [t for t in self.node.input if t in self.fed]
+        feed = {n: np.asarray(x, dtype=helper.tensor_dtype_to_np_dtype(self.fed[n])) for n, x in zip(names, signals)}
+        return [np.asarray(y) for y in self._session.run(None, feed)]
 
 
 def _float64(a: np.ndarray) -> np.ndarray:
@@ -75,8 +83,8 @@ class ExactRule(OpRule):
 
     def expressions(self, attrs, mus, vs, node):
         op = attrs["exact"].node.op_type
-        return ([sympy.Function(f"{op}_exact")(*mus) for _ in attrs["exact"].output_types],
-                [sympy.Integer(0) for _ in attrs["exact"].output_types])
+        return ([sympy.Function(f"{op}_exact")(*mus) for _ in attrs["exact"].outputs],
+                [sympy.Integer(0) for _ in attrs["exact"].outputs])
 
 
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
@@ -96,17 +104,16 @@ def touches_non_float(node: onnx.NodeProto, consts: dict, elem_types: dict) -> b
 
 def exact_attrs(node: onnx.NodeProto, consts: dict, elem_types: dict, opset: int) -> tuple[dict, list[str]]:
     """(the Exact node's attrs, its signal operands)."""
-    constants, types = {}, {}
-    for i, t in enumerate(node.input):
+    constants, fed = {}, {}
+    for t in node.input:
         if not t:
             continue
         if t in consts:
             c = consts[t]
             # folded constants are float64 here; as exported they are float32 unless declared double
             want = elem_types.get(t) or (onnx.TensorProto.FLOAT if c.dtype.kind == "f" else None)
-            constants[i] = c.astype(helper.tensor_dtype_to_np_dtype(want)) if want else c
+            constants[t] = c.astype(helper.tensor_dtype_to_np_dtype(want)) if want else c
         else:
-            types[i] = elem_types.get(t, onnx.TensorProto.FLOAT)
-    outs = [elem_types.get(o, onnx.TensorProto.FLOAT) for o in node.output if o]
-    attrs = {"exact": ExactNode(node, constants, types, outs, opset), "onnx_op": node.op_type}
-    return attrs, [node.input[i] for i in sorted(types)]
+            fed[t] = elem_types.get(t, onnx.TensorProto.FLOAT)
+    attrs = {"exact": ExactNode(node, constants, fed, opset), "onnx_op": node.op_type}
+    return attrs, [t for t in node.input if t in fed]
