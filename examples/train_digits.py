@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Train eight small digit classifiers and export them to ONNX.
+"""Train nine small digit classifiers and export them to ONNX.
 
 Produces (next to this script):
   mlp_digits.onnx, cnn_digits.onnx, rescnn_digits.onnx, attn_digits.onnx (a one-block transformer),
   vit_digits.onnx (a vision transformer of torch's nn.TransformerEncoderLayer), and the same weights as
   vit_digits_dynamo.onnx (torch's dynamo exporter, batch fixed at 1; needs onnxscript),
   lstm_digits.onnx and gru_digits.onnx (the image rows as an 8-step sequence),
-  tokens_digits.onnx (the 64 pixel intensities 0..16 as int64 token ids, a small transformer)
+  tokens_digits.onnx (the 64 pixel intensities 0..16 as int64 token ids, a small transformer),
+  bnn_digits.onnx (binarised activations: sign between the layers, trained with a straight-through estimator)
   digits_tokens.npy        (200,64)    int64    - the first 200 test images as token ids
   digits_inputs.npy        (200,1,8,8) float32  - first 200 test images
   digits_labels.npy        (200,)      int64    - their labels
@@ -52,6 +53,33 @@ class MLP(nn.Module):
             nn.Linear(64, 64), nn.ReLU(),
             nn.Linear(64, 32), nn.ReLU(),
             nn.Linear(32, 10),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class BinaryAct(nn.Module):
+    """sign(x) in evaluation and export (ONNX Sign); in training the straight-through estimator, whose gradient is
+    hardtanh's."""
+
+    def forward(self, x):
+        if self.training:
+            c = x.clamp(-1.0, 1.0)
+            return c + (torch.sign(x) - c).detach()
+        return torch.sign(x)
+
+
+class BNN(nn.Module):
+    """Binarised activations (+-1 between the layers; the weights stay real, as the crossbars store them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64, 64), BinaryAct(),
+            nn.Linear(64, 64), BinaryAct(),
+            nn.Linear(64, 10),
         )
 
     def forward(self, x):
@@ -301,6 +329,7 @@ def main():
         ("lstm_digits", LSTMNet, 40, {}),
         ("gru_digits", GRUNet, 40, {}),
         ("tokens_digits", TokenNet, 60, {}),
+        ("bnn_digits", BNN, 60, {}),
     ]
     if only:
         specs = [s for s in specs if s[0] in only.split(",")]

@@ -16,7 +16,7 @@ from memse_compiler.ir.geometry import ConvGeometry
 _PER_SAMPLE_OPS = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "Tanh", "Elu", "Selu", "Celu", "Softplus",
                    "Softsign", "Gelu", "HardSwish", "Erf", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal", "Clip",
                    "Identity", "Dropout", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Pow", "Softmax",
-                   "LogSoftmax"}
+                   "LogSoftmax", "Sign", "Pointwise"}
 CHIP_BATCH_ELEMENTS = 1 << 20     # float32 elements of the widest signal over a run's stacked chips
 # the digits MLP costs the same per chip from 8 to 64 chips a run (0.16 ms); fewer waste fewer draws when a
 # precision target stops the run part-way through its last run
@@ -50,8 +50,8 @@ def chip_batching_obstacle(g: MemseGraph) -> str | None:
             return f"'{unit}' ({op}) may mix samples"
         if op in ("Softmax", "LogSoftmax") and d["attrs"].get("axis", -1) % len(g.tensors[d["inputs"][0]]) == 0:
             return f"'{unit}' ({op}) normalises over the batch axis"
-        for t in d["inputs"]:
-            c = consts.get(t)
+        read = d["attrs"]["body"].constants if op == "Pointwise" else {t: consts.get(t) for t in d["inputs"]}
+        for c in read.values():
             if c is not None and np.ndim(c) >= len(g.tensors[d["outputs"][0]]) and np.shape(c)[0] != 1:
                 return f"'{unit}' ({op}) has a constant along the batch axis"
     return None

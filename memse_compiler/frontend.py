@@ -32,6 +32,7 @@ from memse_compiler.ir.ops import rule_for, unsupported_op
 from memse_compiler.ir.ops.base import ParseContext, node_attribute
 from memse_compiler.ir.ops.exact import exact_attrs, node_evaluator, reads_only_exact, touches_non_float
 from memse_compiler.opset_upgrade import constant_tensors, default_opset, upgrade_opset
+from memse_compiler.pointwise_fusion import fuse_pointwise
 from memse_compiler.recurrent import refuse_sequence_first_input, unroll_recurrent
 
 
@@ -430,6 +431,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     if not any(d["kind"] == KIND_WEIGHTED for _, d in g.nodes(data=True)):
         raise MemseInputError(f"{label}: no weighted op (Gemm, MatMul or Conv with constant weights) to map")
     g.rebuild_producers()
+    fuse_pointwise(g, label)
     if export_batch is not None and not batch_fixed:
         # freed of its batch, the graph must still be the export's network sample by sample; if not, it keeps it
         batch_fixed = not check_freed_batch(g, original, export_batch)

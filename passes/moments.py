@@ -14,12 +14,14 @@ import time
 
 import numpy as np
 
-from memse_compiler.ir import KIND_INPUT, KIND_OUTPUT, MemseGraph, schedule
+from memse_compiler.ir import KIND_INPUT, KIND_OUTPUT, MemseGraph, schedule, stats
+from memse_compiler.ir.crossbar import converter_levels
 from memse_compiler.ir.errors import DomainError, MemseInputError
 from memse_compiler.ir.ops import rule_for
 from memse_compiler.ir.pass_base import Pass, PassContext
 from memse_compiler.ir.ops.base import Linearization
 from memse_compiler.ir.ops.elementwise import ElementwiseRule
+from memse_compiler.ir.ops.pointwise import PointwiseRule
 from passes.crossbar_math import crossbar_moments, propagated_variance
 
 
@@ -91,6 +93,16 @@ def window_correlation(g: MemseGraph, lin: dict, moments: dict, tensor: str, att
     return np.clip(np.where(cross > 0, excess / np.where(cross > 0, cross, 1.0), 0.0), -0.5, 0.999)
 
 
+def lattice_layer(g: MemseGraph, z: str, lin: dict):
+    """The layer whose output `z` is, when that output sits on its ADC's lattice (one row tile, an ADC, no digital
+    bias: z = ADC code x step), else None."""
+    name = g.nodes[g.producer(z)].get("layer")      # set on a lowered layer's sum/bias node
+    layer = g.layers.get(name) if name else None
+    on_lattice = (layer is not None and name in lin and layer.output == z and layer.row_tiles == 1
+                  and layer.adc_bits is not None and (layer.bias is None or layer.bias_row))
+    return layer if on_lattice else None
+
+
 def relu_source(g: MemseGraph, tensor: str, moments: dict, lin: dict) -> tuple:
     """(moments of Z, lattice) when `tensor` = Relu(Z), else (None, None). The DAC of a rectified signal is
     exact on Z's Gaussian; `lattice` = (layer, its moments) when Z is the output of a one-row-tile crossbar
@@ -99,11 +111,33 @@ def relu_source(g: MemseGraph, tensor: str, moments: dict, lin: dict) -> tuple:
     if d.get("op") != "Relu" or d["inputs"][0] not in moments:
         return None, None
     z = d["inputs"][0]
-    name = g.nodes[g.producer(z)].get("layer")      # set on a lowered layer's sum/bias node
-    layer = g.layers.get(name) if name else None
-    on_lattice = (layer is not None and name in lin and layer.output == z and layer.row_tiles == 1
-                  and layer.adc_bits is not None and (layer.bias is None or layer.bias_row))
-    return moments[z], ((layer, lin[name]) if on_lattice else None)
+    layer = lattice_layer(g, z, lin)
+    return moments[z], ((layer, lin[layer.name]) if layer is not None else None)
+
+
+def on_lattice_moments(g: MemseGraph, unit: str, rule, attrs: dict, ins: list[tuple], lin: dict):
+    """(means, variances, linearization) of a pointwise op that jumps, read straight off an ADC's lattice: summed
+    over the codes (stats.lattice_function_moments), on the partial sum's Gaussian (with the refinement's
+    correction of the layer output's variance); elements whose window of codes would be too wide keep the rule's
+    Gaussian moments. None when the input is not on a lattice."""
+    d = g.nodes[unit]
+    layer = lattice_layer(g, d["inputs"][0], lin) if rule.jumps(attrs) else None
+    if layer is None:
+        return None
+    cm = lin[layer.name]
+    shape, geo = cm.out_mean.shape, layer.geometry
+    y_mean = geo.from_vectors(cm.ps_mean[:, :, :, 0, :], shape)
+    y_var = np.maximum(geo.from_vectors(cm.ps_var[:, :, :, 0, :], shape) + ins[0][1] - cm.out_var, 0.0)
+    step = geo.from_vectors(np.broadcast_to(layer.adc_steps()[:, 0, :], cm.ps_mean[:, :, :, 0, :].shape), shape)
+    sides = [m for m, _ in ins[1:]]
+    m, ok = stats.lattice_function_moments(lambda z: rule.forward(attrs, [z] + sides)[0], y_mean, y_var, step,
+                                           *converter_levels(layer.adc_bits, True))
+    mean, var, gain = m
+    if not ok.all():
+        (g_mean,), (g_var,), g_lz = rule.moments(attrs, [a for a, _ in ins], [b for _, b in ins])
+        mean, var, gain = np.where(ok, mean, g_mean), np.where(ok, var, g_var), np.where(ok, gain, g_lz.gains[0])
+    resid = np.maximum(var - gain ** 2 * ins[0][1], 0.0)
+    return [mean], [var], Linearization(gains=[gain] + [None] * len(sides), residual=[resid])
 
 
 def tile_signals(layer, cm, x_ref: np.ndarray) -> dict[str, tuple]:
@@ -230,10 +264,11 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
                 attrs = dict(attrs, rho=rho[: moments[d["inputs"][0]][1].shape[0]])
         rule = rule_for(d["op"])
         try:
-            means, variances, lz = rule.moments(attrs, [a for a, _ in ins], [b for _, b in ins])
+            means, variances, lz = (on_lattice_moments(g, unit, rule, attrs, ins, lin) or
+                                    rule.moments(attrs, [a for a, _ in ins], [b for _, b in ins]))
         except DomainError as exc:
             raise MemseInputError(f"node '{unit}' ({d['op']}): {exc}") from None
-        if coherent and isinstance(rule, ElementwiseRule):
+        if coherent and isinstance(rule, (ElementwiseRule, PointwiseRule)) and not rule.jumps(attrs):
             lz = coherent_residual(lz, ins[0][1], coherent)
         lin[unit] = lz
         for t, m, v in zip(d["outputs"], means, variances):

@@ -285,6 +285,61 @@ def activation_models() -> list[ZooModel]:
     ]
 
 
+def _where_leaky(g: Builder, x: str) -> str:
+    """torch.where(x > 0, x, 0.1 * x)."""
+    c = g.op("Greater", [x, g.const("zero", np.float32(0.0))])
+    return g.op("Where", [c, x, g.op("Mul", [x, g.const("slope", np.float32(0.1))])])
+
+
+def _hard_shrink(g: Builder, x: str) -> str:
+    """F.hardshrink's form: where(not |x| < lambda, x, 0), with a threshold per feature."""
+    small = g.op("Less", [g.op("Abs", [x]), g.const("lambd", g.rng.uniform(0.2, 0.6, M).astype(np.float32))])
+    return g.op("Where", [g.op("Not", [small]), x, g.const("zero", np.float32(0.0))])
+
+
+def _band_gate(g: Builder, x: str) -> str:
+    """x * ((x > -0.3) & (x <= 0.4)).float() + (x >= 0.4).float(): a band kept, a step above."""
+    band = g.op("And", [g.op("Greater", [x, g.const("lo", np.float32(-0.3))]),
+                        g.op("LessOrEqual", [x, g.const("hi", np.float32(0.4))])])
+    above = g.op("Cast", [g.op("GreaterOrEqual", [x, g.const("top", np.float32(0.4))])], to=TensorProto.FLOAT)
+    return g.op("Add", [g.op("Mul", [x, g.op("Cast", [band], to=TensorProto.FLOAT)]), above])
+
+
+def _odd_logic(g: Builder, x: str) -> str:
+    """where((x < -0.8) | ((x > 0) ^ (x == 0.25)), x, 0.5 x): Or, Xor and a float Equal (a measure-zero event)."""
+    flip = g.op("Xor", [g.op("Greater", [x, g.const("zero", np.float32(0.0))]),
+                        g.op("Equal", [x, g.const("quarter", np.float32(0.25))])])
+    cond = g.op("Or", [g.op("Less", [x, g.const("low", np.float32(-0.8))]), flip])
+    return g.op("Where", [cond, x, g.op("Mul", [x, g.const("half", np.float32(0.5))])])
+
+
+def pointwise_models() -> list[ZooModel]:
+    """Functions of one noisy signal folded into one Pointwise node: comparisons, logic, x reaching an op twice."""
+    return [
+        _act_model("act_where_leaky", _where_leaky),
+        _act_model("act_hard_shrink", _hard_shrink),
+        _act_model("act_band_gate", _band_gate),
+        _act_model("act_odd_logic", _odd_logic),
+        _act_model("act_silu_pattern", lambda g, x: g.op("Mul", [x, g.op("Sigmoid", [x])])),
+    ] + [_binarized(), _conv_channel_threshold()]
+
+
+def _binarized() -> ZooModel:
+    """A binarised hidden layer: sign(x W1) W2 (64 hidden units, so that a chip flips a few signs)."""
+    g = Builder("binarized_sign")
+    h = g.op("Sign", [g.gemm(g.input("x", (N, K)), K, 64, name="fc1")])
+    return g.build(g.gemm(h, 64, 4, name="fc2"))
+
+
+def _conv_channel_threshold() -> ZooModel:
+    """where(y > t_c, y, 0) on a conv's output, a threshold per channel (C, 1, 1), then another conv."""
+    g = Builder("conv_channel_threshold")
+    y = g.conv(g.input("x", ("N", 3, 8, 8)), 3, 4, pads=[1, 1, 1, 1])
+    keep = g.op("Greater", [y, g.const("t", g.rng.uniform(-0.2, 0.3, (4, 1, 1)).astype(np.float32))])
+    y = g.op("Where", [keep, y, g.const("zero", np.float32(0.0))])
+    return g.build(g.conv(y, 4, 2, name="conv2"))
+
+
 def _square_plus(g: Builder, x: str, c: float) -> str:
     """x^2 + c: a positive signal for Sqrt, Log and fractional powers."""
     return g.op("Add", [g.op("Mul", [x, x]), g.const("c", np.float32(c))])
@@ -523,7 +578,7 @@ def dense_misc_models() -> list[ZooModel]:
 def op_coverage_models() -> list[ZooModel]:
     """All coverage models (fresh objects on each call)."""
     conv = _conv_module()
-    models = (gemm_models() + matmul_models() + activation_models() + dense_misc_models()
+    models = (gemm_models() + matmul_models() + activation_models() + pointwise_models() + dense_misc_models()
               + conv.conv_models() + conv.bn_models() + conv.pool_models() + conv.conv_misc_models()
               + conv.block_models())
     names = [m.name for m in models]

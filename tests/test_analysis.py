@@ -54,6 +54,9 @@ CASES = [
     # int64 token ids: the embedding lookup is an exact digital op, the projections crossbars (literal read noise
     # over 64 tokens is slow in the reference; the executor checks it)
     ("tokens", ["read_noise.sigma=0"], 150),
+    # binarised activations: sign of each one-row-tile layer's ADC output, its moments summed over the ADC codes
+    ("bnn", [], 300),
+    ("bnn", ["programming_noise.sigma=5e-7"], 300),
 ]
 
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from memse_compiler import compile_model
 from memse_compiler.cli import main
@@ -71,27 +69,6 @@ def test_bad_ids_and_types_are_refused():
         compile_model(FILL, "rram", dict(x, ids=np.where(x["ids"] == 0, 20, x["ids"])))
     with pytest.raises(MemseInputError, match="'ids' is int64 in the model"):
         compile_model(FILL, "rram", dict(x, ids=x["ids"].astype(np.float64) + 0.5))
-
-
-def _noisy_comparison_model() -> onnx.ModelProto:
-    """Where(Greater(x W^T, 0), ...): a condition computed from a crossbar's (noisy) output."""
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w")
-    zero = numpy_helper.from_array(np.zeros((), np.float32), "zero")
-    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="fc"),
-             helper.make_node("Greater", ["h", "zero"], ["c"], name="positive"),
-             helper.make_node("Where", ["c", "h", "zero"], ["y"], name="select")]
-    graph = helper.make_graph(nodes, "noisy_cond", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w, zero])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def test_comparison_of_a_noisy_signal_is_refused(tmp_path, capsys):
-    path = tmp_path / "noisy_cond.onnx"
-    onnx.save(_noisy_comparison_model(), path)
-    code = main([str(path), "--device", "rram"])
-    err = capsys.readouterr().err
-    assert code == 2 and "unsupported op 'Greater' at node 'positive' on a signal computed by the crossbars" in err
-    assert len(err.strip().splitlines()) == 1
 
 
 def test_cli_with_token_ids(tmp_path, capsys):

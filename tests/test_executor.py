@@ -56,7 +56,7 @@ def example_inputs(name: str) -> np.ndarray:
     return np.load(EXAMPLES / "digits_tokens.npy") if name == "tokens" else X
 
 
-EXAMPLE_NAMES = ["mlp", "cnn", "rescnn", "attn", "vit", "lstm", "gru", "tokens"]
+EXAMPLE_NAMES = ["mlp", "cnn", "rescnn", "attn", "vit", "lstm", "gru", "tokens", "bnn"]
 
 
 def assert_close(got, want, rtol=1e-5, what=""):

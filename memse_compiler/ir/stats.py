@@ -245,6 +245,41 @@ def _staircase_moments(mu, s, step, qmin, qmax, window):
     return mean, var, gain
 
 
+def lattice_function_moments(f, mu: np.ndarray, var: np.ndarray, step: np.ndarray, qmin: int, qmax: int,
+                             max_half_width: int = 64) -> tuple[Moments, np.ndarray]:
+    """Moments of f(Z), Z = step * clip(round(Y / step), qmin, qmax) for Y ~ N(mu, var) element-wise: a sum over
+    the codes within 6 std of mu, the tails folded onto the window's ends. For a function that jumps (a comparison,
+    sign) read straight off an ADC: Z's Gaussian stand-in spreads the mass that sits on the codes, e.g. sign(Z) is
+    0 with the probability of the code 0. gain = dE[f(Z)]/dmu / dE[Z]/dmu: the response to a shift of Y per unit
+    of Z's (0 where Z does not respond). Also returns where the moments hold: the elements whose window is within
+    max_half_width codes either side (wider ones are left to the caller: there the codes are dense on the
+    Gaussian)."""
+    mu, var, step = np.broadcast_arrays(np.asarray(mu, float), np.asarray(var, float), np.asarray(step, float))
+    s = np.sqrt(np.maximum(var, 0.0))
+    width = np.ceil(6 * s / step) + 1
+    ok = width <= max_half_width
+    h = int(np.max(width, initial=1.0, where=ok))
+    pos = s > 0
+    sd = np.where(pos, s, 1.0)
+    kc = np.round(mu / step)
+    f_c = f(step * np.clip(kc, qmin, qmax))                     # moments centred on the central code's value
+    m1, m2, d_mean, d_z = (np.zeros(mu.shape) for _ in range(4))
+    for j in range(-h, h + 1):
+        k = kc + j
+        lo = np.full(mu.shape, -np.inf) if j == -h else ((k - 0.5) * step - mu) / sd
+        hi = np.full(mu.shape, np.inf) if j == h else ((k + 0.5) * step - mu) / sd
+        p = np.where(pos, norm_cdf(hi) - norm_cdf(lo), float(j == 0))
+        dp = np.where(pos, (norm_pdf(lo) - norm_pdf(hi)) / sd, 0.0)        # dp / dmu
+        z = step * np.clip(k, qmin, qmax)
+        d = f(z) - f_c
+        m1 += p * d
+        m2 += p * d * d
+        d_mean += dp * d
+        d_z += dp * z
+    gain = np.where(d_z != 0, d_mean / np.where(d_z != 0, d_z, 1.0), 0.0)
+    return Moments(f_c + m1, np.maximum(m2 - m1 * m1, 0.0), gain), ok
+
+
 # ---- smooth functions: Gauss-Hermite quadrature ------------------------------------------------------------
 _GH_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 

@@ -2,6 +2,7 @@
 """Export the transformer forms of torch's own modules that tests/test_torch_exports.py checks (random weights,
 seed 0; the legacy TorchScript exporter, opset 17, as examples/train_digits.py). Needs torch (not a dependency
 of memse-compiler); the committed .onnx files are what the tests read. Usage: python tests/torch_exports/make.py
+[activations] (the act_* exports only)
 
   seqfirst_mha.onnx           nn.MultiheadAttention(batch_first=False) between two transposes (dynamic batch)
   mha_weights.fixed.onnx      need_weights=True: the head-averaged attention weights are used too (batch 4)
@@ -26,6 +27,13 @@ of memse-compiler); the committed .onnx files are what the tests read. Usage: py
   mini_bert.onnx              int64 ids only, padding = id 0: embeddings, 2-layer nn.TransformerEncoder with
                               src_key_padding_mask = (ids == 0), masked mean pool (dynamic batch)
   mini_bert.dynamo.onnx       the same through torch's dynamo exporter (batch 4; needs onnxscript)
+  act_<name>.onnx             Linear -> activation -> Linear, activations written with comparisons of the noisy
+                              signal or the signal reaching an op twice (ir/ops/pointwise.py): torch.where(h > 0, h,
+                              0.1 h), F.hardshrink (Greater, Less, Cast to bool, Or, Where), F.softshrink,
+                              torch.where(h < -0.5, full_like(h, -0.5), h) (a ConstantOfShape of the batch),
+                              h * (h > 0.2).float(), F.silu at opset 13 (Sigmoid, Mul), F.gelu(approximate="tanh")
+                              (its chain of Mul, Add, Tanh); act_threshold.dynamo: F.threshold(h, 0.1, -0.2) through
+                              the dynamo exporter (LessOrEqual, Where; batch 4)
 """
 import math
 import os
@@ -221,6 +229,40 @@ class MiniBert(nn.Module):
         return self.head((h * keep).sum(1) / keep.sum(1).clamp(min=1))
 
 
+ACTIVATIONS = {
+    "where_leaky": lambda h: torch.where(h > 0, h, 0.1 * h),
+    "hardshrink": lambda h: F.hardshrink(h, 0.3),
+    "softshrink": lambda h: F.softshrink(h, 0.3),
+    "clamp_where": lambda h: torch.where(h < -0.5, torch.full_like(h, -0.5), h),
+    "heaviside": lambda h: h * (h > 0.2).float(),
+    "silu": F.silu,
+    "gelu_tanh": lambda h: F.gelu(h, approximate="tanh"),
+    "threshold": lambda h: F.threshold(h, 0.1, -0.2),
+}
+
+
+class Activation(nn.Module):
+    def __init__(self, name):
+        super().__init__()
+        self.a, self.b, self.act = nn.Linear(64, 32), nn.Linear(32, 10), ACTIVATIONS[name]
+
+    def forward(self, x):
+        return self.b(self.act(self.a(x.flatten(1))))
+
+
+def export_activations():
+    warnings.filterwarnings("ignore")
+    for name in ACTIVATIONS:
+        torch.manual_seed(0)
+        dynamo = name == "threshold"          # the legacy exporter refuses a non-zero threshold
+        path = os.path.join(HERE, f"act_{name}{'.dynamo' if dynamo else ''}.onnx")
+        extra = (dict(external_data=False) if dynamo else
+                 dict(opset_version=13 if name == "silu" else 17, dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}))
+        torch.onnx.export(Activation(name).eval(), (torch.rand(4, 1, 8, 8),), path, dynamo=dynamo,
+                          input_names=["x"], output_names=["y"], **extra)
+        print(f"{os.path.basename(path)}  {os.path.getsize(path)} B")
+
+
 def main():
     warnings.filterwarnings("ignore")
     for name, cls, dynamic in [("seqfirst_mha", SeqFirstMHA, True), ("mha_weights.fixed", MHAWeights, False),
@@ -260,6 +302,7 @@ def main():
         torch.onnx.export(MiniBert().eval(), (ids,), path, dynamo=dynamo, input_names=["ids"], output_names=["y"],
                           **extra)
         print(f"{name}.onnx  {os.path.getsize(path)} B")
+    export_activations()
     torch.manual_seed(0)
     path = os.path.join(HERE, "gru_seqfirst.dynamo.onnx")
     torch.onnx.export(SeqFirstGRU().eval(), (torch.rand(1, 1, 8, 8),), path, dynamo=True, external_data=False,
@@ -268,4 +311,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    export_activations() if sys.argv[1:] == ["activations"] else main()

@@ -38,6 +38,9 @@ class AbsRule(ElementwiseRule):
     def f(self, attrs, x):
         return np.abs(x)
 
+    def pieces(self, attrs, xs):
+        return [xs[0] >= 0]
+
     def stat(self, attrs, mu, var):
         return stats.leaky_relu_moments(mu, var, -1.0)
 
@@ -159,6 +162,7 @@ class ExtremumRule(OpRule):
     moments of the larger of two Gaussians, taken as independent like the other binary ops (exact against a
     constant, where the other variance is 0); max(x, x) = x. The gains are P(operand wins)."""
     op_types = ("Max", "Min")
+    pointwise = True
 
     def parse(self, ctx):
         ins = [i for i in ctx.node.input if i]
@@ -168,6 +172,9 @@ class ExtremumRule(OpRule):
 
     def forward(self, attrs, xs):
         return [(np.maximum if attrs["op"] == "Max" else np.minimum)(xs[0], xs[1])]
+
+    def pieces(self, attrs, xs):
+        return [xs[0] > xs[1]]
 
     def moments(self, attrs, means, variances):
         (ma, mb), (va, vb) = means, variances

@@ -114,6 +114,11 @@ class OpRule:
     # handles integer signals itself (fake quantization's codes); other rules leave a node that reads or writes
     # integer or bool data inputs' values to the exact rule (ir/ops/exact.py)
     integer_signals: ClassVar[bool] = False
+    # element-wise in its signal operands (constants broadcast from the right), so `forward` also runs on stacked
+    # values with extra leading axes: it may sit inside a function of one noisy signal (ir/ops/pointwise.py)
+    pointwise: ClassVar[bool] = False
+    # gives a bool signal (a comparison, logic on comparisons): only inside such a function
+    boolean: ClassVar[bool] = False
 
     # ---- frontend --------------------------------------------------------------------------------
     def resolve(self, ctx: ParseContext) -> "OpRule":
@@ -150,6 +155,16 @@ class OpRule:
             in_shapes: list[tuple]) -> list[np.ndarray | None]:
         """Transpose of the node's linearisation: output sensitivities -> input sensitivities."""
         raise NotImplementedError
+
+    def pieces(self, attrs: dict, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """Pointwise rules: bool arrays that split the op's input space where it jumps or kinks (x > 0 for Relu),
+        so that quadrature over a function of one noisy signal integrates each smooth piece on its own."""
+        return []
+
+    def jumps(self, attrs: dict) -> bool:
+        """Pointwise rules: whether the function jumps (a comparison, Sign). Read straight off an ADC, such a
+        function sees the ADC's codes, not a Gaussian: the moment pass then sums over the codes."""
+        return False
 
     def averages(self, attrs: dict) -> bool:
         """Whether the op averages over positions (a pool, a mean, a linear resampling): where treating the

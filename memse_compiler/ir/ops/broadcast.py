@@ -94,17 +94,17 @@ class WhereRule(OpRule):
     """Where(condition, a, b) with a constant condition (`scores.masked_fill(mask == 0, -inf)` with a fixed causal
     mask, whose -inf the frontend makes -1e30 as for an additive mask) or an exact one, computed from the data
     inputs alone (a padding mask fed with the tokens, ir/ops/exact.py): the same on every chip. Every element is
-    one operand's element: its moments are that operand's, exactly, and so is its sensitivity."""
+    one operand's element: its moments are that operand's, exactly, and so is its sensitivity. A condition that
+    compares a noisy signal is parsed too, as an operand; the frontend then folds the Where into a function of
+    that one signal (ir/ops/pointwise.py) or refuses it (memse_compiler/pointwise_fusion.py)."""
     op_types = ("Where",)
+    pointwise = True
 
     def parse(self, ctx):
         cond = ctx.const(0)
         if cond is not None:
             return {"condition": cond.astype(bool)}
-        if ctx.node.input[0] in ctx.exact:
-            return {"condition": None}          # an operand, read at run time
-        raise ctx.fail("the condition is computed from a noisy signal (only a constant mask, or one computed "
-                       "from the data inputs alone, is supported)")
+        return {"condition": None}              # an operand, read at run time (exact, or fused away)
 
     def operands(self, ctx):
         return [1, 2] if ctx.is_const(0) else [0, 1, 2]
@@ -113,7 +113,8 @@ class WhereRule(OpRule):
     def _split(attrs, xs):
         """(condition, a, b) from the operands."""
         if attrs["condition"] is None:
-            return np.asarray(xs[0]).astype(bool), xs[1], xs[2]
+            c = np.asarray(xs[0])
+            return (c if c.dtype == bool else c.astype(bool)), xs[1], xs[2]
         return attrs["condition"], xs[0], xs[1]
 
     def forward(self, attrs, xs):

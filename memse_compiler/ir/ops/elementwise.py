@@ -10,6 +10,7 @@ from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, regi
 
 class ElementwiseRule(OpRule):
     """y = f(x). Subclasses give `f` and `stat(mu, var, attrs) -> stats.Moments`."""
+    pointwise = True
 
     def operands(self, ctx: ParseContext) -> list[int]:
         return [0]
@@ -43,6 +44,9 @@ class ReluRule(ElementwiseRule):
     def f(self, attrs, x):
         return np.maximum(x, 0.0)
 
+    def pieces(self, attrs, xs):
+        return [xs[0] > 0]
+
     def stat(self, attrs, mu, var):
         return stats.relu_moments(mu, var)
 
@@ -65,6 +69,9 @@ class LeakyReluRule(ElementwiseRule):
 
     def f(self, attrs, x):
         return np.where(x >= 0, x, attrs["alpha"] * x)
+
+    def pieces(self, attrs, xs):
+        return [xs[0] >= 0]
 
     def stat(self, attrs, mu, var):
         return stats.leaky_relu_moments(mu, var, attrs["alpha"])
@@ -108,6 +115,9 @@ class ClipRule(ElementwiseRule):
 
     def f(self, attrs, x):
         return np.clip(x, attrs["lo"], attrs["hi"])
+
+    def pieces(self, attrs, xs):
+        return [xs[0] < attrs["lo"], xs[0] > attrs["hi"]]
 
     def stat(self, attrs, mu, var):
         return stats.clip_moments(mu, var, attrs["lo"], attrs["hi"])
@@ -256,6 +266,10 @@ class HardSigmoidRule(ElementwiseRule):
     def f(self, attrs, x):
         return np.clip(attrs["alpha"] * x + attrs["beta"], 0.0, 1.0)
 
+    def pieces(self, attrs, xs):
+        z = attrs["alpha"] * xs[0] + attrs["beta"]
+        return [z < 0, z > 1]
+
     def stat(self, attrs, mu, var):
         a = attrs["alpha"]
         m = stats.clip_moments(a * mu + attrs["beta"], a * a * var, 0.0, 1.0)
@@ -269,6 +283,9 @@ class HardSwishRule(ElementwiseRule):
 
     def f(self, attrs, x):
         return stats.hard_swish(x)
+
+    def pieces(self, attrs, xs):
+        return [xs[0] < -3.0, xs[0] > 3.0]
 
     def stat(self, attrs, mu, var):
         return stats.piecewise_quadrature_moments(stats.hard_swish, stats.hard_swish_grad, mu, var, (-3.0, 3.0))
@@ -288,6 +305,9 @@ class EluRule(ElementwiseRule):
     def f(self, attrs, x):
         return attrs["gamma"] * np.where(x > 0, x, attrs["alpha"] * np.expm1(np.minimum(x, 0.0)))
 
+    def pieces(self, attrs, xs):
+        return [xs[0] > 0]
+
     def df(self, attrs, x):
         return attrs["gamma"] * np.where(x > 0, 1.0, attrs["alpha"] * np.exp(np.minimum(x, 0.0)))
 
@@ -303,6 +323,9 @@ class SoftsignRule(ElementwiseRule):
 
     def f(self, attrs, x):
         return x / (1.0 + np.abs(x))
+
+    def pieces(self, attrs, xs):
+        return [xs[0] > 0]
 
     def stat(self, attrs, mu, var):
         return stats.piecewise_quadrature_moments(lambda x: self.f(attrs, x),

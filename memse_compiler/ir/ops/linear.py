@@ -36,6 +36,7 @@ class ShapeRule(OpRule):
 @register
 class IdentityRule(ShapeRule):
     op_types = ("Identity", "Dropout")
+    pointwise = True
 
     def parse(self, ctx):
         if ctx.node.op_type == "Dropout" and len(ctx.node.output) > 1 and ctx.node.output[1]:
@@ -51,12 +52,24 @@ class CastRule(IdentityRule):
     """Cast of a signal to float or double (`x.float()`): the identity here, where signals are float64."""
     op_types = ("Cast",)
 
+    def resolve(self, ctx):
+        """A cast to bool (of a noisy comparison, as torch's legacy hardshrink export writes it): CastToBool."""
+        if int(ctx.attr("to", 0)) == onnx.TensorProto.BOOL:
+            from memse_compiler.ir.ops.base import rule_for
+            return rule_for("CastToBool")
+        return self
+
     def parse(self, ctx):
         to = int(ctx.attr("to", 0))
         if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
             raise ctx.fail(f"a cast of a signal to {onnx.TensorProto.DataType.Name(to)} is not supported "
                            f"(only to FLOAT or DOUBLE)")
         return {}
+
+    def forward(self, attrs, xs):
+        # a noisy comparison cast to float inside a function of one signal ((x > 0).float()): 0/1, not bool
+        x = np.asarray(xs[0])
+        return [x if x.dtype.kind == "f" else x.astype(np.float64)]
 
 
 @register
@@ -183,6 +196,7 @@ class BinaryRule(OpRule):
     enters with variance 0 (so Mul by a constant scales the variance by its square). Division by a signal takes
     the delta method (second-order mean, first-order variance), so its mean must stay away from 0."""
     op_types = ("Add", "Sub", "Mul", "Div")
+    pointwise = True
 
     def parse(self, ctx):
         # x + x, x - x, x * x (torch exports x * x and x + x so): one variable, not two independent ones
