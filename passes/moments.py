@@ -93,14 +93,19 @@ def window_correlation(g: MemseGraph, lin: dict, moments: dict, tensor: str, att
     return np.clip(np.where(cross > 0, excess / np.where(cross > 0, cross, 1.0), 0.0), -0.5, 0.999)
 
 
+def adc_layer(g: MemseGraph, z: str, lin: dict):
+    """The analysed layer whose output `z` is, when it has ADCs (z = the sum of its row tiles' ADC outputs, plus a
+    digital bias), else None."""
+    name = g.nodes[g.producer(z)].get("layer")      # set on a lowered layer's sum/bias node
+    layer = g.layers.get(name) if name else None
+    return layer if layer is not None and name in lin and layer.output == z and layer.adc_bits is not None else None
+
+
 def lattice_layer(g: MemseGraph, z: str, lin: dict):
     """The layer whose output `z` is, when that output sits on its ADC's lattice (one row tile, an ADC, no digital
     bias: z = ADC code x step), else None."""
-    name = g.nodes[g.producer(z)].get("layer")      # set on a lowered layer's sum/bias node
-    layer = g.layers.get(name) if name else None
-    on_lattice = (layer is not None and name in lin and layer.output == z and layer.row_tiles == 1
-                  and layer.adc_bits is not None and (layer.bias is None or layer.bias_row))
-    return layer if on_lattice else None
+    layer = adc_layer(g, z, lin)
+    return layer if layer is not None and layer.row_tiles == 1 and (layer.bias is None or layer.bias_row) else None
 
 
 def relu_source(g: MemseGraph, tensor: str, moments: dict, lin: dict) -> tuple:
@@ -116,22 +121,30 @@ def relu_source(g: MemseGraph, tensor: str, moments: dict, lin: dict) -> tuple:
 
 
 def on_lattice_moments(g: MemseGraph, unit: str, rule, attrs: dict, ins: list[tuple], lin: dict):
-    """(means, variances, linearization) of a pointwise op that jumps, read straight off an ADC's lattice: summed
-    over the codes (stats.lattice_function_moments), on the partial sum's Gaussian (with the refinement's
-    correction of the layer output's variance); elements whose window of codes would be too wide keep the rule's
-    Gaussian moments. None when the input is not on a lattice."""
+    """(means, variances, linearization) of a pointwise op that jumps, read straight off a layer's ADCs: summed over
+    the codes of its row tiles' ADCs (stats.lattice_function_moments), on their partial sums' Gaussians, whose
+    variances are scaled by the refinement's correction of the layer output's variance; elements with too many
+    combinations of codes keep the rule's Gaussian moments. None when the input is not an ADC'd layer's output."""
     d = g.nodes[unit]
-    layer = lattice_layer(g, d["inputs"][0], lin) if rule.jumps(attrs) else None
+    layer = adc_layer(g, d["inputs"][0], lin) if rule.jumps(attrs) else None
     if layer is None:
         return None
     cm = lin[layer.name]
     shape, geo = cm.out_mean.shape, layer.geometry
-    y_mean = geo.from_vectors(cm.ps_mean[:, :, :, 0, :], shape)
-    y_var = np.maximum(geo.from_vectors(cm.ps_var[:, :, :, 0, :], shape) + ins[0][1] - cm.out_var, 0.0)
-    step = geo.from_vectors(np.broadcast_to(layer.adc_steps()[:, 0, :], cm.ps_mean[:, :, :, 0, :].shape), shape)
+    tiles = range(layer.row_tiles)
+    steps = np.broadcast_to(layer.adc_steps(), cm.ps_mean.shape)             # (N, P, G, R, O)
+    y_mean = np.stack([geo.from_vectors(cm.ps_mean[:, :, :, r, :], shape) for r in tiles])
+    y_var = np.stack([geo.from_vectors(cm.ps_var[:, :, :, r, :], shape) for r in tiles])
+    step = np.stack([geo.from_vectors(np.ascontiguousarray(steps[:, :, :, r, :]), shape) for r in tiles])
+    total = y_var.sum(axis=0)
+    y_var = y_var * np.where(total > 0, np.maximum(total + ins[0][1] - cm.out_var, 0.0) / np.where(total > 0, total,
+                                                                                                   1.0), 1.0)
+    offset = 0.0
+    if layer.bias is not None and not layer.bias_row:
+        offset = geo.from_vectors(np.broadcast_to(layer.bias, cm.ps_mean.shape[:3] + cm.ps_mean.shape[4:]), shape)
     sides = [m for m, _ in ins[1:]]
     m, ok = stats.lattice_function_moments(lambda z: rule.forward(attrs, [z] + sides)[0], y_mean, y_var, step,
-                                           *converter_levels(layer.adc_bits, True))
+                                           *converter_levels(layer.adc_bits, True), offset=offset)
     mean, var, gain = m
     if not ok.all():
         (g_mean,), (g_var,), g_lz = rule.moments(attrs, [a for a, _ in ins], [b for _, b in ins])

@@ -121,7 +121,7 @@ def test_sign_on_an_adc_lattice():
     the gain is dE/dmu over dE[q]/dmu. The Gaussian stand-in of q(Y) misses the code 0's mass."""
     step, (qmin, qmax) = 0.1, (-31, 31)
     mu, var = np.array([0.0, 0.04, -0.12, 0.3, 0.06]), np.array([0.002, 0.01, 0.0004, 0.04, 0.0])
-    m, ok = stats.lattice_function_moments(np.sign, mu, var, step, qmin, qmax)
+    m, ok = stats.lattice_function_moments(np.sign, mu[None], var[None], step, qmin, qmax)
     s = np.sqrt(var[:4])
     up, down = stats.norm_sf((step / 2 - mu[:4]) / s), stats.norm_cdf((-step / 2 - mu[:4]) / s)
     assert ok.all()
@@ -129,14 +129,42 @@ def test_sign_on_an_adc_lattice():
     np.testing.assert_allclose(m.var[:4], up + down - (up - down) ** 2, rtol=1e-9, atol=1e-12)
     assert (m.mean[4], m.var[4], m.gain[4]) == (1.0, 0.0, 0.0)          # no noise: sign(q(0.06)) = sign(0.1)
     h = 1e-6
-    shifted = stats.lattice_function_moments(np.sign, mu[:4] + h, var[:4], step, qmin, qmax)[0].mean
+    shifted = stats.lattice_function_moments(np.sign, (mu[:4] + h)[None], var[None, :4], step, qmin, qmax)[0].mean
     q_shift = (stats.quantizer_moments(mu[:4] + h, var[:4], step, qmin, qmax).mean -
                stats.quantizer_moments(mu[:4] - h, var[:4], step, qmin, qmax).mean) / (2 * h)
-    back = stats.lattice_function_moments(np.sign, mu[:4] - h, var[:4], step, qmin, qmax)[0].mean
+    back = stats.lattice_function_moments(np.sign, (mu[:4] - h)[None], var[None, :4], step, qmin, qmax)[0].mean
     np.testing.assert_allclose(m.gain[:4], (shifted - back) / (2 * h) / q_shift, rtol=1e-4)
     gaussian = rule_for("Sign").stat({}, mu[:4], stats.quantizer_moments(mu[:4], var[:4], step, qmin, qmax).var)
     near_zero = [0, 1, 3]
     assert np.all(np.abs(gaussian.var - m.var[:4])[near_zero] > 0.02)
+
+
+def test_function_of_a_sum_of_adc_outputs():
+    """f(offset + q1(Y1) + q2(Y2)) for two row tiles with their own ADC steps, against a brute-force sum over a
+    wide grid of both codes (np.add.outer of the two codes' values, their probabilities from the normal CDF)."""
+    f = lambda z: np.where(z > 0.02, z, -0.5)                 # noqa: E731  a jump and a slope
+    mu = np.array([[0.03, -0.2, 0.0], [0.01, 0.15, -0.04]])
+    var = np.array([[0.001, 0.002, 0.0], [0.0004, 0.001, 0.0009]])
+    step = np.array([[0.05], [0.03]])
+    offset = np.array([0.005, -0.01, 0.02])
+    m, ok = stats.lattice_function_moments(f, mu, var, step, -31, 31, offset=offset)
+    assert ok.all()
+    for e in range(3):
+        dists = []
+        for r in range(2):
+            k = np.arange(-31, 32)
+            s = np.sqrt(var[r, e])
+            if s == 0:
+                p = (k == np.round(mu[r, e] / step[r, 0])).astype(float)
+            else:
+                edges = np.concatenate([[-np.inf], (k[:-1] + 0.5) * step[r, 0], [np.inf]])
+                p = np.diff(stats.norm_cdf((edges - mu[r, e]) / s))
+            dists.append((p, k * step[r, 0]))
+        p = np.multiply.outer(dists[0][0], dists[1][0])
+        y = f(offset[e] + np.add.outer(dists[0][1], dists[1][1]))
+        mean = (p * y).sum()
+        assert m.mean[e] == pytest.approx(mean, abs=1e-9)
+        assert m.var[e] == pytest.approx((p * (y - mean) ** 2).sum(), abs=1e-9)
 
 
 # ---- frontend: folding and refusals --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ X, used by the sensitivity pass to carry correlated errors through the nonlinear
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -246,31 +247,50 @@ def _staircase_moments(mu, s, step, qmin, qmax, window):
 
 
 def lattice_function_moments(f, mu: np.ndarray, var: np.ndarray, step: np.ndarray, qmin: int, qmax: int,
-                             max_half_width: int = 64) -> tuple[Moments, np.ndarray]:
-    """Moments of f(Z), Z = step * clip(round(Y / step), qmin, qmax) for Y ~ N(mu, var) element-wise: a sum over
-    the codes within 6 std of mu, the tails folded onto the window's ends. For a function that jumps (a comparison,
-    sign) read straight off an ADC: Z's Gaussian stand-in spreads the mass that sits on the codes, e.g. sign(Z) is
-    0 with the probability of the code 0. gain = dE[f(Z)]/dmu / dE[Z]/dmu: the response to a shift of Y per unit
-    of Z's (0 where Z does not respond). Also returns where the moments hold: the elements whose window is within
-    max_half_width codes either side (wider ones are left to the caller: there the codes are dense on the
-    Gaussian)."""
+                             offset: np.ndarray | float = 0.0, max_combinations: int = 256
+                             ) -> tuple[Moments, np.ndarray]:
+    """Moments of f(Z), Z = offset + sum_r step_r * clip(round(Y_r / step_r), qmin, qmax) for independent
+    Y_r ~ N(mu_r, var_r), element-wise; mu, var, step have the terms r on a leading axis (the row tiles of a layer,
+    each read by its ADC). For a function that jumps (a comparison, sign) of a sum of ADC outputs: the Gaussian
+    stand-in for Z spreads the mass that sits on the codes (sign(Z) is 0 with the probability of the code 0).
+    Summed over every combination of each term's codes within 6 std of its mean, the tails folded onto the
+    window's ends. gain = dE[f(Z)]/dmu / dE[Z]/dmu for one shift of every Y_r: the response per unit of Z's (0
+    where Z does not respond). Also returns where the moments hold: the elements with at most max_combinations
+    combinations (the rest, whose codes are dense on their Gaussians, are left to the caller)."""
     mu, var, step = np.broadcast_arrays(np.asarray(mu, float), np.asarray(var, float), np.asarray(step, float))
+    terms, shape = mu.shape[0], mu.shape[1:]
     s = np.sqrt(np.maximum(var, 0.0))
-    width = np.ceil(6 * s / step) + 1
-    ok = width <= max_half_width
-    h = int(np.max(width, initial=1.0, where=ok))
     pos = s > 0
     sd = np.where(pos, s, 1.0)
-    kc = np.round(mu / step)
-    f_c = f(step * np.clip(kc, qmin, qmax))                     # moments centred on the central code's value
-    m1, m2, d_mean, d_z = (np.zeros(mu.shape) for _ in range(4))
-    for j in range(-h, h + 1):
-        k = kc + j
-        lo = np.full(mu.shape, -np.inf) if j == -h else ((k - 0.5) * step - mu) / sd
-        hi = np.full(mu.shape, np.inf) if j == h else ((k + 0.5) * step - mu) / sd
-        p = np.where(pos, norm_cdf(hi) - norm_cdf(lo), float(j == 0))
-        dp = np.where(pos, (norm_pdf(lo) - norm_pdf(hi)) / sd, 0.0)        # dp / dmu
-        z = step * np.clip(k, qmin, qmax)
+    k_lo, k_hi = np.round((mu - 6 * s) / step), np.round((mu + 6 * s) / step)
+    count = k_hi - k_lo + 1
+    ok = np.prod(count, axis=0) <= max_combinations
+    widths = [int(np.max(count[r], initial=1.0, where=ok)) for r in range(terms)]
+    while int(np.prod(widths)) > max_combinations:     # elements far apart may each fit, not all together
+        r = int(np.argmax(widths))
+        ok &= count[r] < widths[r]
+        widths[r] = int(np.max(count[r], initial=1.0, where=ok))
+    codes = []                                          # per term: (probability, its derivative in mu_r, value)
+    for r in range(terms):
+        per = []
+        for j in range(widths[r]):
+            k = k_lo[r] + j
+            inside = k <= k_hi[r]
+            lo = np.where(j == 0, -np.inf, ((k - 0.5) * step[r] - mu[r]) / sd[r])
+            hi = np.where(k >= k_hi[r], np.inf, ((k + 0.5) * step[r] - mu[r]) / sd[r])
+            p = np.where(pos[r], norm_cdf(hi) - norm_cdf(lo), float(j == 0))
+            dp = np.where(pos[r], (norm_pdf(lo) - norm_pdf(hi)) / sd[r], 0.0)
+            per.append((np.where(inside, p, 0.0), np.where(inside, dp, 0.0), step[r] * np.clip(k, qmin, qmax)))
+        codes.append(per)
+    f_c = f(offset + (step * np.clip(np.round(mu / step), qmin, qmax)).sum(axis=0))   # centre: the likeliest Z
+    m1, m2, d_mean, d_z = (np.zeros(shape) for _ in range(4))
+    for pick in itertools.product(*(range(w) for w in widths)):
+        chosen = [codes[r][j] for r, j in enumerate(pick)]
+        p = np.prod([c[0] for c in chosen], axis=0)
+        if not p.any():
+            continue
+        dp = sum(np.prod([c[1] if q == r else c[0] for q, c in enumerate(chosen)], axis=0) for r in range(terms))
+        z = offset + sum(c[2] for c in chosen)
         d = f(z) - f_c
         m1 += p * d
         m2 += p * d * d
