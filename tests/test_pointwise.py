@@ -237,6 +237,32 @@ def test_an_op_of_the_function_also_read_elsewhere_keeps_its_node(tmp_path):
     np.testing.assert_allclose(values["s"], ref[1], rtol=1e-5, atol=1e-6)
 
 
+def test_a_noiseless_second_input_joins_as_a_side_operand():
+    """where(h > t, h, t) with the threshold t a second data input (exact on every chip): one Pointwise node reading
+    h and t; noise off, the executor equals onnxruntime; its MSE against Monte-Carlo."""
+    from device_models import load_device
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="fc"),
+             helper.make_node("Greater", ["h", "t"], ["c"], name="above"),
+             helper.make_node("Where", ["c", "h", "t"], ["y"], name="select")]
+    graph = helper.make_graph(nodes, "side", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+                                              helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_value_info("y", onnx.TypeProto())], [numpy_helper.from_array(
+                                  W.astype(np.float32), "w")])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    rng = np.random.default_rng(4)
+    feed = {"x": rng.standard_normal((40, 3)), "t": rng.normal(0.0, 0.5, (40, 4))}
+    dev = load_device("rram", ["programming_noise.sigma=4e-6", "adc.bits=null"])
+    g, _ = compile_model(model, dev, feed)
+    assert g.nodes["select"]["op"] == "Pointwise" and g.nodes["select"]["inputs"] == ["h", "t"]
+    f32 = {k: v.astype(np.float32) for k, v in feed.items()}
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, f32)[0]
+    ideal, _ = compile_model(model, "ideal", feed)
+    np.testing.assert_allclose(NoisyExecutor(ideal).run_noiseless(f32)["y"], ref, rtol=1e-5, atol=1e-6)
+    mc = run_montecarlo(g, dev, feed, chips=6000, precision=0.015, seed=0, progress=False, signals=[])["outputs"]["y"]
+    half = (mc["ci95"][1] - mc["ci95"][0]) / 2
+    assert abs(g.graph["analysis"]["outputs"]["y"]["mse"] - mc["mse"]) <= 0.04 * mc["mse"] + half
+
+
 @pytest.mark.parametrize("case,message", [
     ("two_signals", "node 'compare' (Greater) compares two different noisy signals ('h', 'h2')"),
     ("other_operand", "node 'select' (Where) reads 'c', a comparison of the noisy signal 'h', but is not an "
