@@ -11,8 +11,10 @@ switched off: each op's own rule, its operands taken as independent; only where 
 binarised MLP `examples/bnn_digits.onnx` at four programming sigmas, with and without summing the sign's moments
 over the ADC codes ("Gaussian stand-in": the codes' lattice ignored). Part 3: the op-coverage zoo's x * sigmoid(x)
 and GELU's erf form after a Gemm (tests/onnx_zoo.py, random weights, its own 64 samples), at the tests' point
-(16-row tiles, 7-bit ADC, sigma 4e-6), where the noise is larger against the activation's curvature.
-rel err = analysis / MC - 1.
+(16-row tiles, 7-bit ADC, sigma 4e-6), where the noise is larger against the activation's curvature. Part 4
+(skipped with --no-resnet): a ResNet-18 (benchmarks/models.py, width 32, 112x112, batch 2, bundled `rram`) with
+every ReLU written as where(x > 0, x, 0.1 x), against the same network with LeakyRelu(0.1): output MSE and analysis
+time (the cost of the fold's quadrature at that scale). rel err = analysis / MC - 1.
 """
 from __future__ import annotations
 
@@ -85,6 +87,38 @@ def row(path, dev, x: np.ndarray, args, variant: str) -> list:
             f"{diag / o['mse'] - 1:+.1%}", alt]
 
 
+def resnet_rows() -> list[list]:
+    import time
+    from onnx import helper, numpy_helper
+    from models import resnet18
+    x = np.random.default_rng(0).random((2, 3, 112, 112)).astype(np.float32)
+    rows = []
+    for form in ("LeakyRelu", "where"):
+        m = resnet18(width=32, size=112)
+        m.graph.initializer.extend([numpy_helper.from_array(np.float32(0), "pw_zero"),
+                                    numpy_helper.from_array(np.float32(0.1), "pw_slope")])
+        nodes = []
+        for n in m.graph.node:
+            x_in, y = (n.input[0], n.output[0]) if n.op_type == "Relu" else (None, None)
+            if x_in and form == "where":
+                nodes += [helper.make_node("Greater", [x_in, "pw_zero"], [y + "_c"], name=n.name + "_c"),
+                          helper.make_node("Mul", [x_in, "pw_slope"], [y + "_s"], name=n.name + "_s"),
+                          helper.make_node("Where", [y + "_c", x_in, y + "_s"], [y], name=n.name)]
+            elif x_in:
+                nodes.append(helper.make_node("LeakyRelu", [x_in], [y], name=n.name, alpha=0.1))
+            else:
+                nodes.append(n)
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+        t = time.perf_counter()
+        g, _ = compile_model(m, "rram", x)
+        rows.append([form, sum(d["op"] == "Pointwise" for _, d in g.nodes(data=True)),
+                     f"{g.graph['analysis']['outputs'][g.graph['outputs'][0]]['mse']:.10g}",
+                     f"{g.graph['timing']['analysis_s']:.1f} (compile {time.perf_counter() - t:.1f})"])
+        print(" | ".join(str(c) for c in rows[-1]), file=sys.stderr)
+    return rows
+
+
 def table(header: list[str], rows: list[list]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
@@ -95,6 +129,7 @@ def main() -> None:
     ap.add_argument("--precision", type=float, default=0.015)
     ap.add_argument("--max-chips", type=int, default=6000)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/accuracy_pointwise.md"))
+    ap.add_argument("--no-resnet", action="store_true")
     args = ap.parse_args()
     lines = provenance("# Functions of one noisy signal: analysis vs Monte-Carlo", __file__)
     x = np.load(ROOT / "examples/digits_inputs.npy")[:200].astype(np.float64)
@@ -124,6 +159,10 @@ def main() -> None:
     lines += ["", "## op-coverage zoo, `rram` with " + ", ".join(ZOO_DEVICE), ""]
     lines += table(["model", "Pointwise body", "analysis MSE", "MC MSE", "chips", "rel err", "diagonal",
                     "op by op: diagonal / default"], rows)
+    if not args.no_resnet:
+        lines += ["", "## ResNet-18 (width 32, 112x112, batch 2), bundled `rram`: every ReLU as where(x > 0, x, 0.1 x) "
+                  "or as LeakyRelu(0.1)", ""]
+        lines += table(["activation", "Pointwise nodes", "output MSE", "analysis s"], resnet_rows())
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).write_text(text)

@@ -145,12 +145,11 @@ def on_lattice_moments(g: MemseGraph, unit: str, rule, attrs: dict, ins: list[tu
     sides = [m for m, _ in ins[1:]]
     m, ok = stats.lattice_function_moments(lambda z: rule.forward(attrs, [z] + sides)[0], y_mean, y_var, step,
                                            *converter_levels(layer.adc_bits, True), offset=offset)
-    mean, var, gain = m
-    if not ok.all():
-        (g_mean,), (g_var,), g_lz = rule.moments(attrs, [a for a, _ in ins], [b for _, b in ins])
-        mean, var, gain = np.where(ok, mean, g_mean), np.where(ok, var, g_var), np.where(ok, gain, g_lz.gains[0])
+    # the Gaussian moments: where the codes are too many, and where the function jumps
+    (g_mean,), (g_var,), g_lz = rule.moments(attrs, [a for a, _ in ins], [b for _, b in ins])
+    mean, var, gain = np.where(ok, m.mean, g_mean), np.where(ok, m.var, g_var), np.where(ok, m.gain, g_lz.gains[0])
     resid = np.maximum(var - gain ** 2 * ins[0][1], 0.0)
-    return [mean], [var], Linearization(gains=[gain] + [None] * len(sides), residual=[resid])
+    return [mean], [var], Linearization(gains=[gain] + [None] * len(sides), residual=[resid], jumps=g_lz.jumps)
 
 
 def tile_signals(layer, cm, x_ref: np.ndarray) -> dict[str, tuple]:
@@ -281,8 +280,9 @@ def forward_moments(g: MemseGraph, device, options: dict, signals: bool = True,
                                     rule.moments(attrs, [a for a, _ in ins], [b for _, b in ins]))
         except DomainError as exc:
             raise MemseInputError(f"node '{unit}' ({d['op']}): {exc}") from None
-        if coherent and isinstance(rule, (ElementwiseRule, PointwiseRule)) and not rule.jumps(attrs):
-            lz = coherent_residual(lz, ins[0][1], coherent)
+        if coherent and isinstance(rule, (ElementwiseRule, PointwiseRule)):
+            fraction = coherent if lz.jumps is None else np.where(lz.jumps, 0.0, coherent)
+            lz = coherent_residual(lz, ins[0][1], fraction)
         lin[unit] = lz
         for t, m, v in zip(d["outputs"], means, variances):
             # an average over positions is where the diagonal model fails most (programming noise is shared
@@ -303,7 +303,7 @@ def merges_signals(node: dict, moments: dict) -> bool:
     return node["op"] in ("Add", "Sub") and sum(t in moments for t in node["inputs"]) >= 2
 
 
-def coherent_residual(lz: Linearization, var_in: np.ndarray, fraction: float = 1.0) -> Linearization:
+def coherent_residual(lz: Linearization, var_in: np.ndarray, fraction: float | np.ndarray = 1.0) -> Linearization:
     """Fold `fraction` of an element-wise nonlinearity's residual variance into its gain: |gain_eff|^2 var_in =
     gain^2 var_in + fraction * residual; the rest stays an independent injection. Its own variance is
     unchanged, but that part of the residual now carries the input's correlations."""

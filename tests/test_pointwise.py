@@ -98,6 +98,15 @@ def test_against_numeric_integration(body, f, jumps):
     np.testing.assert_allclose(m.gain, gain, rtol=1e-4, atol=1e-6)
 
 
+def test_jumps_are_told_from_kinks():
+    """where(x > 0, x, 0.1 x) kinks at 0 (its residual then follows the input's correlations like LeakyRelu's); the
+    step and the band jump (their residual is injected independently); no break within 8 std: neither."""
+    mu, var = np.array([0.0, 0.3, 5.0]), np.array([0.04, 0.09, 0.01])
+    for body, want in ((LEAKY, [False, False, False]), (STEP, [True, True, False]), (BAND, [True, True, False])):
+        _, jumps = function_moments(body, mu, var, with_jumps=True)
+        assert jumps.tolist() == want, repr(body)
+
+
 def test_breaks_are_located_per_element():
     """The band's two edges, in standard deviations from each element's mean, to 1e-6; none where f is smooth."""
     mu, var = np.array([0.0, 0.1, -2.0]), np.array([0.04, 1.0, 0.25])

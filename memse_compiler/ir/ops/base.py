@@ -102,9 +102,12 @@ class Linearization:
 
     `gains[i]` multiplies an output sensitivity into input i (elementwise ops) or is rule-specific data;
     `residual[k]` is the variance of output k not explained by the linear response to the inputs: it is
-    injected there as an independent noise source (statistical linearisation)."""
+    injected there as an independent noise source (statistical linearisation). `jumps`: where an element-wise
+    function jumps within its input's spread (a bool array, or True throughout): its residual lies in high Hermite
+    orders, whose correlations fall as rho^k, and is injected independently there (moments.forward_moments)."""
     gains: list[Any] = field(default_factory=list)
     residual: list[np.ndarray | None] = field(default_factory=list)
+    jumps: Any = None
 
 
 class OpRule:

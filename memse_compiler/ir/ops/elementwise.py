@@ -27,7 +27,7 @@ class ElementwiseRule(OpRule):
     def moments(self, attrs, means, variances):
         m = self.stat(attrs, means[0], variances[0])
         resid = np.maximum(m.var - m.gain ** 2 * variances[0], 0.0)
-        return [m.mean], [m.var], Linearization(gains=[m.gain], residual=[resid])
+        return [m.mean], [m.var], Linearization(gains=[m.gain], residual=[resid], jumps=self.jumps(attrs) or None)
 
     def vjp(self, attrs, lin, gouts, in_shapes):
         return [None if gouts[0] is None else gouts[0] * lin.gains[0]]

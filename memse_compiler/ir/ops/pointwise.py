@@ -122,15 +122,29 @@ def breaks(body: PointwiseBody, mu: np.ndarray, s: np.ndarray, sides: list[np.nd
     return 0.5 * (lo + hi)
 
 
-def function_moments(body: PointwiseBody, mu: np.ndarray, var: np.ndarray, sides: list[np.ndarray] = ()
-                     ) -> stats.Moments:
+def jumps_at(body: PointwiseBody, mu: np.ndarray, s: np.ndarray, cuts: np.ndarray, sides: list[np.ndarray]
+             ) -> np.ndarray:
+    """Where f jumps at one of its breaks `cuts` (B, *mu.shape) rather than kinks: its change across the break,
+    2e-4 std wide, is over twice its changes just beside it (a kink's is at most half of theirs)."""
+    out = np.zeros(mu.shape, dtype=bool)
+    if not cuts.size:
+        return out
+    f = [body.value(mu + s * (cuts + e), sides) for e in (-3e-4, -1e-4, 1e-4, 3e-4)]
+    across, beside = np.abs(f[2] - f[1]), np.abs(f[3] - f[2]) + np.abs(f[1] - f[0])
+    jump = (across > 2.0 * beside + 1e-12 * (1.0 + np.abs(f[1]))) & (cuts < SPAN)
+    return jump.any(axis=0)
+
+
+def function_moments(body: PointwiseBody, mu: np.ndarray, var: np.ndarray, sides: list[np.ndarray] = (),
+                     with_jumps: bool = False) -> stats.Moments | tuple[stats.Moments, np.ndarray]:
     """Mean, variance and Stein gain of f(X), X ~ N(mu, var) element-wise, piece by piece (module docstring):
     Gauss-Legendre on [-SPAN, SPAN] standard deviations cut at the mean and at f's breaks (16 nodes a piece:
     x sigmoid(x) within 6e-7 of its exact moments up to a standard deviation of 2). Loops over pieces x nodes, not elements."""
     mu, var = np.broadcast_arrays(np.asarray(mu, float), np.asarray(var, float))
     s = np.sqrt(np.maximum(var, 0.0))
     f0 = body.value(mu, sides)
-    cuts = np.sort(np.concatenate([np.zeros((1,) + mu.shape), breaks(body, mu, s, sides)]), axis=0)
+    found = breaks(body, mu, s, sides)
+    cuts = np.sort(np.concatenate([np.zeros((1,) + mu.shape), found]), axis=0)
     edges = np.concatenate([np.full((1,) + mu.shape, -SPAN), cuts, np.full((1,) + mu.shape, SPAN)])
     z, w = np.polynomial.legendre.leggauss(NODES)
     m0, m1, m2, mz = (np.zeros_like(mu) for _ in range(4))
@@ -148,7 +162,8 @@ def function_moments(body: PointwiseBody, mu: np.ndarray, var: np.ndarray, sides
     m1, m2, mz = m1 / m0, m2 / m0, mz / m0
     noisy = s > 0
     gain = np.where(noisy, mz / np.where(noisy, s, 1.0), _slope(body, mu, sides))
-    return stats.Moments(f0 + m1, np.where(noisy, np.maximum(m2 - m1 * m1, 0.0), 0.0), gain)
+    m = stats.Moments(f0 + m1, np.where(noisy, np.maximum(m2 - m1 * m1, 0.0), 0.0), gain)
+    return (m, jumps_at(body, mu, s, found, sides)) if with_jumps else m
 
 
 def _slope(body: PointwiseBody, mu: np.ndarray, sides: list[np.ndarray]) -> np.ndarray:
@@ -171,9 +186,9 @@ class PointwiseRule(OpRule):
         return [attrs["body"].value(np.asarray(xs[0], dtype=np.float64), xs[1:])]
 
     def moments(self, attrs, means, variances):
-        m = function_moments(attrs["body"], means[0], variances[0], means[1:])
+        m, jumps = function_moments(attrs["body"], means[0], variances[0], means[1:], with_jumps=True)
         resid = np.maximum(m.var - m.gain ** 2 * variances[0], 0.0)
-        return [m.mean], [m.var], Linearization(gains=[m.gain], residual=[resid])
+        return [m.mean], [m.var], Linearization(gains=[m.gain], residual=[resid], jumps=jumps)
 
     def vjp(self, attrs, lin, gouts, in_shapes):
         return [None if gouts[0] is None else gouts[0] * lin.gains[0]] + [None] * (len(in_shapes) - 1)
