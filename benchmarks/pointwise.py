@@ -10,8 +10,9 @@ the default analysis, the element-wise `diagonal` mode, and "op by op" (the fron
 switched off: each op's own rule, its operands taken as independent; only where that parses). Part 2: the trained
 binarised MLP `examples/bnn_digits.onnx` at four programming sigmas, with and without summing the sign's moments
 over the ADC codes ("Gaussian stand-in": the codes' lattice ignored). Part 3: the op-coverage zoo's x * sigmoid(x)
-and GELU's erf form after a Gemm (tests/onnx_zoo.py, random weights, its own 64 samples), at the tests' point
-(16-row tiles, 7-bit ADC, sigma 4e-6), where the noise is larger against the activation's curvature. Part 4
+and GELU's erf form after a Gemm, where the noise is larger against the activation's curvature, and round / floor /
+ceil of 4 h or 3 h (hand-written fake quantization), whose codes alias with the ADC's (tests/onnx_zoo.py, random
+weights, their own 64 samples), at the tests' point (16-row tiles, 7-bit ADC, sigma 4e-6). Part 4
 (skipped with --no-resnet): a ResNet-18 (benchmarks/models.py, width 32, 112x112, batch 2, bundled `rram`) with
 every ReLU written as where(x > 0, x, 0.1 x), against the same network with LeakyRelu(0.1): output MSE and analysis
 time (the cost of the fold's quadrature at that scale). rel err = analysis / MC - 1.
@@ -42,7 +43,7 @@ EXPORTS = ["act_where_leaky", "act_hardshrink", "act_softshrink", "act_clamp_whe
            "act_gelu_tanh", "act_threshold.dynamo"]
 EXPORT_DEVICE = ["programming_noise.sigma=4e-6", "read_noise.sigma=1e-6"]
 BNN_SIGMAS = ["5e-7", "1e-6", "4e-6", "8e-6"]
-ZOO = ["act_silu_pattern", "act_gelu_erf_pattern"]
+ZOO = ["act_silu_pattern", "act_gelu_erf_pattern", "act_round_fake_quant", "act_floor", "act_ceil", "act_round_residual"]
 ZOO_DEVICE = ["crossbar.rows=16", "crossbar.cols=8", "adc.bits=7", "programming_noise.sigma=4e-6"]
 
 

@@ -16,7 +16,7 @@ from memse_compiler.ir.geometry import ConvGeometry
 _PER_SAMPLE_OPS = {"Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "Tanh", "Elu", "Selu", "Celu", "Softplus",
                    "Softsign", "Gelu", "HardSwish", "Erf", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal", "Clip",
                    "Identity", "Dropout", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Pow", "Softmax",
-                   "LogSoftmax", "Sign", "Pointwise"}
+                   "LogSoftmax", "Sign", "Round", "Floor", "Ceil", "Pointwise"}
 CHIP_BATCH_ELEMENTS = 1 << 20     # float32 elements of the widest signal over a run's stacked chips
 # the digits MLP costs the same per chip from 8 to 64 chips a run (0.16 ms); fewer waste fewer draws when a
 # precision target stops the run part-way through its last run

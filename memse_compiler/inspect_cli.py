@@ -168,6 +168,15 @@ def node_table(g: nx.DiGraph, nodes: list[str]) -> str:
 SKIP_NODE = {"inputs", "outputs", "onnx_node"}
 
 
+def _body_lines(body: dict) -> list[str]:
+    """A Pointwise node's function, one step a line: op(inputs) -> outputs."""
+    lines = [f"  function       {body.get('function', '')}"]
+    if body.get("sides"):
+        lines.append(f"  noiseless      {', '.join(body['sides'])}")
+    lines += [f"    {s['op']}({', '.join(s['inputs'])}) -> {', '.join(s['outputs'])}" for s in body.get("steps", ())]
+    return lines
+
+
 def show_node(g: nx.DiGraph, n: str) -> str:
     d = g.nodes[n]
     lines = [f"node {n}"]
@@ -175,7 +184,13 @@ def show_node(g: nx.DiGraph, n: str) -> str:
         if k not in SKIP_NODE and not isinstance(d[k], dict):
             lines.append(f"  {k:14s} {_fmt(d[k])}")
     for k in sorted(k for k in d if isinstance(d[k], dict) and d[k]):
-        lines.append(f"  {k}: " + ", ".join(f"{a}={_fmt(b)}" for a, b in d[k].items()))
+        items = dict(d[k])
+        body = items.pop("body", None) if k == "attrs" else None
+        body = body.to_dict() if hasattr(body, "to_dict") else body
+        if items:
+            lines.append(f"  {k}: " + ", ".join(f"{a}={_fmt(b)}" for a, b in items.items()))
+        if isinstance(body, dict):
+            lines += _body_lines(body)
     if d.get("onnx_node"):
         lines.append(f"  onnx           {d['onnx_node']}")
     rows = [["in", u, str(e.get("tensor")), _fmt(e.get("mse"))] for u, _, e in g.in_edges(n, data=True)]

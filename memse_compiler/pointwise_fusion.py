@@ -5,6 +5,8 @@ f(x) of it, element by element. Op by op, the moment passes take each op's opera
 which fails in two cases that this pass folds into one Pointwise node, integrated on x's Gaussian as a whole:
 - a comparison of x (`where(x > 0, x, 0.1 * x)`, `(x > t).float()`): its bool has no usable moments on its own;
 - x reaching one op along two paths (`x * sigmoid(x)`, GELU's tanh form): the operands are strongly correlated.
+- an op that jumps (Round, Sign) behind other ops of x (`round(x * 4) / 4`): folded so that, when x is an ADC's
+  output, the function as a whole is summed over the ADC's codes (the codes of x * 4 alias with the rounding).
 The fold runs from x to each such tensor that a node outside the function reads (a crossbar, an op of another
 signal, a graph output). A noisy bool that leaves a function of one signal (`where(x > y, ...)` of two signals, a
 mask cast to int) is refused in one line naming the node.
@@ -49,7 +51,9 @@ def _roots(g: MemseGraph, order: list[str]) -> tuple[dict[str, str], set[str], s
         if len(roots) != 1 or g.tensors.get(out) != g.tensors.get(next(iter(roots))):
             continue                        # several signals, or an output broadcast beyond the signal's shape
         root[out] = roots.pop()
-        if rule.boolean or len(set(signals)) > 1 or any(t in booleans or t in folded for t in signals):
+        # a jump behind other ops of the signal (round(x * 4)): folded, so that it reads an ADC's codes as its root
+        jump_behind = rule.jumps(d["attrs"]) and any(t in root for t in signals)
+        if rule.boolean or jump_behind or len(set(signals)) > 1 or any(t in booleans or t in folded for t in signals):
             folded.add(out)
     return root, booleans, folded, quiet
 

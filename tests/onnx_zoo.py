@@ -321,7 +321,17 @@ def pointwise_models() -> list[ZooModel]:
         _act_model("act_band_gate", _band_gate),
         _act_model("act_odd_logic", _odd_logic),
         _act_model("act_silu_pattern", lambda g, x: g.op("Mul", [x, g.op("Sigmoid", [x])])),
+        _act_model("act_round_fake_quant", lambda g, x: _scaled(g, "Round", x, 4.0)),
+        _act_model("act_floor", lambda g, x: _scaled(g, "Floor", x, 3.0)),
+        _act_model("act_ceil", lambda g, x: _scaled(g, "Ceil", x, 3.0)),
+        _act_model("act_round_residual", lambda g, x: g.op("Sub", [x, _scaled(g, "Round", x, 4.0)])),
     ] + [_binarized(), _conv_channel_threshold()]
+
+
+def _scaled(g: Builder, op: str, x: str, scale: float) -> str:
+    """op(x * scale) / scale: hand-written fake quantization (torch.round(x / s) * s) and its floor / ceil forms."""
+    y = g.op(op, [g.op("Mul", [x, g.const("scale", np.float32(scale))])])
+    return g.op("Mul", [y, g.const("inv_scale", np.float32(1.0 / scale))])
 
 
 def _binarized() -> ZooModel:

@@ -1,5 +1,5 @@
 """Step functions of a noisy signal: comparisons and the logic on them (parsed, then folded into a function of one
-signal, ir/ops/pointwise.py), and Sign (exact Gaussian moments on its own).
+signal, ir/ops/pointwise.py), Sign, and Round, Floor, Ceil (exact Gaussian moments on their own).
 
 A comparison of a noisy signal gives a bool that differs from chip to chip: `where(x > 0, x, 0.1 * x)`,
 `(x > t).float()`, hard shrinkage, a binarised activation. Its mean is a probability, and what it selects is
@@ -99,3 +99,35 @@ class SignRule(ElementwiseRule):
     def expressions(self, attrs, mus, vs, node):
         mean = sympy.erf(mus[0] / sympy.sqrt(2 * vs[0]))
         return [mean], [1 - mean ** 2]
+
+
+ROUNDING = {"Round": (np.round, 0.0), "Floor": (np.floor, -0.5), "Ceil": (np.ceil, 0.5)}
+WIDE = 1 << 40               # codes: no saturation
+
+
+@register
+class RoundRule(ElementwiseRule):
+    """Round (ties to even), Floor, Ceil of X ~ N(mu, s^2): a unit staircase, floor(x) = round(x - 1/2) and
+    ceil(x) = round(x + 1/2) but on a set of probability 0; the converters' exact staircase moments
+    (stats.quantizer_moments, step 1, no saturation). s = 0: the function itself, no gain. Hand-written fake
+    quantization (`torch.round(x / s) * s`) exports as Div, Round, Mul."""
+    op_types = tuple(ROUNDING)
+
+    def parse(self, ctx):
+        return {"op": ctx.node.op_type}
+
+    def f(self, attrs, x):
+        return ROUNDING[attrs["op"]][0](x)
+
+    def pieces(self, attrs, xs):
+        return [np.mod(self.f(attrs, xs[0]), 2.0) == 1.0]      # the code's parity flips at every step
+
+    def jumps(self, attrs):
+        return True
+
+    def stat(self, attrs, mu, var):
+        mu, var = np.broadcast_arrays(np.asarray(mu, float), np.asarray(var, float))
+        m = stats.quantizer_moments(mu + ROUNDING[attrs["op"]][1], var, 1.0, -WIDE, WIDE)
+        fixed = var <= 0
+        return stats.Moments(np.where(fixed, self.f(attrs, mu), m.mean), np.where(fixed, 0.0, m.var),
+                             np.where(fixed, 0.0, m.gain))

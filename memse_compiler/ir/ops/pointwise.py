@@ -194,7 +194,7 @@ class PointwiseRule(OpRule):
         return [None if gouts[0] is None else gouts[0] * lin.gains[0]] + [None] * (len(in_shapes) - 1)
 
     def jumps(self, attrs):
-        return any(rule_for(s.op).boolean for s in attrs["body"].steps)
+        return any(rule_for(s.op).boolean or rule_for(s.op).jumps(s.attrs) for s in attrs["body"].steps)
 
     def emit(self, node, attrs, const):
         """The body's nodes, their intermediate tensors renamed under this node's name (an op of the body may
