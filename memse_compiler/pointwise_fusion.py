@@ -100,8 +100,11 @@ def fuse_pointwise(g: MemseGraph, label: str) -> None:
     for t in sorted(booleans, key=lambda t: position[producers[t]]):
         if t not in root:
             n = producers[t]
-            raise _refuse(label, g, n, "compares two different noisy signals "
-                          f"({', '.join(repr(s) for s in g.nodes[n]['inputs'])})")
+            noisy = [s for s in g.nodes[n]["inputs"] if s not in g.graph["constants"] and s not in quiet]
+            if len({root.get(s, s) for s in noisy}) > 1:
+                raise _refuse(label, g, n, f"compares two different noisy signals ({', '.join(map(repr, noisy))})")
+            raise _refuse(label, g, n, f"gives a bool of shape {g.tensors.get(t)}, broadcast beyond the shape "
+                                       f"{g.tensors.get(noisy[0])} of the noisy signal '{noisy[0]}'")
         for c in g.consumers(t):
             if not _inside(g, c, root[t], root):
                 raise _refuse(label, g, c, f"reads '{t}', a comparison of the noisy signal '{root[t]}', but is not "
@@ -122,7 +125,6 @@ def fuse_pointwise(g: MemseGraph, label: str) -> None:
     g.remove_nodes_from(gone)
     dead = [n for n, d in g.nodes(data=True) if d["kind"] == KIND_DIGITAL and g.out_degree(n) == 0]
     while dead:
-        gone.update(dead)
         preds = {u for n in dead for u in g.predecessors(n)}
         g.remove_nodes_from(dead)
         dead = [u for u in preds if u in g and g.nodes[u]["kind"] == KIND_DIGITAL and g.out_degree(u) == 0]

@@ -159,7 +159,8 @@ class SoftplusRule(ElementwiseRule):
 @register
 class MishRule(ElementwiseRule):
     """ONNX Mish (opset 18; torch's F.mish exports as it there), moments by quadrature. At lower opsets torch
-    writes x * tanh(softplus(x)), which the chain of Mul, Tanh and Softplus rules takes."""
+    writes x * tanh(softplus(x)): x reaches the Mul twice, and the frontend folds the chain into one function of x
+    (memse_compiler/pointwise_fusion.py), integrated the same way."""
     op_types = ("Mish",)
 
     def f(self, attrs, x):
@@ -182,10 +183,10 @@ class ErfRule(ElementwiseRule):
 
 @register
 class GeluRule(ElementwiseRule):
-    """ONNX Gelu (opset 20). torch's export at lower opsets (x * 0.5 * (1 + erf(x / sqrt 2))) stays as those
-    nodes: the forward moments take the Mul of x by a function of x as independent, and the sensitivity pass
-    restores their first-order correlation (measured on a Gemm-GELU-Gemm: +0.5 / +0.7 % from Monte-Carlo at
-    sigma 5e-6 / 1e-5; SiLU as x * sigmoid(x) +2.6 / +4.8 %, Mish -0.9 / -1.5 %)."""
+    """ONNX Gelu (opset 20). torch's export at lower opsets (x * 0.5 * (1 + erf(x / sqrt 2)), or the tanh form's
+    chain) reaches one Mul with x twice: the frontend folds it into one function of x (memse_compiler/
+    pointwise_fusion.py), whose moments are integrated on x's Gaussian as here. Op by op, the forward moments
+    took the two operands as independent (the zoo's erf pattern -25 % in the diagonal mode)."""
     op_types = ("Gelu",)
 
     def parse(self, ctx):
