@@ -7,6 +7,8 @@ which fails in two cases that this pass folds into one Pointwise node, integrate
 - x reaching one op along two paths (`x * sigmoid(x)`, GELU's tanh form): the operands are strongly correlated.
 - an op that jumps (Round, Sign) behind other ops of x (`round(x * 4) / 4`): folded so that, when x is an ADC's
   output, the function as a whole is summed over the ADC's codes (the codes of x * 4 alias with the rounding).
+A comparison of two signals that selects one of them (`torch.where(a > b, a, b)`) is their Max (or Min), whose
+rule takes two signals: it becomes that op first.
 The fold runs from x to each such tensor that a node outside the function reads (a crossbar, an op of another
 signal, a graph output). A noisy bool that leaves a function of one signal (`where(x > y, ...)` of two signals, a
 mask cast to int) is refused in one line naming the node.
@@ -89,11 +91,45 @@ def _body(g: MemseGraph, tensor: str, r: str, position: dict[str, int], quiet: s
     return PointwiseBody(r, tensor, steps, read, sides)
 
 
+# where(a OP b, a, b) is max(a, b) for OP in > >=, min(a, b) for < <= (ties pick equal values); swapped, the other
+EXTREMA = {"Greater": "Max", "GreaterOrEqual": "Max", "Less": "Min", "LessOrEqual": "Min"}
+
+
+def selections_as_extrema(g: MemseGraph, root: dict[str, str], quiet: set[str]) -> bool:
+    """Rewrite each Where that selects one of the two signals its condition compares, functions of different noisy
+    signals, as Max or Min of them (of one signal, the fold below is exact). Whether it rewrote one."""
+    consts, producers = g.graph["constants"], g.graph["producers"]
+    done = False
+    for n, d in list(g.nodes(data=True)):
+        if d.get("op") != "Where" or d["attrs"].get("condition") is not None or len(d["inputs"]) != 3:
+            continue
+        cond, a, b = d["inputs"]
+        c = g.nodes[producers[cond]] if cond in producers else None
+        if c is None or c["op"] not in EXTREMA or a in consts or b in consts or a in quiet or b in quiet \
+                or set(c["inputs"]) != {a, b} or root.get(a, a) == root.get(b, b):
+            continue
+        op = EXTREMA[c["op"]] if c["inputs"] == [a, b] else ("Min" if EXTREMA[c["op"]] == "Max" else "Max")
+        for u in list(g.predecessors(n)):
+            g.remove_edge(u, n)
+        d.update(op=op, inputs=[a, b], attrs={"op": op, "same_operand": False},
+                 onnx_node=helper.make_node(op, [a, b], list(d["outputs"]), name=n))
+        for t in (a, b):
+            g.add_signal(producers[t], n, t)
+        if not any(True for _ in g.successors(producers[cond])):
+            g.remove_node(producers[cond])
+        done = True
+    g.rebuild_producers()
+    return done
+
+
 def fuse_pointwise(g: MemseGraph, label: str) -> None:
     """Fold the functions of one noisy signal that need it into Pointwise nodes, in place (module docstring)."""
     order = list(nx.lexicographical_topological_sort(g))
-    position = {n: i for i, n in enumerate(order)}
     root, booleans, folded, quiet = _roots(g, order)
+    if booleans and selections_as_extrema(g, root, quiet):
+        order = list(nx.lexicographical_topological_sort(g))
+        root, booleans, folded, quiet = _roots(g, order)
+    position = {n: i for i, n in enumerate(order)}
     if not folded and not booleans:
         return
     producers = g.graph["producers"]

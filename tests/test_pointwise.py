@@ -285,6 +285,30 @@ def test_a_noiseless_second_input_joins_as_a_side_operand():
     assert abs(g.graph["analysis"]["outputs"]["y"]["mse"] - mc["mse"]) <= 0.04 * mc["mse"] + half
 
 
+@pytest.mark.parametrize("cmp,values,want", [("Greater", "ab", "Max"), ("LessOrEqual", "ab", "Min"),
+                                             ("Less", "ba", "Max"), ("GreaterOrEqual", "ba", "Min")])
+def test_selecting_one_of_two_compared_signals_is_their_extremum(cmp, values, want):
+    """where(h1 > h2, h1, h2) of two crossbars' outputs is Max(h1, h2) (and its variants Min): rewritten as that op,
+    whose rule takes two signals; noise off it equals onnxruntime, and its MSE Monte-Carlo's."""
+    from device_models import load_device
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1, name="fc"),
+             helper.make_node("Gemm", ["x", "w2"], ["h2"], transB=1, name="fc2"),
+             helper.make_node(cmp, ["h", "h2"], ["c"], name="compare"),
+             helper.make_node("Where", ["c"] + (["h", "h2"] if values == "ab" else ["h2", "h"]), ["y"], name="select")]
+    model = _model(nodes, {"w": W, "w2": W2})
+    x = np.random.default_rng(2).standard_normal((40, 3))
+    ideal, _ = compile_model(model, "ideal", x)
+    assert [(n, d["op"]) for n, d in ideal.nodes(data=True) if d["kind"] == "digital"] == [("select", want)]
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.astype(np.float32)})[0]
+    np.testing.assert_allclose(NoisyExecutor(ideal).run_noiseless(x.astype(np.float32))["y"], ref, rtol=1e-6)
+    dev = load_device("rram", ["programming_noise.sigma=4e-6"])
+    g, _ = compile_model(model, dev, x)
+    mc = run_montecarlo(g, dev, x, chips=6000, precision=0.015, seed=0, progress=False, signals=[])["outputs"]["y"]
+    half = (mc["ci95"][1] - mc["ci95"][0]) / 2
+    assert abs(g.graph["analysis"]["outputs"]["y"]["mse"] - mc["mse"]) <= 0.04 * mc["mse"] + half
+
+
 @pytest.mark.parametrize("case,message", [
     ("two_signals", "node 'compare' (Greater) compares two different noisy signals ('h', 'h2')"),
     ("other_operand", "node 'select' (Where) reads 'c', a comparison of the noisy signal 'h', but is not an "
@@ -297,7 +321,7 @@ def test_comparisons_beyond_one_signal_are_refused(tmp_path, capsys, case, messa
     inits = {"w": W, "w2": W2, "zero": 0.0}
     if case == "two_signals":
         nodes = fc + [helper.make_node("Greater", ["h", "h2"], ["c"], name="compare"),
-                      helper.make_node("Where", ["c", "h", "h2"], ["y"], name="select")]
+                      helper.make_node("Where", ["c", "h", "zero"], ["y"], name="select")]
         outputs = ("y",)
     elif case == "other_operand":
         nodes = fc + [helper.make_node("Greater", ["h", "zero"], ["c"], name="positive"),
