@@ -2,12 +2,14 @@
 
 The frontend (memse_compiler/pointwise_fusion.py) folds such a subgraph into one internal Pointwise node when its
 ops cannot be analysed one at a time: a comparison of x (`where(x > 0, x, 0.1 * x)`, `(x > t).float() * x`, hard
-shrinkage), or x reaching one op along two paths (SiLU written `x * sigmoid(x)`, GELU's tanh form), where the
-op-by-op moments would take the two operands as independent. Here the moments are those of f(X) for
+shrinkage), x reaching one op along two paths (SiLU written `x * sigmoid(x)`, GELU's tanh form), where the
+op-by-op moments would take the two operands as independent, or a jump behind other ops of x (`round(4 x)`). Here
+the moments are those of f(X) for
 X ~ N(mu, s^2), element-wise, by Gauss-Legendre quadrature on the pieces where f is smooth: every op of the body
 marks where it jumps or kinks (`OpRule.pieces`: a comparison, Relu's x > 0), those breaks are located per element
 in standardised units (a grid, then bisection), and each piece gets its own nodes. The gain is Stein's
-Cov(X, f(X)) / Var(X), which counts f's jumps. The executor runs the body's nodes as exported.
+Cov(X, f(X)) / Var(X), which counts f's jumps. When x is a layer's ADC output and f jumps, the moment pass sums
+over the ADC codes instead (passes/moments.on_lattice_moments). The executor runs the body's nodes as exported.
 """
 from __future__ import annotations
 
