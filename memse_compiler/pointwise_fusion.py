@@ -2,9 +2,9 @@
 
 Every tensor computed from one signal x by pointwise ops alone (each op's other operands constants) is a function
 f(x) of it, element by element. Op by op, the moment passes take each op's operands as independent Gaussians,
-which fails in two cases that this pass folds into one Pointwise node, integrated on x's Gaussian as a whole:
+which fails in three cases that this pass folds into one Pointwise node, integrated on x's Gaussian as a whole:
 - a comparison of x (`where(x > 0, x, 0.1 * x)`, `(x > t).float()`): its bool has no usable moments on its own;
-- x reaching one op along two paths (`x * sigmoid(x)`, GELU's tanh form): the operands are strongly correlated.
+- x reaching one op along two paths (`x * sigmoid(x)`, GELU's tanh form): the operands are strongly correlated;
 - an op that jumps (Round, Sign) behind other ops of x (`round(x * 4) / 4`): folded so that, when x is an ADC's
   output, the function as a whole is summed over the ADC's codes (the codes of x * 4 alias with the rounding).
 A comparison of two signals that selects one of them (`torch.where(a > b, a, b)`) is their Max (or Min), whose
