@@ -29,8 +29,9 @@ from memse_compiler.ir import KIND_DIGITAL, KIND_INPUT, KIND_OUTPUT, KIND_WEIGHT
 from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.feeds import checked_data_inputs
 from memse_compiler.ir.ops import rule_for, unsupported_op
-from memse_compiler.ir.ops.base import ParseContext, node_attribute
+from memse_compiler.ir.ops.base import MASKED, ParseContext, node_attribute
 from memse_compiler.ir.ops.exact import exact_attrs, node_evaluator, reads_only_exact, touches_non_float
+from memse_compiler.load_expansion import expand_at_load
 from memse_compiler.opset_upgrade import constant_tensors, default_opset, upgrade_opset
 from memse_compiler.pointwise_fusion import fuse_pointwise
 from memse_compiler.recurrent import refuse_sequence_first_input, unroll_recurrent
@@ -240,7 +241,6 @@ def _copy_batch(node: onnx.NodeProto, name: str, consts: dict, batch_dependent: 
                           f"export with Flatten, or with a fixed batch")
 
 
-MASKED = -1e30      # an additive mask's -inf (torch's causal attention mask): exp(-1e30 - max) is 0 in float32 too
 
 
 def _finite_mask(node: onnx.NodeProto, consts: dict) -> onnx.NodeProto:
@@ -286,6 +286,7 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     model, label = load_model(model)
     refuse_sequence_first_input(model, label)
     model = unroll_recurrent(model, label)
+    model = expand_at_load(model, label)
     original = model
     model = batch_first(model, label, BATCH)
     model, export_batch = batch_generic(model)
@@ -374,7 +375,8 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
         node = _copy_batch(node, name, consts, batch_dependent, label)
         if node.op_type in ("Add", "Where"):
             node = _finite_mask(node, consts)
-        ctx = ParseContext(node=node, node_name=name, consts=consts, shapes=shapes, opset=opset, exact=exact)
+        ctx = ParseContext(node=node, node_name=name, consts=consts, shapes=shapes, opset=opset, exact=exact,
+                           elem_types=elem_types)
         if exact_ok and (rule is None or (not rule.integer_signals and touches_non_float(node, consts, elem_types))):
             rule = EXACT
         else:

@@ -34,6 +34,31 @@ def _nearest_downsampling(node: onnx.NodeProto, values: dict[str, onnx.TensorPro
     return scales is None or bool(np.min(numpy_helper.to_array(scales)) < 1)
 
 
+def with_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], label: str,
+               doing: str) -> onnx.ModelProto:
+    """`model` with `nodes` as its nodes and `inits` added (a load-time rewrite's result): initializers nothing
+    reads any more dropped, shapes inferred again; a failure is one line saying what was being `doing`."""
+    from memse_compiler.ir.errors import MemseInputError
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.graph.initializer.extend(inits)
+    used = {i for n in out.graph.node for i in n.input} | {o.name for o in out.graph.output}
+    dropped = {t.name for t in out.graph.initializer if t.name not in used}
+    kept = [t for t in out.graph.initializer if t.name not in dropped]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    inputs = [vi for vi in out.graph.input if vi.name not in dropped]    # IR < 4 lists initializers as inputs
+    del out.graph.input[:]
+    out.graph.input.extend(inputs)
+    del out.graph.value_info[:]
+    try:
+        return onnx.shape_inference.infer_shapes(out, strict_mode=True)
+    except Exception as exc:
+        raise MemseInputError(f"{label}: {doing} failed ({str(exc).strip().splitlines()[0]})") from None
+
+
 UPGRADE_TO = 11     # the executor's minimum (Round; Clip, Slice, Pad with tensor inputs)
 
 

@@ -23,7 +23,7 @@ from onnx import helper, numpy_helper
 
 from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.ops.base import node_attribute
-from memse_compiler.opset_upgrade import constant_tensors
+from memse_compiler.opset_upgrade import constant_tensors, with_nodes
 
 RECURRENT = {"RNN": 1, "GRU": 3, "LSTM": 4}                 # op -> gates per direction
 DEFAULT_ACTIVATIONS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
@@ -327,22 +327,4 @@ def unroll_recurrent(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
         unroller.run()
         nodes += unroller.nodes
         inits += unroller.inits
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    out.graph.initializer.extend(inits)
-    used = {i for n in out.graph.node for i in n.input}     # the recurrent nodes' own W, R, B are gone
-    dropped = {t.name for t in out.graph.initializer if t.name not in used}
-    kept = [t for t in out.graph.initializer if t.name not in dropped]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(kept)
-    inputs = [vi for vi in out.graph.input if vi.name not in dropped]    # IR < 4 lists initializers as inputs
-    del out.graph.input[:]
-    out.graph.input.extend(inputs)
-    del out.graph.value_info[:]
-    try:
-        return onnx.shape_inference.infer_shapes(out, strict_mode=True)
-    except Exception as exc:
-        raise MemseInputError(f"{label}: unrolling the recurrent ops failed "
-                              f"({str(exc).strip().splitlines()[0]})") from None
+    return with_nodes(model, nodes, inits, label, "unrolling the recurrent ops")

@@ -590,7 +590,7 @@ def op_coverage_models() -> list[ZooModel]:
     conv = _conv_module()
     models = (gemm_models() + matmul_models() + activation_models() + pointwise_models() + dense_misc_models()
               + conv.conv_models() + conv.bn_models() + conv.pool_models() + conv.conv_misc_models()
-              + conv.block_models())
+              + conv.block_models() + _attention_module().attention_models())
     names = [m.name for m in models]
     assert len(names) == len(set(names)), "duplicate zoo model names"
     return models
@@ -612,6 +612,14 @@ def _conv_module():
     else:                                             # imported as onnx_zoo (tests/ on sys.path)
         import onnx_zoo_conv
     return onnx_zoo_conv
+
+
+def _attention_module():
+    if __package__:
+        from . import onnx_zoo_attention
+    else:
+        import onnx_zoo_attention
+    return onnx_zoo_attention
 
 
 def _fc_with_weight(name: str, weight: np.ndarray) -> onnx.ModelProto:

@@ -22,7 +22,9 @@ MODELS = ["seqfirst_mha", "mha_weights.fixed", "causal_encoder.fixed", "decoder.
           "cross_attention.fixed", "tokens_fill", "tokens_additive", "mini_bert", "mini_bert.dynamo",
           # activations written with comparisons of the noisy signal, or reaching an op twice (ir/ops/pointwise.py)
           "act_where_leaky", "act_hardshrink", "act_softshrink", "act_clamp_where", "act_heaviside", "act_silu",
-          "act_gelu_tanh", "act_threshold.dynamo"]
+          "act_gelu_tanh", "act_threshold.dynamo",
+          # torch's dynamo exporter at opset 23: one ONNX Attention node per attention (ir/ops/attention.py)
+          "seqfirst_mha.attention23", "causal_encoder.attention23", "decoder.attention23", "mini_bert.attention23"]
 X = np.random.default_rng(3).random((8, 1, 8, 8)).astype(np.float32)
 CONTEXT = np.random.default_rng(4).random((8, 6, 5)).astype(np.float32)     # cross_attention's second input
 
@@ -40,6 +42,18 @@ def inputs_of(name: str, dtype=np.float32):
         return np.where(np.arange(8)[None, :] < np.array([8, 5, 3, 8, 1, 6, 7, 2])[:, None],
                         np.random.default_rng(6).integers(1, 30, (8, 8)), 0)
     return {"x": X.astype(dtype), "context": CONTEXT.astype(dtype)} if name.startswith("cross") else X.astype(dtype)
+
+
+# onnxruntime 1.32's Attention kernel refuses torch's own export of a key-padding mask, (N, heads, 1, keys), which
+# the operator's definition broadcasts over the queries: onnx.reference gives these exports' outputs
+ORT_REFUSES = {"mini_bert.attention23"}
+
+
+def reference_outputs(path: Path, x) -> np.ndarray:
+    """onnx.reference on the export (the operators' definitions)."""
+    from onnx.reference import ReferenceEvaluator
+    session = ReferenceEvaluator(str(path))
+    return session.run(None, x if isinstance(x, dict) else {session.input_names[0]: x})[0]
 
 
 def export_outputs(path: Path, x) -> np.ndarray:
@@ -61,7 +75,13 @@ def test_export_runs_batch_first_at_another_batch(name):
     path = EXPORTS / f"{name}.onnx"
     ideal = load_device("ideal", ["conductance.levels=null"])
     g, _ = compile_model(str(path), ideal, inputs_of(name, np.float64), pipeline=default_pipeline(analysis=False))
-    want, out = export_outputs(path, inputs_of(name)), g.graph["outputs"][0]
+    if name in ORT_REFUSES:
+        with pytest.raises(Exception, match="inconsistent q_sequence_length"):
+            export_outputs(path, inputs_of(name))
+        want = reference_outputs(path, inputs_of(name))
+    else:
+        want = export_outputs(path, inputs_of(name))
+    out = g.graph["outputs"][0]
     for got in (g.graph["reference"][out], NoisyExecutor(g).run_noiseless(inputs_of(name))[out]):
         if "qdq" in name:
             # fake quantization is a staircase: float32 (onnxruntime) and float64 (the reference), or tiled, sums

@@ -2,7 +2,7 @@
 """Export the transformer forms of torch's own modules that tests/test_torch_exports.py checks (random weights,
 seed 0; the legacy TorchScript exporter, opset 17, as examples/train_digits.py). Needs torch (not a dependency
 of memse-compiler); the committed .onnx files are what the tests read. Usage: python tests/torch_exports/make.py
-[activations] (the act_* exports only)
+[activations | attention23] (the act_* or *.attention23 exports only)
 
   seqfirst_mha.onnx           nn.MultiheadAttention(batch_first=False) between two transposes (dynamic batch)
   mha_weights.fixed.onnx      need_weights=True: the head-averaged attention weights are used too (batch 4)
@@ -84,6 +84,13 @@ class CausalEncoder(nn.Module):
 
     def forward(self, x):
         return self.head(self.enc(self.emb(tokens(x)), mask=self.mask)[:, -1])
+
+
+class CausalEncoderFlagged(CausalEncoder):
+    """The same with is_causal=True next to the mask, as torch.export needs (it cannot test the buffer's values)."""
+
+    def forward(self, x):
+        return self.head(self.enc(self.emb(tokens(x)), mask=self.mask, is_causal=True)[:, -1])
 
 
 class Decoder(nn.Module):
@@ -263,6 +270,25 @@ def export_activations():
         print(f"{os.path.basename(path)}  {os.path.getsize(path)} B")
 
 
+def export_attention23():
+    """torch's dynamo exporter at opset 23 writes scaled_dot_product_attention as one ONNX Attention node."""
+    from torch.export import Dim
+    warnings.filterwarnings("ignore")
+    for name, cls, example in [("seqfirst_mha", SeqFirstMHA, torch.rand(4, 1, 8, 8)),
+                               ("causal_encoder", CausalEncoderFlagged, torch.rand(4, 1, 8, 8)),
+                               ("decoder", Decoder, torch.rand(4, 1, 8, 8)),
+                               ("mini_bert", MiniBert, None)]:
+        torch.manual_seed(0)
+        path = os.path.join(HERE, f"{name}.attention23.onnx")
+        if example is None:
+            example = torch.randint(1, MiniBert.VOCAB, (4, MiniBert.LENGTH))
+            example[1, 5:] = 0
+        torch.onnx.export(cls().eval(), (example,), path, dynamo=True, opset_version=23, external_data=False,
+                          input_names=["ids" if cls is MiniBert else "x"], output_names=["y"],
+                          dynamic_shapes=({0: Dim("batch")},))
+        print(f"{os.path.basename(path)}  {os.path.getsize(path)} B")
+
+
 def main():
     warnings.filterwarnings("ignore")
     for name, cls, dynamic in [("seqfirst_mha", SeqFirstMHA, True), ("mha_weights.fixed", MHAWeights, False),
@@ -312,4 +338,4 @@ def main():
 
 if __name__ == "__main__":
     import sys
-    export_activations() if sys.argv[1:] == ["activations"] else main()
+    {"activations": export_activations, "attention23": export_attention23}.get(" ".join(sys.argv[1:]), main)()

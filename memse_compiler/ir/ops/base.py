@@ -13,6 +13,9 @@ from memse_compiler.ir.errors import MemseInputError
 REGISTRY: dict[str, "OpRule"] = {}
 
 
+MASKED = -1e30      # an additive mask's -inf (torch's causal attention mask): exp(-1e30 - max) is 0 in float32 too
+
+
 def register(cls: type["OpRule"]) -> type["OpRule"]:
     inst = cls()
     for t in cls.op_types:
@@ -41,6 +44,7 @@ class ParseContext:
     shapes: dict[str, tuple]              # static shapes, None for the symbolic batch dimension
     opset: int = 17                       # the model's default-domain opset
     exact: set = field(default_factory=set)   # signals computed from the data inputs alone (ir/ops/exact.py)
+    elem_types: dict = field(default_factory=dict)    # ONNX elem type of each tensor whose type is known
 
     def const(self, i: int) -> np.ndarray | None:
         if i >= len(self.node.input) or not self.node.input[i]:
@@ -122,6 +126,8 @@ class OpRule:
     pointwise: ClassVar[bool] = False
     # gives a bool signal (a comparison, logic on comparisons): only inside such a function
     boolean: ClassVar[bool] = False
+    # `expand` runs on the ONNX model at load time (memse_compiler/load_expansion.py), before onnxruntime probes it
+    expand_at_load: ClassVar[bool] = False
 
     # ---- frontend --------------------------------------------------------------------------------
     def resolve(self, ctx: ParseContext) -> "OpRule":
