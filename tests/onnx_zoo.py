@@ -668,6 +668,9 @@ def bad_models(tmpdir: pathlib.Path) -> dict[str, pathlib.Path]:
         "MaxPool", [y], name="ceil_pool", kernel_shape=[3, 3], strides=[3, 3], pads=[1, 1, 1, 1], ceil_mode=1)]),
         4 * 4 * 4, M)).model
 
+    g = Builder("unbatched_vector")                   # x (K,): MatMul would sum over what the compiler takes as the batch
+    models["unbatched_vector"] = g.build(g.matmul(g.input("x", (K,)), K, M, name="fc_vector")).model
+
     g = Builder("no_weighted_ops")
     models["no_weighted_ops"] = g.build(g.op("Relu", [g.input("x", (N, K))])).model
 

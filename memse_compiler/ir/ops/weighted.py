@@ -99,6 +99,9 @@ class MatMulRule(WeightedRule):
         a, b = ctx.const(0), ctx.const(1)
         if (a is None) == (b is None):
             raise ctx.fail("exactly one operand must be a constant weight")
+        if len(ctx.shape(0 if b is not None else 1)) < 2:
+            raise ctx.fail("the activation is 1-D: its one axis is the batch, which the product would sum over "
+                           "(export the model with a batch axis in front)")
         if b is not None:
             if b.ndim != 2:
                 raise ctx.fail(f"the constant operand must be 2-D, got shape {b.shape}")
