@@ -268,6 +268,12 @@ def activation_models() -> list[ZooModel]:
         _act_model("act_hard_swish", lambda g, x: g.op("HardSwish", [g.op("Mul", [x, g.const("three", np.float32(3.0))])])),
         _act_model("act_elu", simple("Elu", alpha=0.7)),
         _act_model("act_selu", simple("Selu")),
+        _act_model("act_celu", simple("Celu", alpha=0.6)),
+        _act_model("act_sin", lambda g, x: g.op("Sin", [g.op("Mul", [x, g.const("omega", np.float32(2.0))])])),
+        _act_model("act_cos", simple("Cos")),
+        _act_model("act_cumsum", lambda g, x: g.op("CumSum", [x, g.const("axis", np.array(1, np.int64))])),
+        _act_model("act_cumsum_exclusive_reverse", lambda g, x: g.op(
+            "CumSum", [x, g.const("axis", np.array(-1, np.int64))], exclusive=1, reverse=1)),
         _act_model("act_softsign", simple("Softsign")),
         _act_model("act_mish", simple("Mish"), opset=18),
         _act_model("act_gelu_op_tanh", simple("Gelu", approximate="tanh"), opset=20),

@@ -133,14 +133,16 @@ def test_chunked_evaluation_equals_the_whole_array():
 @pytest.mark.parametrize("mu,var", [c for c in CASES if c[1] >= 0.01])
 @pytest.mark.parametrize("op,attrs,rtol", [
     ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, 1e-5),      # exact: the clip of an affine Gaussian
-    ("HardSwish", {}, 1e-5), ("Elu", {"alpha": 0.7, "gamma": 1.0}, 1e-5), ("Selu", None, 1e-5),
-    ("Softsign", {}, 1e-5)])      # the others: Gauss-Legendre per smooth piece
+    ("HardSwish", {}, 1e-5), ("Elu", {"alpha": 0.7, "gamma": 1.0, "rate": 1.0}, 1e-5), ("Selu", None, 1e-5),
+    ("Celu", {"alpha": 0.6, "gamma": 1.0, "rate": 1 / 0.6}, 1e-5),
+    ("Softsign", {}, 1e-5),       # the others: Gauss-Legendre per smooth piece
+    ("Sin", {"cosine": False}, 1e-7), ("Cos", {"cosine": True}, 1e-7)])     # exact: the characteristic function
 def test_registry_activations_against_integration(op, attrs, rtol, mu, var):
     """The moments the rules of the newer activations give against numeric integration of their own `f`."""
     from memse_compiler.ir.ops import rule_for
     rule = rule_for(op)
     if attrs is None:
-        attrs = {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875}
+        attrs = {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875, "rate": 1.0}
     check(rule.stat(attrs, np.array(mu), np.array(var)), integrate(lambda x: rule.f(attrs, x), mu, var), rtol,
           atol=1e-6)
 

@@ -417,6 +417,18 @@ def erf_moments(mu, var) -> Moments:
     return Moments(erf(mu / np.sqrt(k)), m.var, 2 / np.sqrt(np.pi) * np.exp(-mu * mu / k) / np.sqrt(k))
 
 
+def sinusoid_moments(mu, var, cosine: bool = False) -> Moments:
+    """sin X (cos X) of X ~ N(mu, var), exact: E sin X = sin(mu) e^(-var/2) (the characteristic function), the
+    second moment from sin^2 = (1 - cos 2X) / 2, written with expm1 so that a small variance does not cancel:
+    Var = (1 - e^(-2 var)) / 2 - s^2 e^(-var) (1 - e^(-var)), s = sin mu (cos mu). Gain E f'(X) = cos mu e^(-var/2)
+    (-sin mu e^(-var/2))."""
+    mu, var = np.asarray(mu, float), np.maximum(np.asarray(var, float), 0.0)
+    value, slope = (np.cos(mu), -np.sin(mu)) if cosine else (np.sin(mu), np.cos(mu))
+    damp = np.exp(-var / 2)
+    spread = -np.expm1(-2 * var) / 2 + value ** 2 * np.exp(-var) * np.expm1(-var)
+    return Moments(value * damp, np.maximum(spread, 0.0), slope * damp)
+
+
 def gelu_moments(mu, var, approximate: str = "none") -> Moments:
     if approximate == "tanh":
         k = np.sqrt(2.0 / np.pi)

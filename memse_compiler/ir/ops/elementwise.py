@@ -294,27 +294,53 @@ class HardSwishRule(ElementwiseRule):
 
 @register
 class EluRule(ElementwiseRule):
-    """Elu (x > 0: x, else alpha (e^x - 1)) and Selu (gamma times Elu), by quadrature on both sides of 0."""
-    op_types = ("Elu", "Selu")
+    """Elu (x > 0: x, else alpha (e^x - 1)), Selu (gamma times Elu) and Celu (x > 0: x, else alpha (e^(x / alpha)
+    - 1): torch's F.celu), by quadrature on both sides of 0."""
+    op_types = ("Elu", "Selu", "Celu")
 
     def parse(self, ctx):
         if ctx.node.op_type == "Selu":
             return {"alpha": float(ctx.attr("alpha", 1.67326319217681884765625)),
-                    "gamma": float(ctx.attr("gamma", 1.05070102214813232421875))}
-        return {"alpha": float(ctx.attr("alpha", 1.0)), "gamma": 1.0}
+                    "gamma": float(ctx.attr("gamma", 1.05070102214813232421875)), "rate": 1.0}
+        alpha = float(ctx.attr("alpha", 1.0))
+        if ctx.node.op_type == "Celu" and alpha == 0:
+            raise ctx.fail("alpha must not be 0")
+        return {"alpha": alpha, "gamma": 1.0, "rate": 1.0 / alpha if ctx.node.op_type == "Celu" else 1.0}
 
     def f(self, attrs, x):
-        return attrs["gamma"] * np.where(x > 0, x, attrs["alpha"] * np.expm1(np.minimum(x, 0.0)))
+        negative = attrs["alpha"] * np.expm1(np.minimum(attrs["rate"] * x, 0.0))
+        return attrs["gamma"] * np.where(x > 0, x, negative)
 
     def pieces(self, attrs, xs):
         return [xs[0] > 0]
 
     def df(self, attrs, x):
-        return attrs["gamma"] * np.where(x > 0, 1.0, attrs["alpha"] * np.exp(np.minimum(x, 0.0)))
+        negative = attrs["alpha"] * attrs["rate"] * np.exp(np.minimum(attrs["rate"] * x, 0.0))
+        return attrs["gamma"] * np.where(x > 0, 1.0, negative)
 
     def stat(self, attrs, mu, var):
         return stats.piecewise_quadrature_moments(lambda x: self.f(attrs, x), lambda x: self.df(attrs, x), mu, var,
                                                   (0.0,))
+
+
+@register
+class SinusoidRule(ElementwiseRule):
+    """Sin and Cos (SIREN's activations, Fourier features of a computed signal): exact Gaussian moments."""
+    op_types = ("Sin", "Cos")
+
+    def parse(self, ctx):
+        return {"cosine": ctx.node.op_type == "Cos"}
+
+    def f(self, attrs, x):
+        return np.cos(x) if attrs["cosine"] else np.sin(x)
+
+    def stat(self, attrs, mu, var):
+        return stats.sinusoid_moments(mu, var, cosine=attrs["cosine"])
+
+    def expressions(self, attrs, mus, vs, node):
+        mu, v = mus[0], vs[0]
+        value = sympy.cos(mu) if attrs["cosine"] else sympy.sin(mu)
+        return [value * sympy.exp(-v / 2)], [(1 - sympy.exp(-2 * v)) / 2 - value ** 2 * sympy.exp(-v) * (1 - sympy.exp(-v))]
 
 
 @register

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import sympy
 from onnx import helper
 
 from memse_compiler.ir import stats
@@ -214,6 +215,54 @@ class ReduceMeanRule(OpRule):
             g = np.expand_dims(g, attrs["axes"])
         n = self._count(attrs, in_shapes[0]) if attrs["mean"] else 1
         return [np.broadcast_to(g / n, in_shapes[0]).copy()]
+
+
+@register
+class CumSumRule(OpRule):
+    """CumSum along an axis other than the batch (`exclusive`, `reverse`): linear; each output is a sum of inputs,
+    so its variance is the running sum of theirs, refined like any sum (the moment pass measures averaging ops'
+    output variance for the correlation of the summed errors)."""
+    op_types = ("CumSum",)
+
+    def averages(self, attrs):
+        return True
+
+    def operands(self, ctx):
+        return [0]
+
+    def parse(self, ctx):
+        axis = ctx.const(1)
+        if axis is None:
+            raise ctx.fail("the axis must be a constant")
+        rank = len(ctx.shape(0))
+        axis = int(np.ravel(axis)[0]) % rank
+        if axis == 0:
+            raise ctx.fail("a running sum over the batch axis (0) is not supported")
+        return {"axis": axis, "exclusive": bool(ctx.attr("exclusive", 0)), "reverse": bool(ctx.attr("reverse", 0))}
+
+    @staticmethod
+    def running(attrs, x, reverse: bool):
+        """The (exclusive) running sum of x along the axis, from its end when `reverse`."""
+        axis = attrs["axis"]
+        if reverse:
+            x = np.flip(x, axis)
+        s = np.cumsum(x, axis=axis)
+        if attrs["exclusive"]:
+            s = np.concatenate([np.zeros_like(np.take(s, [0], axis=axis)), np.delete(s, -1, axis=axis)], axis=axis)
+        return np.flip(s, axis) if reverse else s
+
+    def forward(self, attrs, xs):
+        return [self.running(attrs, xs[0], attrs["reverse"])]
+
+    def moments(self, attrs, means, variances):
+        return [self.forward(attrs, means)[0]], [self.running(attrs, variances[0], attrs["reverse"])], Linearization()
+
+    def vjp(self, attrs, lin, gouts, in_shapes):
+        # the transpose of a running sum is the running sum the other way
+        return [None if gouts[0] is None else self.running(attrs, gouts[0], not attrs["reverse"])]
+
+    def expressions(self, attrs, mus, vs, node):
+        return [sympy.Function("CumSum")(mus[0])], [sympy.Function("CumSum")(vs[0])]
 
 
 @register
