@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", help="evaluation inputs (.npy, or .npz keyed by the input names; a model with "
                                     "several data inputs needs the .npz); default: a synthetic batch uniform on "
                                     "[0, 1) for each input")
+    p.add_argument("--labels", help="the evaluation inputs' classes (.npy of ints): float and chip accuracy of a "
+                                     "(batch, classes) output, by analysis and Monte-Carlo")
     p.add_argument("--batch", type=int, default=None,
                    help="number of evaluation inputs (synthetic batch size, default 64; or the first N of --inputs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs and of Monte-Carlo")
@@ -63,9 +65,10 @@ def describe_inputs(x) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from memse_compiler.frontend import build_graph
-    from memse_compiler.pipeline import checked_inputs, default_pipeline, load_inputs, synthetic_feed
+    from memse_compiler.ir.feeds import feed_batch
+    from memse_compiler.pipeline import checked_inputs, default_pipeline, load_inputs, load_labels, synthetic_feed
     from memse_compiler.ir.pass_base import PassContext
-    from memse_compiler.report import build_report, hardware_table, outputs_table, write_report
+    from memse_compiler.report import agreement_table, build_report, hardware_table, outputs_table, write_report
 
     device = load_device(args.device, args.overrides)
     if args.batch is not None and args.batch < 1:
@@ -77,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         x = load_inputs(args.inputs, g, args.batch or shape[0])
     else:
         x = checked_inputs(g, synthetic_feed(g, args.batch or shape[0] or 64, args.seed))
+    if args.labels:
+        g.graph["labels"] = load_labels(args.labels, g, feed_batch(x))
     options = {"seed": args.seed}
     for hook in EXTENSIONS:
         hook.configure(args, options)
@@ -93,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_analysis and any(o.get("mse") is not None for o in report["outputs"].values()):
         print()
         print(outputs_table(report))
+        agreement = agreement_table(report)
+        if agreement:
+            print()
+            print(agreement)
     for hook in EXTENSIONS:
         hook.finish(args, g, report)
     if args.output:

@@ -68,6 +68,14 @@ def _outputs(report: dict) -> str:
     return _table(["output", "MSE", "bias²", "variance", "method", "MC MSE", "MC 95% CI", "analysis vs MC"], rows)
 
 
+def _agreement(report: dict) -> str:
+    """Top-1 agreement and accuracy of the classifier-shaped outputs (report.agreement_rows), if any."""
+    from memse_compiler.report import agreement_rows
+    cols, rows = agreement_rows(report)
+    return ("<p>Classes a noisy chip keeps, and accuracy on the labels given:</p>" +
+            _table(cols, [[_e(v) for v in r] for r in rows])) if rows else ""
+
+
 def _layers(report: dict) -> str:
     has_mc = any(r.get("mc_mse") is not None for r in report.get("layers", []))
     cols = ["layer", "op", "matrix", "tiles", "ADCs", "DACs", "utilization", "MSE"] + (["MC MSE"] if has_mc else [])
@@ -160,7 +168,7 @@ def render_html(g, report: dict, figures: dict | None = None) -> str:
         f"<h1>memse-compiler report: {_e(Path(str(report.get('model') or 'model')).name)}</h1>",
         f'<p class="sub">model <code>{_e(report.get("model"))}</code> · device {_e(summary)}</p>',
         "<h2>Hardware</h2>", _cards(report),
-        "<h2>Outputs</h2>", _outputs(report), _budget(report),
+        "<h2>Outputs</h2>", _outputs(report), _agreement(report), _budget(report),
         "<h2>Layers</h2>", _layers(report),
         "<h2>Plots</h2>", f'<div class="plots">{plots or "<p>No plots.</p>"}</div>',
         "<h2>Expressions</h2>", _expressions(g),

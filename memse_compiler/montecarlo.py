@@ -21,6 +21,7 @@ from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.feeds import Inputs, feed_batch, graph_feed, reference_feed, same_feed
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.interpret import run as interpret
+from passes.agreement import is_classifier
 
 Z95 = 1.96
 PIPELINE_MIN_S = 3e-4      # a run (session run) and its draw + record must both take longer for the pipeline
@@ -113,7 +114,9 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
     they overlap: the digits MLP one chip per run 0.25 ms/chip in line, 0.29-0.39 pipelined; the CNN 1.16
     against 0.73-0.92).
     executor: a NoisyExecutor to reuse (default: built here, onnxruntime on all cores but one).
-    Returns {"chips", "outputs": {name: {"mse", "ci95", "bias2", "variance"}}, "layers": {name: mse},
+    Returns {"chips", "outputs": {name: {"mse", "ci95", "bias2", "variance"[, "top1_agreement",
+    "top1_agreement_ci95"] (classifier-shaped outputs, passes/agreement.py)[, "accuracy", "accuracy_ci95"]
+    (with g.graph["labels"])}}, "layers": {name: mse},
     "signals": {tensor: {"mse", "ci95"}}, "mc_s", "seed", "precision"}.
     """
     t0 = time.perf_counter()
@@ -154,6 +157,14 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
             raise KeyError(f"unknown signals: {sorted(missing)[:5]}")
 
     per_chip: dict[str, list[float]] = {t: [] for t in refs}
+    # classifier-shaped outputs: per chip, the fraction of samples whose argmax is the float model's
+    tops = {o: np.argmax(ref[o], axis=1) for o in outputs if is_classifier(np.shape(ref[o]))}
+    agreement: dict[str, list[float]] = {o: [] for o in tops}
+    labels = g.graph.get("labels")          # and, given the classes, the fraction right
+    if labels is not None and len(labels) != batch:
+        raise ValueError(f"{len(labels)} labels for a batch of {batch}")
+    scored = {o for o in tops if labels is not None and labels.max() < np.shape(ref[o])[1]}
+    accuracy: dict[str, list[float]] = {o: [] for o in scored}
     sums = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
     sums2 = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
     def converged(count: int) -> bool:
@@ -202,6 +213,11 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
         for o in outputs:
             v = values[o]
             y = (np.broadcast_to(v, (k,) + v.shape) if id(v) in fed else v.reshape((k,) + ref[o].shape))[:keep]
+            if o in tops:
+                classes = np.argmax(y, axis=-1)
+                agreement[o].extend((classes == tops[o]).mean(axis=-1).tolist())
+                if o in scored:
+                    accuracy[o].extend((classes == labels).mean(axis=-1).tolist())
             y = y.astype(np.float64)
             sums[o] += y.sum(axis=0)
             sums2[o] += np.square(y).sum(axis=0)
@@ -273,6 +289,12 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
         variance = float(np.mean(var))
         bias2 = float(np.mean((mean - ref[o]) ** 2)) - (variance / n)
         result["outputs"][o] = {**result["signals"][o], "bias2": max(bias2, 0.0), "variance": variance}
+        if o in tops:
+            m, ci, _ = _ci(np.asarray(agreement[o]))
+            result["outputs"][o].update(top1_agreement=m, top1_agreement_ci95=ci)
+        if o in scored:
+            m, ci, _ = _ci(np.asarray(accuracy[o]))
+            result["outputs"][o].update(accuracy=m, accuracy_ci95=ci)
     result["layers"] = {name: result["signals"][t]["mse"] for name, t in layer_out.items()}
     result["mc_s"] = time.perf_counter() - t0
     g.graph["montecarlo"] = result

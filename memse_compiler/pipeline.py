@@ -11,7 +11,7 @@ import onnx
 from memse_compiler.frontend import build_graph
 from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.errors import MemseInputError
-from memse_compiler.ir.feeds import Inputs, graph_feed, input_dtype
+from memse_compiler.ir.feeds import Inputs, feed_batch, graph_feed, input_dtype
 from memse_compiler.ir.ops.base import node_attribute
 from memse_compiler.ir.pass_base import Pass, PassContext
 
@@ -124,12 +124,7 @@ def load_inputs(path: str | os.PathLike, g: MemseGraph, batch: int | None = None
     also takes an .npz holding one array) and check them; the first `batch` samples."""
     label = str(path)
     names = g.graph["inputs"]
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise MemseInputError(f"{label}: no such file") from None
-    except Exception as exc:
-        raise MemseInputError(f"{label}: not a readable .npy/.npz file ({type(exc).__name__})") from None
+    data = _read_array_file(path, ".npy/.npz")
     if isinstance(data, np.lib.npyio.NpzFile):
         keys = list(data.keys())
         if all(n in keys for n in names):
@@ -156,20 +151,57 @@ def load_inputs(path: str | os.PathLike, g: MemseGraph, batch: int | None = None
     return feed[names[0]] if len(names) == 1 else feed
 
 
+def checked_labels(g: MemseGraph, labels, n: int, label: str = "labels") -> np.ndarray:
+    """Class labels of the evaluation samples (the first `n` if there are more): integers in [0, classes) of a
+    classifier-shaped output (batch, classes); they give the float and the chip accuracy (passes/agreement.py)."""
+    from passes.agreement import is_classifier
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise MemseInputError(f"{label}: labels must be a 1-D integer array, got {labels.dtype} of shape "
+                              f"{labels.shape}")
+    if len(labels) < n:
+        raise MemseInputError(f"{label}: {len(labels)} labels for {n} evaluation samples")
+    labels = labels[:n].astype(np.int64)
+    classes = [g.tensors[o][1] for o in g.graph["outputs"] if is_classifier(tuple(g.tensors.get(o, ())))]
+    if not classes:
+        raise MemseInputError(f"{label}: no output is (batch, classes), so labels have nothing to score")
+    if labels.min() < 0 or labels.max() >= max(classes):
+        raise MemseInputError(f"{label}: labels must lie in [0, {max(classes)}), got {labels.min()}..{labels.max()}")
+    return labels
+
+
+def load_labels(path: str | os.PathLike, g: MemseGraph, n: int) -> np.ndarray:
+    """`checked_labels` from a .npy file."""
+    return checked_labels(g, _read_array_file(path, ".npy"), n, str(path))
+
+
+def _read_array_file(path: str | os.PathLike, kinds: str):
+    """np.load of a user's file; a missing or unreadable one is one line naming it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise MemseInputError(f"{path}: no such file") from None
+    except Exception as exc:
+        raise MemseInputError(f"{path}: not a readable {kinds} file ({type(exc).__name__})") from None
+
+
 def compile_model(model: str | os.PathLike | onnx.ModelProto, device, inputs: Inputs | None = None, *,
                   batch: int = 64, seed: int = 0, pipeline: Pipeline | None = None,
-                  options: dict | None = None) -> tuple[MemseGraph, PassContext]:
+                  options: dict | None = None, labels=None) -> tuple[MemseGraph, PassContext]:
     """Build the graph of `model`, then run `pipeline` (default: lowering + analysis) on `device`.
 
     `device` is a device_models.Device (or anything load_device accepts). Returns the annotated graph and
     the pass context (device, inputs, options). `inputs`: the evaluation batch, an array, or for a model with
-    several data inputs a dict by input name (None: `synthetic_feed`).
+    several data inputs a dict by input name (None: `synthetic_feed`). `labels`: the samples' classes, for the
+    float and chip accuracy of a classifier output (`checked_labels`).
     """
     from device_models import Device, load_device
     if not isinstance(device, Device):
         device = load_device(device)
     g = build_graph(model)
     inputs = checked_inputs(g, synthetic_feed(g, batch, seed) if inputs is None else inputs)
+    if labels is not None:
+        g.graph["labels"] = checked_labels(g, labels, feed_batch(inputs))
     ctx = PassContext(device=device, inputs=inputs,
                       options={"seed": seed, **(options or {})})
     g.graph["device"] = device

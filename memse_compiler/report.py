@@ -56,6 +56,9 @@ def build_report(g: MemseGraph) -> dict[str, Any]:
         outputs[name] = {"mse": a.get("mse"), "bias2": a.get("bias2"), "variance": a.get("variance"),
                          "mc_mse": m.get("mse"), "mc_ci95": m.get("ci95"),
                          **{k: v for k, v in a.items() if k not in ("mse", "bias2", "variance")}}
+        for key in ("top1_agreement", "accuracy"):
+            if key in m:
+                outputs[name].update({f"mc_{key}": m[key], f"mc_{key}_ci95": m[f"{key}_ci95"]})
     timing = g.graph.get("timing", {})
     report = {
         "model": g.graph.get("model_path", g.graph.get("name")),
@@ -119,6 +122,35 @@ def outputs_table(report: dict) -> str:
                      _fmt(o.get("mc_mse")), "-" if not ci else f"[{ci[0]:.3e}, {ci[1]:.3e}]",
                      "-" if rel is None else f"{100 * rel:+.1f}%"])
     return _table(cols, rows)
+
+
+def agreement_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Classifier-shaped outputs (passes/agreement.py): the fraction of samples whose top-1 class a noisy chip keeps
+    and, with labels, the float and the chip accuracy; analysis and Monte-Carlo. (columns, rows); no rows when no
+    output has one."""
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    def ci(v):
+        return "-" if not v else f"[{100 * v[0]:.2f}%, {100 * v[1]:.2f}%]"
+    rows, labelled = [], any(o.get("accuracy") is not None for o in report["outputs"].values())
+    for name, o in report["outputs"].items():
+        if o.get("top1_agreement") is None:
+            continue
+        row = [name, pct(o["top1_agreement"]), pct(o.get("mc_top1_agreement")), ci(o.get("mc_top1_agreement_ci95"))]
+        if labelled:
+            row += [pct(o.get("accuracy_float")), pct(o.get("accuracy")), pct(o.get("mc_accuracy")),
+                    ci(o.get("mc_accuracy_ci95"))]
+        rows.append(row)
+    cols = ["output", "top-1 kept", "mc_top-1 kept", "mc_ci95"] + \
+        (["float acc", "chip acc", "mc_chip acc", "mc_ci95"] if labelled else [])
+    return cols, rows
+
+
+def agreement_table(report: dict) -> str:
+    """`agreement_rows` as a text table ("" when there are none)."""
+    cols, rows = agreement_rows(report)
+    return _table(cols, rows) if rows else ""
 
 
 def _table(cols: list[str], rows: list[list[str]]) -> str:

@@ -111,7 +111,8 @@ def test_zoo_covers_the_brief():
 def test_bad_models(tmp_path):
     paths = bad_models(tmp_path)
     assert set(paths) == {"truncated", "not_onnx", "empty", "unsupported_op", "dynamic_spatial",
-                          "nan_weight", "inf_weight", "mismatched_batches", "no_weighted_ops", "maxpool_ceil_past_end"}
+                          "nan_weight", "inf_weight", "mismatched_batches", "no_weighted_ops", "maxpool_ceil_past_end",
+                          "unbatched_vector"}
     for kind, path in paths.items():
         assert path.exists() and path.parent == tmp_path and path.suffix == ".onnx", kind
 

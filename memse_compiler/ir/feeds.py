@@ -68,9 +68,9 @@ def graph_feed(g, x: Inputs, dtype=np.float64, label: str = "inputs") -> dict[st
     return input_feed(g.graph["inputs"], x, dtype, g.graph.get("input_types"), label)
 
 
-def feed_batch(feed: Mapping[str, np.ndarray]) -> int:
-    """The common batch size of a checked feed."""
-    return int(np.shape(next(iter(feed.values())))[0])
+def feed_batch(feed: Inputs) -> int:
+    """The common batch size of a checked feed (a dict by input name, or the one input's array)."""
+    return int(np.shape(next(iter(feed.values())) if isinstance(feed, Mapping) else feed)[0])
 
 
 def same_feed(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:

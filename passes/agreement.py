@@ -1,0 +1,115 @@
+"""Top-1 agreement: how often a noisy chip's class is the float model's (the question a designer asks of a
+classifier, next to the MSE of its logits).
+
+For an output of shape (N, C), C >= 2, and sample n with float top class k (the argmax of the float reference),
+the chip keeps the class when y_k > y_j for every other class j. The analysis has each class's mean mu_j and
+variance v_j (correlation-aware after the sensitivity pass) and, from one more backward sweep per competitor seeded
+with e_k - e_j (the sensitivity pass's machinery, per sample), Var(y_k - y_j), hence c_j = Cov(y_k, y_j). With the
+logits Gaussian and the competitors independent given y_k (a one-factor model: exact for two classes),
+
+    P(keep) = E over y_k of  prod_{j != k} Phi((y_k - mu_j - c_j / v_k (y_k - mu_k)) / sqrt(v_j - c_j^2 / v_k)),
+
+a Gauss-Hermite quadrature over y_k, vectorised over samples and classes. Only the `SWEPT` most threatening
+competitors per sample (smallest mean margin over its spread) get a sweep; the others, and every competitor in
+the diagonal mode, count as uncorrelated with y_k. The mean over samples is `top1_agreement` of the output's
+analysis entry; the Monte-Carlo executor measures the same fraction chip by chip (montecarlo.py).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from memse_compiler.ir import MemseGraph, schedule
+from memse_compiler.ir.pass_base import Pass, PassContext
+from memse_compiler.ir.stats import norm_cdf
+
+SWEPT = 4     # competitors per sample given their covariance with the top class (4 -> 9 of 10 moved it <= 0.06 points)
+NODES, WEIGHTS = np.polynomial.hermite_e.hermegauss(64)
+WEIGHTS = WEIGHTS / WEIGHTS.sum()
+TINY = 1e-300
+
+
+def is_classifier(shape: tuple) -> bool:
+    """A 2-D output (batch, classes) with at least two classes."""
+    return len(shape) == 2 and shape[1] >= 2
+
+
+def keep_probability(mean: np.ndarray, var: np.ndarray, cov_top: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """P(argmax stays `top[n]`) per sample under the one-factor model: mean, var, cov_top (N, C), cov_top[n, j] =
+    Cov(y_top, y_j) (its entry at the top class is ignored)."""
+    rows = np.arange(len(mean))
+    mu_k, v_k = mean[rows, top][:, None], np.maximum(var[rows, top], TINY)[:, None]
+    beta = cov_top / v_k                                                   # regression of y_j on y_k
+    spread = np.sqrt(np.maximum(var - cov_top ** 2 / v_k, TINY))           # conditional std of y_j
+    y_k = mu_k + np.sqrt(v_k) * NODES[None, :]                              # (N, Z)
+    cond_mean = mean[:, None, :] + beta[:, None, :] * (y_k - mu_k)[:, :, None]
+    p = norm_cdf((y_k[:, :, None] - cond_mean) / spread[:, None, :])        # (N, Z, C)
+    p[rows, :, top] = 1.0
+    return p.prod(axis=2) @ WEIGHTS
+
+
+def competitors(mean: np.ndarray, var: np.ndarray, top: np.ndarray, count: int) -> np.ndarray:
+    """(N, count) class indices, per sample the `count` others with the smallest margin over its spread."""
+    rows = np.arange(len(mean))
+    z = (mean[rows, top][:, None] - mean) / np.sqrt(np.maximum(var[rows, top][:, None] + var, TINY))
+    z[rows, top] = np.inf
+    return np.argsort(z, axis=1, kind="stable")[:, :count]
+
+
+def margin_covariances(g: MemseGraph, out: str, top: np.ndarray, var: np.ndarray, rng: np.random.Generator
+                       ) -> np.ndarray:
+    """Cov(y_top, y_j) per sample for the SWEPT most threatening competitors (0 elsewhere): one backward sweep of
+    the sensitivity pass per competitor rank, seeded with e_top - e_j per sample."""
+    from passes.sensitivity import chip_backward, spread_per_sample
+    mean = g.graph["moments"][out][0]
+    n, c = mean.shape
+    rows = np.arange(n)
+    order = [u for u in schedule(g) if u in g.graph["linearization"]]
+    cov = np.zeros((n, c))
+    for rank in competitors(mean, var, top, min(SWEPT, c - 1)).T:
+        probe = np.zeros((n, c))
+        probe[rows, top], probe[rows, rank] = 1.0, -1.0
+        margin_var = np.zeros(n)
+
+        def add(unit, source, per_sample, acc=margin_var):
+            acc += spread_per_sample(per_sample, n)
+        chip_backward(g, order, {out: probe}, add, rng=rng)
+        cov[rows, rank] = (var[rows, top] + var[rows, rank] - margin_var) / 2
+    return cov
+
+
+def class_probability(g: MemseGraph, out: str, classes: np.ndarray, correlated: bool, rng: np.random.Generator
+                      ) -> np.ndarray:
+    """P(a chip's argmax of `out` is classes[n]) per sample; `correlated`: with the sweeps' covariances."""
+    mean, var = g.graph["moments"][out][:2]
+    cov = margin_covariances(g, out, classes, var, rng) if correlated else np.zeros_like(var)
+    return keep_probability(mean, var, cov, classes)
+
+
+class Top1Agreement(Pass):
+    """Writes into the analysis entry of every classifier-shaped output `top1_agreement`, the mean over samples of
+    P(the chip's argmax is the float model's); with labels (g.graph["labels"], compile_model's `labels`, the CLI's
+    --labels) also `accuracy_float`, the float model's accuracy, and `accuracy`, the chip's expected accuracy (the
+    mean of P(argmax = label))."""
+    name = "top1_agreement"
+
+    def apply(self, g: MemseGraph, ctx: PassContext) -> MemseGraph:
+        from passes.moments import analysis_options
+        t0 = time.perf_counter()
+        correlated = analysis_options(ctx.options)["sensitivity"]
+        rng = np.random.default_rng(ctx.options.get("seed", 0) + 1)
+        labels = g.graph.get("labels")
+        for out in g.graph["outputs"]:
+            reference = g.graph["reference"][out]
+            if not is_classifier(reference.shape):
+                continue
+            entry = g.graph["analysis"]["outputs"][out]
+            top = np.argmax(reference, axis=1)
+            entry["top1_agreement"] = float(class_probability(g, out, top, correlated, rng).mean())
+            if labels is not None and labels.max() < reference.shape[1]:
+                entry["accuracy_float"] = float(np.mean(top == labels))
+                entry["accuracy"] = float(class_probability(g, out, labels, correlated, rng).mean())
+        timing = g.graph.setdefault("timing", {})
+        timing["analysis_s"] = timing.get("analysis_s", 0.0) + time.perf_counter() - t0
+        return g

@@ -1,0 +1,95 @@
+"""Top-1 agreement and accuracy of classifier outputs (passes/agreement.py): the one-factor formula against its
+closed form for two classes and against sampling where its model is exact; the pass against the Monte-Carlo
+executor's measured fractions; labels through the API and the CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device_models import load_device
+from memse_compiler import compile_model
+from memse_compiler.cli import main
+from memse_compiler.ir.stats import norm_cdf
+from memse_compiler.montecarlo import run_montecarlo
+from passes.agreement import keep_probability
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+X = np.load(EXAMPLES / "digits_inputs.npy")[:200]
+LABELS = np.load(EXAMPLES / "digits_labels.npy")[:200]
+
+
+def test_two_classes_is_the_margin_closed_form():
+    mean = np.array([[1.0, 0.4], [0.2, 0.5]])
+    var = np.array([[0.3, 0.2], [0.1, 0.4]])
+    cov = np.array([[0.0, 0.12], [-0.05, 0.0]])       # Cov(y_top, y_other), sample by sample
+    got = keep_probability(mean, var, cov, np.array([0, 1]))
+    want = [norm_cdf((1.0 - 0.4) / np.sqrt(0.3 + 0.2 - 2 * 0.12)), norm_cdf((0.5 - 0.2) / np.sqrt(0.1 + 0.4 + 2 * 0.05))]
+    np.testing.assert_allclose(got, want, rtol=1e-6)      # 64-node Gauss-Hermite over y_top
+
+
+def test_one_factor_logits_against_sampling():
+    """y_j = mu_j + b_j (y_top - mu_top) + e_j: the competitors are independent given y_top, as the formula
+    assumes, so it is exact (Cov(y_top, y_j) = b_j v_top); sampled with 400 000 draws, each class as the top."""
+    rng = np.random.default_rng(0)
+    mu = np.array([1.0, 0.6, 0.3, 0.8, -0.2])
+    b = np.array([0.0, -0.6, 0.9, 0.4, 0.2])
+    e = np.array([0.0, 0.5, 0.2, 0.4, 0.6])
+    for top in range(5):
+        v_top = 0.3
+        y_top = mu[top] + np.sqrt(v_top) * rng.standard_normal(400_000)
+        slopes, spreads = np.where(np.arange(5) == top, 1.0, b), np.where(np.arange(5) == top, 0.0, e + 0.1)
+        draws = mu + np.outer(y_top - mu[top], slopes) + rng.standard_normal((400_000, 5)) * spreads
+        var = slopes ** 2 * v_top + spreads ** 2
+        got = keep_probability(mu[None], var[None], (slopes * v_top)[None], np.array([top]))[0]
+        want = np.mean(np.argmax(draws, axis=1) == top)
+        assert abs(got - want) <= 4 * np.sqrt(want * (1 - want) / len(draws)) + 1e-6, (top, got, want)
+
+
+def test_noiseless_chip_keeps_every_class():
+    g, _ = compile_model(str(EXAMPLES / "cnn_digits.onnx"), load_device("ideal", ["conductance.levels=null"]), X[:32],
+                         labels=LABELS[:32])
+    entry = g.graph["analysis"]["outputs"]["logits"]
+    assert entry["top1_agreement"] == pytest.approx(1.0, abs=1e-12)
+    assert entry["accuracy"] == pytest.approx(entry["accuracy_float"], abs=1e-12)
+
+
+@pytest.mark.parametrize("name,sigma", [("mlp", 4e-6), ("cnn", 4e-6), ("rescnn", 6e-6)])
+def test_agreement_and_accuracy_against_monte_carlo(name, sigma):
+    """The expected fraction of samples that keep their class (and that are right) against the executor's, chip by
+    chip; the flip rate within 15 % of the measured one (plus the CI)."""
+    dev = load_device("rram", [f"programming_noise.sigma={sigma}"])
+    g, _ = compile_model(str(EXAMPLES / f"{name}_digits.onnx"), dev, X, labels=LABELS)
+    entry = g.graph["analysis"]["outputs"]["logits"]
+    mc = run_montecarlo(g, dev, X, chips=400, seed=2, progress=False, signals=[])["outputs"]["logits"]
+    for key in ("top1_agreement", "accuracy"):
+        lo, hi = mc[f"{key}_ci95"]
+        ref_error = 1 - mc[key] if key == "top1_agreement" else entry["accuracy_float"] - mc[key]
+        assert abs(entry[key] - mc[key]) <= 0.15 * ref_error + (hi - lo) / 2, (key, entry[key], mc[key], lo, hi)
+    assert entry["accuracy_float"] == pytest.approx(np.mean(np.argmax(g.graph["reference"]["logits"], 1) == LABELS))
+
+
+def test_cli_labels_table_and_report(capsys, tmp_path):
+    labels = tmp_path / "labels.npy"
+    np.save(labels, LABELS[:64])
+    out = tmp_path / "r.json"
+    code = main([str(EXAMPLES / "mlp_digits.onnx"), "--device", "rram", "--inputs", str(EXAMPLES / "digits_inputs.npy"),
+                 "--batch", "64", "--labels", str(labels), "--mc", "20", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "top-1 kept" in text and "chip acc" in text
+    entry = json.loads(out.read_text())["outputs"]["logits"]
+    for key in ("top1_agreement", "accuracy", "accuracy_float", "mc_top1_agreement", "mc_top1_agreement_ci95",
+                "mc_accuracy", "mc_accuracy_ci95"):
+        assert entry[key] is not None, key
+
+
+@pytest.mark.parametrize("labels,needle", [
+    (np.arange(10), "10 labels for 64"), (np.zeros(64), "1-D integer array"), (np.full(64, 10), "[0, 10)")])
+def test_cli_bad_labels(capsys, tmp_path, labels, needle):
+    path = tmp_path / "labels.npy"
+    np.save(path, labels)
+    code = main([str(EXAMPLES / "mlp_digits.onnx"), "--device", "rram", "--labels", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
