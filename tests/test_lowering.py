@@ -151,3 +151,30 @@ def test_conv_vectors_transpose_is_the_adjoint(groups, kernel, stride, dilation,
                     want[:, :, a * stride[0] + i * dilation[0], b * stride[1] + j * dilation[1]] += cols[:, a, b, :, i, j]
     want = want[:, :, pads[0]: pads[0] + size[0], pads[1]: pads[1] + size[1]]
     np.testing.assert_allclose(back, want, rtol=1e-12, atol=1e-12)
+
+
+def test_pool_output_declared_with_symbolic_sizes():
+    """x.reshape(x.shape[0], 3, 8) as torch's legacy exporter writes it (Shape, Gather, Concat): ONNX's shape
+    inference leaves the lengths after it symbolic, so a 1-D MaxPool's output length is unknown at parse time.
+    The pool compiles (it was refused as a ceil_mode mismatch against the unknown size) and equals onnxruntime."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    w = np.random.default_rng(0).standard_normal((4, 3, 3)).astype(np.float32)
+    const = lambda name, v: numpy_helper.from_array(np.asarray(v, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+             helper.make_node("Concat", ["batch", "three", "eight"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["seq"]),
+             helper.make_node("Conv", ["seq", "w"], ["c"], name="conv", pads=[1, 1]),
+             helper.make_node("MaxPool", ["c"], ["y"], name="pool", kernel_shape=[2], strides=[2])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 24])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w"), const("zero", [0]), const("three", [3]),
+                               const("eight", [8])])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim][2]     # symbolic there
+    x = np.random.default_rng(1).random((5, 24)).astype(np.float32)
+    g = lower(model, x.astype(np.float64))
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(interpret.run(g, x.astype(np.float64), hardware=True)["y"], want, rtol=1e-5,
+                               atol=1e-6)

@@ -100,7 +100,8 @@ class MaxPoolRule(OpRule):
             raise ctx.fail("the Indices output of MaxPool is not supported")
         windows = pool_windows(ctx, ceil_ok=True)
         declared = ctx.shapes.get(ctx.node.output[0])
-        if declared:
+        # an export may declare the spatial sizes symbolically (None here): nothing to compare then
+        if declared and all(d is not None for d in declared[2:]) and int(ctx.attr("ceil_mode", 0)):
             spatial, computed = tuple(declared[2:]), tuple(windows.out_hw[-(len(declared) - 2):])
             if spatial != computed:
                 # ceil_mode with a last window starting in the end padding: onnxruntime (and PyTorch) drop it,
