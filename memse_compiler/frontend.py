@@ -54,6 +54,7 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
         except Exception as exc:  # protobuf raises its own DecodeError and friends
             raise MemseInputError(f"{label}: not a valid ONNX model (truncated or not ONNX: "
                                   f"{type(exc).__name__})") from None
+        _load_external_data(model, path, label)
     if not model.graph.node:
         raise MemseInputError(f"{label}: the ONNX graph has no nodes (truncated or not ONNX?)")
     try:
@@ -62,6 +63,18 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
     except Exception as exc:
         raise MemseInputError(f"{label}: invalid ONNX model: {_first_line(exc)}") from None
     return upgrade_opset(model), label
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path, label: str) -> None:
+    """Weights stored beside the model (torch's dynamo exporter writes `model.onnx.data`), read from the model's
+    own folder whatever the working directory."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+    if not any(uses_external_data(t) for t in model.graph.initializer):
+        return
+    try:
+        load_external_data_for_model(model, str(path.resolve().parent))
+    except Exception as exc:
+        raise MemseInputError(f"{label}: its external weight data could not be read ({_first_line(exc)})") from None
 
 
 def _first_line(exc: Exception) -> str:

@@ -379,6 +379,16 @@ def dense_misc_models() -> list[ZooModel]:
     g = Builder("identity_before_gemm")
     out.append(g.build(g.gemm(g.op("Identity", [g.input("x", (N, K))]), K, M)))
 
+    # GatherND with constant indices over leading axes, the batch moved behind them, as torch's dynamo exporter
+    # gathers an adaptive pool's windows: (N, 2, 5) -> (2, 5, N) -> 3 x 2 picked (row, column) pairs -> (N, 3, 2)
+    g = Builder("gathernd_windows")
+    y = g.op("Reshape", [g.gemm(g.input("x", (N, K)), K, M), g.const("rows", np.array([0, 2, 5], np.int64))])
+    moved = g.op("Transpose", [y], perm=[1, 2, 0])
+    picked = g.op("GatherND", [moved, g.const("pairs", np.array([[[0, 1], [1, 4]], [[1, 0], [0, 0]],
+                                                                  [[-1, 2], [0, -2]]], np.int64))])
+    back = g.op("Transpose", [picked], perm=[2, 0, 1])
+    out.append(g.build(g.gemm(g.op("Flatten", [back]), 6, 4, name="fc_out")))
+
     g = Builder("dropout_between_gemms")
     y = g.op("Relu", [g.gemm(g.input("x", (N, K)), K, M, name="fc1")])
     y = g.op("Dropout", [y, g.const("ratio", np.float32(0.25))])

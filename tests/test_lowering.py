@@ -178,3 +178,19 @@ def test_pool_output_declared_with_symbolic_sizes():
     want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(interpret.run(g, x.astype(np.float64), hardware=True)["y"], want, rtol=1e-5,
                                atol=1e-6)
+
+
+def test_external_weight_data_is_read_from_the_model_folder(tmp_path, monkeypatch):
+    """torch's dynamo exporter writes the weights beside the model (model.onnx.data): they are read from the model's
+    folder whatever the working directory (they were looked up in the working directory)."""
+    import onnx
+    path = tmp_path / "models" / "cnn.onnx"
+    path.parent.mkdir()
+    onnx.save(onnx.load(str(EXAMPLES / "cnn_digits.onnx")), str(path), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="cnn.onnx.data", size_threshold=0)
+    assert (path.parent / "cnn.onnx.data").stat().st_size > path.stat().st_size
+    monkeypatch.chdir(tmp_path)
+    x = np.load(EXAMPLES / "digits_inputs.npy")[:8]
+    got = interpret.run(lower(str(path), x), x, hardware=True)["logits"]
+    want = interpret.run(lower(str(EXAMPLES / "cnn_digits.onnx"), x), x, hardware=True)["logits"]
+    np.testing.assert_array_equal(got, want)

@@ -160,6 +160,43 @@ class GatherRule(CopyRule):
 
 
 @register
+class GatherNDRule(OpRule):
+    """GatherND with constant indices and batch_dims 0 (torch's dynamo exporter gathers an adaptive pool's windows,
+    or a 1-D linear resize's taps, this way, with the batch moved off the indexed axes). At load (before batch_first
+    follows the batch) it becomes what it is: the K indexed leading axes merged into one (Reshape) and a Gather
+    of the flat indices along it, which batch_first and the Gather rule then take as any Gather."""
+    op_types = ("GatherND",)
+    expand_at_load = True
+
+    def expand(self, ctx):
+        indices = ctx.const(1)
+        if indices is None:
+            raise ctx.fail("the indices must be a constant (a signal's values cannot index)")
+        if int(ctx.attr("batch_dims", 0)):
+            raise ctx.fail("batch_dims > 0 is not supported")
+        shape = ctx.shapes.get(ctx.node.input[0])
+        k = int(np.shape(indices)[-1])
+        if shape is None or any(d is None for d in shape[:k]) or sum(d is None for d in shape[k:]) > 1:
+            raise ctx.fail("the sizes of the indexed axes (and all but one of the others) must be known")
+        lead = np.asarray(shape[:k], np.int64)
+        indices = np.asarray(indices, np.int64)
+        if np.any(indices < -lead) or np.any(indices >= lead):
+            raise ctx.fail("an index is out of range")
+        flat = np.ravel_multi_index(tuple(np.moveaxis(np.where(indices < 0, indices + lead, indices), -1, 0)),
+                                    tuple(lead))
+        base, data = ctx.node_name, ctx.node.input[0]
+        nodes = []
+        if k > 1:
+            target = [int(np.prod(lead))] + [-1 if d is None else int(d) for d in shape[k:]]
+            nodes.append(onnx.helper.make_node("Reshape", [data, ctx.new_const("merged_shape", np.array(target))],
+                                               [f"{base}/merged"], name=f"{base}/merge"))
+            data = f"{base}/merged"
+        nodes.append(onnx.helper.make_node("Gather", [data, ctx.new_const("flat_indices", flat)], [ctx.node.output[0]],
+                                           name=base, axis=0))
+        return nodes
+
+
+@register
 class SplitRule(CopyRule):
     """Split along a non-batch axis, sizes from the `split` input or attribute, or `num_outputs`/outputs."""
     op_types = ("Split",)
