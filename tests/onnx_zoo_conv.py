@@ -136,6 +136,13 @@ def pool_models() -> list[ZooModel]:
         _pool_case("maxpool_k3s2_ceil", "MaxPool", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
         _pool_case("maxpool_k3s2p1_ceil", "MaxPool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
                    ceil_mode=1),
+        # ceil_mode's last windows run past the end: the divisor counts the input (count_include_pad=0) or the
+        # input and its declared padding, not the extra end (=1), as onnxruntime and PyTorch divide
+        _pool_case("avgpool_k3s2_ceil", "AveragePool", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+        _pool_case("avgpool_k3s2p1_ceil_incl_pad", "AveragePool", kernel_shape=[3, 3], strides=[2, 2],
+                   pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1),
+        _pool_case("avgpool_k3x2s2_pleft_ceil_excl_pad", "AveragePool", kernel_shape=[3, 2], strides=[2, 2],
+                   pads=[0, 1, 0, 0], ceil_mode=1, count_include_pad=0),
     ]
     g = Builder("maxpool_before_conv")                 # pool on the input, then the weighted op
     y = g.op("MaxPool", [_image(g)], kernel_shape=[2, 2], strides=[2, 2])

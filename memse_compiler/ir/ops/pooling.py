@@ -13,15 +13,36 @@ from memse_compiler.ir.ops.indexing import _sample_shape
 PAD_MEAN = -1e100     # stands for -inf in max-pool padding; finite so that Clark's formulas stay exact
 
 
-def pool_windows(ctx: ParseContext, ceil_ok: bool = False) -> Windows:
-    """ceil_ok: ceil_mode=1 allowed (MaxPool: the windows past the end read padding, which never wins a max)."""
+def pool_windows(ctx: ParseContext) -> Windows:
+    """The pool's windows; with ceil_mode=1 the last ones run past the end (MaxPool: into padding, which never wins a
+    max; AveragePool: its divisor counts what lies inside the input, or inside the declared padding)."""
     shape = ctx.shape(0)
     if len(shape) not in (3, 4):
         raise ctx.fail(f"only 1-D and 2-D pooling is supported (input rank {len(shape)})")
     ceil = bool(ctx.attr("ceil_mode", 0))
-    if ceil and not ceil_ok:
-        raise ctx.fail("ceil_mode=1 is not supported")
-    return ctx.sliding_windows(ctx.attr("kernel_shape"), ceil_mode=ceil)
+    windows = ctx.sliding_windows(ctx.attr("kernel_shape"), ceil_mode=ceil)
+    declared = ctx.shapes.get(ctx.node.output[0])
+    # an export may declare the spatial sizes symbolically (None here): nothing to compare then
+    if ceil and declared and all(d is not None for d in declared[2:]):
+        spatial, computed = tuple(declared[2:]), tuple(windows.out_hw[-(len(declared) - 2):])
+        if spatial != computed:
+            # ceil_mode with a last window starting in the end padding: onnxruntime (and PyTorch) drop it,
+            # ONNX's shape inference keeps it; the graph's shapes and the executor would disagree
+            raise ctx.fail(f"ceil_mode=1 puts a window entirely in the end padding: onnxruntime's output "
+                           f"size {computed} is not the ONNX shape {spatial}")
+    return windows
+
+
+def _inside_counts(windows: Windows, declared: Windows) -> np.ndarray:
+    """(Ho, Wo) number of each window's taps inside the input padded by the `declared` pads: ceil_mode's extra
+    end padding is not counted (count_include_pad=1, as onnxruntime and PyTorch divide)."""
+    counts = []
+    for axis in range(2):
+        k, s, d = windows.kernel[axis], windows.strides[axis], windows.dilations[axis]
+        begin, size = windows.pads[axis], windows.in_hw[axis]
+        taps = np.arange(windows.out_hw[axis])[:, None] * s - begin + np.arange(k)[None, :] * d
+        counts.append(((taps >= -declared.pads[axis]) & (taps < size + declared.pads[axis + 2])).sum(axis=1))
+    return np.outer(counts[0], counts[1]).astype(float)
 
 
 def _4d(x, one_d):
@@ -46,7 +67,8 @@ class AveragePoolRule(OpRule):
         w = pool_windows(ctx)
         ones = np.ones((1, 1) + w.in_hw)
         if ctx.attr("count_include_pad", 0):
-            count = np.full(w.out_hw, float(np.prod(w.kernel)))
+            count = _inside_counts(w, ctx.sliding_windows(ctx.attr("kernel_shape"))) if ctx.attr("ceil_mode", 0) \
+                else np.full(w.out_hw, float(np.prod(w.kernel)))
         else:
             count = w.extract(ones).sum(axis=(-1, -2))[0, 0]
         return {"windows": w, "count": count, "one_d": len(ctx.shape(0)) == 3}
@@ -98,17 +120,7 @@ class MaxPoolRule(OpRule):
     def parse(self, ctx):
         if len([o for o in ctx.node.output if o]) > 1:
             raise ctx.fail("the Indices output of MaxPool is not supported")
-        windows = pool_windows(ctx, ceil_ok=True)
-        declared = ctx.shapes.get(ctx.node.output[0])
-        # an export may declare the spatial sizes symbolically (None here): nothing to compare then
-        if declared and all(d is not None for d in declared[2:]) and int(ctx.attr("ceil_mode", 0)):
-            spatial, computed = tuple(declared[2:]), tuple(windows.out_hw[-(len(declared) - 2):])
-            if spatial != computed:
-                # ceil_mode with a last window starting in the end padding: onnxruntime (and PyTorch) drop it,
-                # ONNX's shape inference keeps it; the graph's shapes and the executor would disagree
-                raise ctx.fail(f"ceil_mode=1 puts a window entirely in the end padding: onnxruntime's output "
-                               f"size {computed} is not the ONNX shape {spatial}")
-        return {"windows": windows, "one_d": len(ctx.shape(0)) == 3}
+        return {"windows": pool_windows(ctx), "one_d": len(ctx.shape(0)) == 3}
 
     def forward(self, attrs, xs):
         cols = attrs["windows"].extract(_4d(xs[0], attrs["one_d"]), fill=-np.inf)
