@@ -256,6 +256,17 @@ def _copy_batch(node: onnx.NodeProto, name: str, consts: dict, batch_dependent: 
 
 
 
+def taken_branch(node: onnx.NodeProto, name: str, consts: dict) -> list[onnx.NodeProto]:
+    """The nodes of the branch an If takes when its condition is a constant (torch's legacy exporter writes
+    `x.squeeze(d)` on a size it cannot see as `If(size == 1, Squeeze, Identity)`; the sizes are static here), then
+    an Identity from each branch output to the If's; the branch's initializers join the constants."""
+    branch = node_attribute(node, "then_branch" if bool(np.ravel(consts[node.input[0]])[0]) else "else_branch")
+    consts.update((t.name, _as_float64(numpy_helper.to_array(t))) for t in branch.initializer)
+    links = [onnx.helper.make_node("Identity", [b.name], [o], name=f"{name}/{o}")
+             for b, o in zip(branch.output, node.output) if o]
+    return list(branch.node) + links
+
+
 def _finite_mask(node: onnx.NodeProto, consts: dict) -> onnx.NodeProto:
     """An Add (or Where: `masked_fill`) of a constant with -inf entries (an attention mask ahead of a Softmax)
     with MASKED there instead: the Softmax gives the same 0, and the signal stays finite for the analysis (and
@@ -367,6 +378,9 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
                     shapes[t] = g.tensors[t] = (None,) + tuple(dims[1:])
             pending[:0] = baked
             idx -= 1
+            continue
+        if node.op_type == "If" and node.input[0] in consts:
+            pending[:0] = taken_branch(node, name, consts)
             continue
         if synthetic is not None or name in internal:
             node = synthetic or node

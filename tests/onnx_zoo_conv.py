@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import TensorProto, helper, numpy_helper
 
 if __package__:                                       # imported as tests.onnx_zoo_conv
     from .onnx_zoo import N, Builder, ZooModel
@@ -193,6 +194,36 @@ def conv_misc_models() -> list[ZooModel]:
     g = Builder("transpose_nhwc_conv")                 # NHWC input transposed to NCHW
     y = g.op("Transpose", [g.input("x", (N, H, W, C))], perm=[0, 3, 1, 2])
     out.append(g.build(g.op("Relu", [g.conv(y, C, 6, pads=[1, 1, 1, 1])])))
+
+    g = Builder("lrn_size5")                           # ONNX LRN (onnxruntime takes odd sizes only)
+    y = g.op("Relu", [g.conv(_image(g), C, 6, pads=[1, 1, 1, 1])])
+    out.append(g.build(g.op("LRN", [y], size=5, alpha=0.5, beta=0.75, bias=2.0)))
+
+    # torch's LocalResponseNorm: x^2 as (N, 1, C, H, W), pooled over the channels by a 3-D AveragePool (size, 1, 1);
+    # then a 3-D MaxPool over the channels with a stride
+    g = Builder("pool3d_over_channels")
+    y = g.op("Relu", [g.conv(_image(g), C, 6, pads=[1, 1, 1, 1])])
+    sq = g.op("Unsqueeze", [g.op("Mul", [y, y]), g.const("axis1", np.array([1], np.int64))])
+    avg = g.op("AveragePool", [sq], kernel_shape=[3, 1, 1], pads=[1, 0, 0, 1, 0, 0], count_include_pad=1)
+    mx = g.op("MaxPool", [avg], kernel_shape=[2, 1, 1], strides=[2, 1, 1])
+    out.append(g.build(g.op("Squeeze", [mx, g.const("axis1b", np.array([1], np.int64))])))
+
+    # If on a condition the shapes decide (torch's legacy exporter writes x.squeeze(d) of a size it cannot see as
+    # If(size == 1, Squeeze, Identity)): the branch taken is inlined; C = 6, so the first takes its then branch
+    # (x 0.5, with a constant of its own), the second its else branch
+    g = Builder("if_static_condition")
+    taken = g.op("Relu", [g.conv(_image(g), C, 6, pads=[1, 1, 1, 1])])
+    size = g.op("Gather", [g.op("Shape", [taken]), g.const("channel", np.array(1, np.int64))], axis=0)
+    for k, (test, then_op) in enumerate([(6, "Mul"), (1, "Neg")]):
+        cond = g.op("Equal", [size, g.const("size", np.array(test, np.int64))])
+        inputs = [taken] + ([f"half{k}"] if then_op == "Mul" else [])
+        then = helper.make_graph([helper.make_node(then_op, inputs, [f"then{k}"])], f"then{k}", [],
+                                 [helper.make_tensor_value_info(f"then{k}", TensorProto.FLOAT, None)],
+                                 [numpy_helper.from_array(np.array(0.5, np.float32), f"half{k}")])
+        other = helper.make_graph([helper.make_node("Identity", [taken], [f"else{k}"])], f"else{k}", [],
+                                  [helper.make_tensor_value_info(f"else{k}", TensorProto.FLOAT, None)])
+        taken = g.op("If", [cond], then_branch=then, else_branch=other)
+    out.append(g.build(g.gemm(g.op("Flatten", [taken]), 6 * H * W, 5)))
     return out
 
 

@@ -194,3 +194,19 @@ def test_external_weight_data_is_read_from_the_model_folder(tmp_path, monkeypatc
     got = interpret.run(lower(str(path), x), x, hardware=True)["logits"]
     want = interpret.run(lower(str(EXAMPLES / "cnn_digits.onnx"), x), x, hardware=True)["logits"]
     np.testing.assert_array_equal(got, want)
+
+
+def test_lrn_of_even_size_against_the_definition():
+    """An even LRN window is asymmetric (floor((size - 1) / 2) channels before, ceil after). onnxruntime refuses
+    even sizes and onnx.reference's LRN loops over the batch instead of the channels, so the lowered graph is
+    checked against the operator's definition written out in numpy."""
+    from onnx_zoo_conv import Builder, _image
+    g = Builder("lrn_size4")
+    y = g.op("Relu", [g.conv(_image(g), 4, 6, pads=[1, 1, 1, 1])])
+    zm = g.build(g.op("LRN", [y], size=4, alpha=0.5, beta=0.75, bias=2.0))
+    graph = lower(zm.model, zm.batch())
+    values = interpret.run(graph, zm.batch(), hardware=True)
+    x = values[y]
+    square_sum = np.stack([np.sum(x[:, max(0, c - 1): min(6, c + 3)] ** 2, axis=1) for c in range(6)], axis=1)
+    want = x / (2.0 + 0.5 / 4 * square_sum) ** 0.75
+    np.testing.assert_allclose(values[zm.model.graph.output[0].name], want, rtol=1e-12)

@@ -54,7 +54,7 @@ class _Writer:
 
 def _size(ctx: ParseContext, i: int, axis: int, what: str) -> int:
     shape = ctx.shapes.get(ctx.node.input[i]) if ctx.const(i) is None else np.shape(ctx.const(i))
-    size = shape[axis] if shape is not None and len(shape) > abs(axis) - (axis < 0) else None
+    size = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
     if not isinstance(size, (int, np.integer)) or size <= 0:
         raise ctx.fail(f"the {what} must be known from the model's shapes (export with static sizes)")
     return int(size)
@@ -99,6 +99,7 @@ class AttentionRule(OpRule):
         scale = ctx.attr("scale", None)
         scale = 1.0 / np.sqrt(head_size) if scale is None else float(scale)
         scores = w.add("MatMul", [q, w.add("Transpose", [k], "key_t", perm=[0, 1, 3, 2])], "qk")
+        # the scores after the scale, the softcap, the bias, the Softmax: qk_matmul_output_mode 0-3
         stages = [w.add("Mul", [scores, w.const("scale", scale)], "scaled")]
         softcap = float(ctx.attr("softcap", 0.0))
         if softcap > 0:

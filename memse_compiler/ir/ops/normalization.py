@@ -1,7 +1,8 @@
 """LayerNormalization: a nonlinear map of a whole feature vector, propagated by its linearisation; RMSNormalization
 as the elementwise ops it is made of;
 InstanceNormalization (and so torch's GroupNorm, which exports as one between two Reshapes) as a LayerNormalization
-over the spatial axes followed by the per-channel scale and bias."""
+over the spatial axes followed by the per-channel scale and bias; LRN as its channel-window sum of squares and the
+elementwise ops around it."""
 from __future__ import annotations
 
 import numpy as np
@@ -142,3 +143,48 @@ class InstanceNormRule(OpRule):
                       helper.make_node("Add", [f"{base}/scaled", const("bias", bias.reshape(per_channel))], [y],
                                        name=base)]
         return nodes
+
+
+@register
+class LRNRule(OpRule):
+    """Local response normalisation (AlexNet's; the ONNX model zoo's CaffeNet, GoogLeNet): y = x / (bias +
+    alpha / size * sum of x^2 over the `size` channels around c)^beta, as the ops it is made of: x * x (one
+    variable), the channel axis zero-padded by floor((size - 1) / 2) before and ceil((size - 1) / 2) after, `size`
+    shifted Slices added up, then Mul, Add, a fractional Pow and the Div by it (their rules' moments)."""
+    op_types = ("LRN",)
+
+    def expand(self, ctx):
+        rank = len(ctx.shape(0))
+        size = int(ctx.attr("size", 0))
+        if rank < 3 or size < 1:
+            raise ctx.fail(f"needs (N, C, D1, ...) and size >= 1 (rank {rank}, size {size})")
+        channels = ctx.shape(0)[1]
+        base, x = ctx.node_name, ctx.node.input[0]
+
+        def const(label, value):
+            return ctx.new_const(label, np.asarray(value))
+        lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+        pads = [0] * (2 * rank)
+        pads[1], pads[rank + 1] = lo, hi
+        nodes = [helper.make_node("Mul", [x, x], [f"{base}/square"], name=f"{base}/square"),
+                 helper.make_node("Pad", [f"{base}/square", const("pads", np.array(pads, np.int64))],
+                                  [f"{base}/padded"], name=f"{base}/pad")]
+        total = None
+        for i in range(size):
+            window = [const(f"start{i}", np.array([i], np.int64)), const(f"end{i}", np.array([i + channels], np.int64)),
+                      const("channel_axis", np.array([1], np.int64))]
+            nodes.append(helper.make_node("Slice", [f"{base}/padded", *window], [f"{base}/shift{i}"],
+                                          name=f"{base}/shift{i}"))
+            if total is not None:
+                nodes.append(helper.make_node("Add", [total, f"{base}/shift{i}"], [f"{base}/sum{i}"],
+                                              name=f"{base}/sum{i}"))
+            total = f"{base}/shift{i}" if total is None else f"{base}/sum{i}"
+        alpha, beta, bias = (float(ctx.attr(k, d)) for k, d in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)))
+        return nodes + [
+            helper.make_node("Mul", [total, const("alpha", np.array(alpha / size))], [f"{base}/scaled"],
+                             name=f"{base}/scale"),
+            helper.make_node("Add", [f"{base}/scaled", const("bias", np.array(bias))], [f"{base}/shifted"],
+                             name=f"{base}/bias"),
+            helper.make_node("Pow", [f"{base}/shifted", const("beta", np.array(beta))], [f"{base}/denominator"],
+                             name=f"{base}/power"),
+            helper.make_node("Div", [x, f"{base}/denominator"], [ctx.node.output[0]], name=base)]

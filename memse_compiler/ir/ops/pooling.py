@@ -18,7 +18,8 @@ def pool_windows(ctx: ParseContext) -> Windows:
     max; AveragePool: its divisor counts what lies inside the input, or inside the declared padding)."""
     shape = ctx.shape(0)
     if len(shape) not in (3, 4):
-        raise ctx.fail(f"only 1-D and 2-D pooling is supported (input rank {len(shape)})")
+        raise ctx.fail(f"only 1-D and 2-D pooling is supported (input rank {len(shape)}; a 3-D pool only over its "
+                       f"first axis)")
     ceil = bool(ctx.attr("ceil_mode", 0))
     windows = ctx.sliding_windows(ctx.attr("kernel_shape"), ceil_mode=ceil)
     declared = ctx.shapes.get(ctx.node.output[0])
@@ -53,12 +54,44 @@ def _back(x, one_d):
     return x[:, :, 0, :] if one_d else x
 
 
+def pool_over_first_axis(ctx: ParseContext) -> list | None:
+    """A 3-D pool whose kernel, stride, dilation and padding are 1, 1, 1, 0 on the last two axes (torch's
+    LocalResponseNorm pools x^2 over the channels as (N, 1, C, H, W) with kernel (size, 1, 1)) as the 2-D pool it
+    is: the last two axes merged (Reshape), the pool with kernel (k, 1), and the Reshape back. None: not that."""
+    shape = ctx.shape(0)
+    kernel = [int(v) for v in ctx.attr("kernel_shape", [])]
+    if len(shape) != 5 or len(kernel) != 3 or any(d is None for d in shape[3:]):
+        return None
+    strides = [int(v) for v in ctx.attr("strides", [1, 1, 1])]
+    dilations = [int(v) for v in ctx.attr("dilations", [1, 1, 1])]
+    pads = [int(v) for v in ctx.attr("pads", [0] * 6)]
+    auto = ctx.attr("auto_pad", b"NOTSET")
+    if (auto.decode() if isinstance(auto, bytes) else auto) != "NOTSET" or kernel[1:] != [1, 1] or \
+            strides[1:] != [1, 1] or dilations[1:] != [1, 1] or pads[1:3] + pads[4:] != [0, 0, 0, 0]:
+        return None
+    base, (h, w) = ctx.node_name, shape[3:]
+    attrs = {a.name: helper.get_attribute_value(a) for a in ctx.node.attribute
+             if a.name not in ("kernel_shape", "strides", "dilations", "pads", "auto_pad")}
+    merged = ctx.new_const("merged_shape", np.array([0, 0, shape[2] or -1, h * w], np.int64))
+    back = ctx.new_const("unmerged_shape", np.array([0, 0, -1, h, w], np.int64))
+    if ctx.attr("dilations") is not None:       # AveragePool has them from opset 19 only
+        attrs["dilations"] = [dilations[0], 1]
+    return [helper.make_node("Reshape", [ctx.node.input[0], merged], [f"{base}/merged"], name=f"{base}/merge"),
+            helper.make_node(ctx.node.op_type, [f"{base}/merged"], [f"{base}/pooled"], name=f"{base}/pool2d",
+                             kernel_shape=[kernel[0], 1], strides=[strides[0], 1], pads=[pads[0], 0, pads[3], 0],
+                             **attrs),
+            helper.make_node("Reshape", [f"{base}/pooled", back], [ctx.node.output[0]], name=base)]
+
+
 @register
 class AveragePoolRule(OpRule):
     op_types = ("AveragePool",)
 
     def averages(self, attrs):
         return True
+
+    def expand(self, ctx):
+        return pool_over_first_axis(ctx)
 
     def operands(self, ctx):
         return [0]
@@ -113,6 +146,9 @@ class GlobalAveragePoolRule(OpRule):
 @register
 class MaxPoolRule(OpRule):
     op_types = ("MaxPool",)
+
+    def expand(self, ctx):
+        return pool_over_first_axis(ctx)
 
     def operands(self, ctx):
         return [0]
