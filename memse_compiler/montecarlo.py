@@ -160,9 +160,8 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
     # classifier-shaped outputs: per chip, the fraction of samples whose argmax is the float model's
     tops = {o: np.argmax(ref[o], axis=1) for o in outputs if is_classifier(np.shape(ref[o]))}
     agreement: dict[str, list[float]] = {o: [] for o in tops}
-    labels = g.graph.get("labels")          # and, given the classes, the fraction right
-    if labels is not None and len(labels) != batch:
-        raise ValueError(f"{len(labels)} labels for a batch of {batch}")
+    # and, given the classes of the compiled inputs (g.graph["labels"]) and those inputs, the fraction right
+    labels = g.graph.get("labels") if ref is g.graph.get("reference") else None
     scored = {o for o in tops if labels is not None and labels.max() < np.shape(ref[o])[1]}
     accuracy: dict[str, list[float]] = {o: [] for o in scored}
     sums = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}

@@ -93,3 +93,14 @@ def test_cli_bad_labels(capsys, tmp_path, labels, needle):
     code = main([str(EXAMPLES / "mlp_digits.onnx"), "--device", "rram", "--labels", str(path)])
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_monte_carlo_on_other_inputs_scores_no_accuracy():
+    """The labels belong to the compiled inputs: a Monte-Carlo run on other inputs measures the agreement with their
+    own float classes and no accuracy."""
+    dev = load_device("rram")
+    g, _ = compile_model(str(EXAMPLES / "mlp_digits.onnx"), dev, X[:50], labels=LABELS[:50])
+    same = run_montecarlo(g, dev, chips=5, seed=0, progress=False, signals=[])["outputs"]["logits"]
+    other = run_montecarlo(g, dev, X[50:100], chips=5, seed=0, progress=False, signals=[])["outputs"]["logits"]
+    assert "accuracy" in same and "top1_agreement" in same
+    assert "accuracy" not in other and 0.5 < other["top1_agreement"] <= 1.0
