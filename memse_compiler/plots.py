@@ -6,6 +6,8 @@
     mse_vs_sigma     output MSE vs programming noise sigma/G (the MemSE paper's first curve)
     mse_vs_g         output MSE vs the conductance range G (second curve: larger G, smaller error)
     mse_vs_levels    output MSE vs the number of conductance levels (how many does the device need?)
+    agreement_vs_sigma  a classifier output's top-1 agreement (and accuracy, with labels) vs sigma/G, from the
+                     closed form (passes/agreement.agreement_at)
     tiles_<layer>    the tile grid (row tile x column tile, per group) coloured by each tile's ADC output MSE
 
 The three curves come from the closed form's `sweep(param, values)` when present (with a few full re-runs
@@ -273,6 +275,42 @@ def _sweep_figure(g, param: str, rerun_budget_s: float = RERUN_BUDGET_S) -> Figu
     return fig
 
 
+def agreement_figure(g) -> Figure | None:
+    """Top-1 agreement (and accuracy, with labels) vs programming noise sigma/G from the closed form
+    (passes/agreement.agreement_at: the logits' spread and mean shift scaled as the closed form scales them), the
+    full analysis' value at the compiled point marked."""
+    out = _first_output(g)
+    device = g.graph.get("device")
+    if out is None or out not in (g.graph.get("agreement") or {}) or out not in (g.graph.get("closed_form") or {}) \
+            or not hasattr(device, "conductance"):
+        return None
+    from passes.agreement import agreement_at
+    g0 = device.conductance.g_max - device.conductance.g_min
+    values = np.geomspace(SIGMA_REL[0], SIGMA_REL[-1], 41) * g0
+    try:
+        curves = [agreement_at(g, out, sigma_v=float(v)) for v in values]
+    except Exception as exc:   # a plot is never worth failing the compilation
+        warnings.warn(f"plot agreement skipped: {exc}")
+        return None
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    entry = g.graph["analysis"]["outputs"][out]
+    now = 100 * device.programming_noise.sigma / g0
+    for key, label, color in (("top1_agreement", "top-1 kept", ANALYSIS_COLOR), ("accuracy", "chip accuracy", MC_COLOR)):
+        if key in curves[0]:
+            ax.plot(100 * values / g0, [100 * c[key] for c in curves], "-", color=color, label=f"{label} (closed form)")
+            ax.plot([now], [100 * entry[key]], "s", color=color, ms=6, label=f"{label} (full analysis)")
+    if "accuracy_float" in entry:
+        ax.axhline(100 * entry["accuracy_float"], color="gray", ls=":", lw=1, label="float accuracy")
+    ax.axvline(now, color="gray", ls="--", lw=1, label="this device")
+    ax.set_xscale("log")
+    ax.set_xlabel("programming noise sigma / G  (%)")
+    ax.set_ylabel(f"% of samples ({_short(out, 20)})")
+    ax.set_title("Top-1 agreement vs programming noise")
+    ax.legend()
+    return fig
+
+
 # ---- tile maps -----------------------------------------------------------------------------------------
 def tile_mse(g, layer: str, groups: int, row_tiles: int, col_tiles: int) -> np.ndarray:
     """(G, R, C) MSE of each tile's ADC output edge (NaN where missing)."""
@@ -348,6 +386,7 @@ def figures(g, sweeps: bool = True, rerun_budget_s: float | None = None) -> dict
         out["mse_vs_sigma"] = _sweep_figure(g, "sigma", budget)
         out["mse_vs_g"] = _sweep_figure(g, "g_scale", budget)
         out["mse_vs_levels"] = _sweep_figure(g, "levels", budget)
+        out["agreement_vs_sigma"] = agreement_figure(g)
     for name, shape in _layer_shapes(g).items():
         if np.isfinite(tile_mse(g, name, *shape)).any():
             out[f"tiles_{safe_name(name)}"] = tile_map_figure(g, name, shape)

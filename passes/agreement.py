@@ -80,12 +80,25 @@ def margin_covariances(g: MemseGraph, out: str, top: np.ndarray, var: np.ndarray
     return cov
 
 
-def class_probability(g: MemseGraph, out: str, classes: np.ndarray, swept: int, rng: np.random.Generator
-                      ) -> np.ndarray:
-    """P(a chip's argmax of `out` is classes[n]) per sample, with the covariances of `swept` competitors."""
+VARIANCE_TERMS = ("programming", "read", "adc", "dac", "nonlinearity")     # the analysis' variance sources
+
+
+def agreement_at(g: MemseGraph, out: str, **point) -> dict[str, float]:
+    """`top1_agreement` (and `accuracy`, with labels) of `out` at another device point, in microseconds: the
+    logits' variances and covariances scaled by the output variance of the closed form there (passes/closed_form.py;
+    `point` as its `terms` takes it: sigma_v, sigma_r_v, levels_v, adc_bits, dac_bits, g_ranges) over the one at
+    the compiled point; the logits' means kept (their drift with the noise, the closed form's mean_shift, is left
+    out)."""
+    cf = g.graph["closed_form"][out]
+    here, there = cf.terms(), cf.terms(**point)
+    spread = sum(here[k] for k in VARIANCE_TERMS)
+    ratio = sum(there[k] for k in VARIANCE_TERMS) / spread if spread > 0 else 1.0
+    shift = np.sqrt(there["mean_shift"] / here["mean_shift"]) if here["mean_shift"] > 0 else 1.0
     mean, var = g.graph["moments"][out][:2]
-    cov = margin_covariances(g, out, classes, var, rng, swept) if swept else np.zeros_like(var)
-    return keep_probability(mean, var, cov, classes)
+    reference = g.graph["reference"][out]
+    mean = reference + shift * (mean - reference)
+    return {key: float(keep_probability(mean, ratio * var, ratio * cov, classes).mean())
+            for key, (classes, cov) in g.graph["agreement"][out].items()}
 
 
 class Top1Agreement(Pass):
@@ -112,10 +125,16 @@ class Top1Agreement(Pass):
                 continue
             entry = g.graph["analysis"]["outputs"][out]
             top = np.argmax(reference, axis=1)
-            entry["top1_agreement"] = float(class_probability(g, out, top, swept, rng).mean())
+            targets = {"top1_agreement": top}
             if labels is not None and labels.max() < reference.shape[1]:
                 entry["accuracy_float"] = float(np.mean(top == labels))
-                entry["accuracy"] = float(class_probability(g, out, labels, swept, rng).mean())
+                targets["accuracy"] = labels
+            state = g.graph.setdefault("agreement", {})[out] = {}
+            for key, classes in targets.items():
+                mean, var = g.graph["moments"][out][:2]
+                cov = margin_covariances(g, out, classes, var, rng, swept) if swept else np.zeros_like(var)
+                entry[key] = float(keep_probability(mean, var, cov, classes).mean())
+                state[key] = (classes, cov)     # for agreement_at: another device point, from the closed form
         timing = g.graph.setdefault("timing", {})
         timing["analysis_s"] = timing.get("analysis_s", 0.0) + time.perf_counter() - t0
         return g

@@ -196,7 +196,7 @@ def test_plots_png_and_svg(cnn, tmp_path):
     from memse_compiler.plots import make_plots
     paths = make_plots(cnn, tmp_path)
     stems = {p.stem for p in paths}
-    assert {"layer_mse", "error_budget", "mse_vs_sigma", "mse_vs_g", "mse_vs_levels"} <= stems
+    assert {"layer_mse", "error_budget", "mse_vs_sigma", "mse_vs_g", "mse_vs_levels", "agreement_vs_sigma"} <= stems
     assert sum(s.startswith("tiles_") for s in stems) == len(cnn.layers)
     assert {p.suffix for p in paths} == {".png", ".svg"} and len(paths) == 2 * len(stems)
     _check_files(paths)
