@@ -13,7 +13,9 @@ a Gauss-Hermite quadrature over y_k, vectorised over samples and classes. Only t
 competitors per sample (smallest mean margin over its spread; one on models of LARGE_MODEL_MACS and more) get a
 sweep; the others, and every competitor in the diagonal mode, count as uncorrelated with y_k. The option
 `agreement: False` skips the pass. The mean over samples is `top1_agreement` of the output's
-analysis entry; the Monte-Carlo executor measures the same fraction chip by chip (montecarlo.py).
+analysis entry; the Monte-Carlo executor measures the same fraction chip by chip (montecarlo.py). With labels the
+same integral over P(argmax = label) gives `accuracy`. `agreement_at` evaluates both at another device point from
+the closed form (the covariances kept from here, scaled).
 """
 from __future__ import annotations
 
