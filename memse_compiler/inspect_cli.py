@@ -151,6 +151,12 @@ def header(g: nx.DiGraph) -> str:
                f"variance {_fmt(o.get('variance'))})"
         if name in mc:
             line += f"  Monte-Carlo {_fmt(mc[name].get('mse'))} ci95 {mc[name].get('ci95')}"
+        kept = [f"{label} {100 * o[key]:.2f}%" for key, label in (("top1_agreement", "top-1 kept"),
+                                                                    ("accuracy", "chip accuracy"),
+                                                                    ("accuracy_float", "float accuracy"))
+                if o.get(key) is not None]
+        if kept:
+            line += "\n  " + ", ".join(kept)
         lines.append(line)
     return "\n".join(lines)
 

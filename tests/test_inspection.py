@@ -151,7 +151,7 @@ def test_inspect_lists_sorted_by_mse(exported, capsys):
     assert len(rows) == 5
     mses = [float(r[-1]) for r in rows]
     assert mses == sorted(mses, reverse=True)
-    assert "output logits: mse" in out
+    assert "output logits: mse" in out and "top-1 kept" in out          # the classifier's agreement
     from memse_compiler.cli import main as cli_main            # `memse-compile inspect ...` dispatch
     assert cli_main(["inspect", str(exported["json"]), "--top", "2"]) == 0
     assert "out_mse" in capsys.readouterr().out
