@@ -254,8 +254,6 @@ def _copy_batch(node: onnx.NodeProto, name: str, consts: dict, batch_dependent: 
                           f"export with Flatten, or with a fixed batch")
 
 
-
-
 def taken_branch(node: onnx.NodeProto, name: str, consts: dict) -> list[onnx.NodeProto]:
     """The nodes of the branch an If takes when its condition is a constant (torch's legacy exporter writes
     `x.squeeze(d)` on a size it cannot see as `If(size == 1, Squeeze, Identity)`; the sizes are static here), then

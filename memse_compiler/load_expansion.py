@@ -39,14 +39,15 @@ def _shapes(graph: onnx.GraphProto) -> tuple[dict[str, tuple], dict[str, int]]:
 def expand_at_load(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     """`model` with every node of an `expand_at_load` rule replaced by its expansion (unchanged if none)."""
     graph = model.graph
-    if not any(_expanded_here(n) for n in graph.node):
+    targets = {i for i, n in enumerate(graph.node) if _expanded_here(n)}
+    if not targets:
         return model
     shapes, types = _shapes(graph)
     consts = {k: numpy_helper.to_array(t) for k, t in constant_tensors(graph).items()}
     opset = default_opset(model)
     nodes, inits = [], []
     for idx, node in enumerate(graph.node):
-        if not _expanded_here(node):
+        if idx not in targets:
             nodes.append(node)
             continue
         known = set(consts)
@@ -62,5 +63,5 @@ def expand_at_load(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
             value = np.asarray(consts[name])
             inits.append(numpy_helper.from_array(value.astype(float_type) if value.dtype.kind == "f" else value,
                                                  name))
-    expanded = ", ".join(sorted({n.op_type for n in graph.node if _expanded_here(n)}))
+    expanded = ", ".join(sorted({graph.node[i].op_type for i in targets}))
     return with_nodes(model, nodes, inits, label, f"expanding {expanded}")

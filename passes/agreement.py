@@ -82,19 +82,17 @@ def margin_covariances(g: MemseGraph, out: str, top: np.ndarray, var: np.ndarray
     return cov
 
 
-VARIANCE_TERMS = ("programming", "read", "adc", "dac", "nonlinearity")     # the analysis' variance sources
-
-
 def agreement_at(g: MemseGraph, out: str, **point) -> dict[str, float]:
     """`top1_agreement` (and `accuracy`, with labels) of `out` at another device point, in microseconds: the
     logits' variances and covariances scaled by the output variance of the closed form there (passes/closed_form.py;
     `point` as its `terms` takes it: sigma_v, sigma_r_v, levels_v, adc_bits, dac_bits, g_ranges) over the one at
-    the compiled point; the logits' means kept (their drift with the noise, the closed form's mean_shift, is left
-    out)."""
+    the compiled point, and their mean error (from the float logits) by the square root of its mean_shift term's
+    ratio (clipping at zero shrinks the logits as the noise grows)."""
+    from passes.sensitivity import SOURCES         # the analysis' variance sources, which the closed form splits too
     cf = g.graph["closed_form"][out]
     here, there = cf.terms(), cf.terms(**point)
-    spread = sum(here[k] for k in VARIANCE_TERMS)
-    ratio = sum(there[k] for k in VARIANCE_TERMS) / spread if spread > 0 else 1.0
+    spread = sum(here[k] for k in SOURCES)
+    ratio = sum(there[k] for k in SOURCES) / spread if spread > 0 else 1.0
     shift = np.sqrt(there["mean_shift"] / here["mean_shift"]) if here["mean_shift"] > 0 else 1.0
     mean, var = g.graph["moments"][out][:2]
     reference = g.graph["reference"][out]
@@ -132,8 +130,8 @@ class Top1Agreement(Pass):
                 entry["accuracy_float"] = float(np.mean(top == labels))
                 targets["accuracy"] = labels
             state = g.graph.setdefault("agreement", {})[out] = {}
+            mean, var = g.graph["moments"][out][:2]
             for key, classes in targets.items():
-                mean, var = g.graph["moments"][out][:2]
                 cov = margin_covariances(g, out, classes, var, rng, swept) if swept else np.zeros_like(var)
                 entry[key] = float(keep_probability(mean, var, cov, classes).mean())
                 state[key] = (classes, cov)     # for agreement_at: another device point, from the closed form

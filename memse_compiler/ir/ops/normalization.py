@@ -169,10 +169,10 @@ class LRNRule(OpRule):
         nodes = [helper.make_node("Mul", [x, x], [f"{base}/square"], name=f"{base}/square"),
                  helper.make_node("Pad", [f"{base}/square", const("pads", np.array(pads, np.int64))],
                                   [f"{base}/padded"], name=f"{base}/pad")]
-        total = None
+        total, axis = None, const("channel_axis", np.array([1], np.int64))
         for i in range(size):
             window = [const(f"start{i}", np.array([i], np.int64)), const(f"end{i}", np.array([i + channels], np.int64)),
-                      const("channel_axis", np.array([1], np.int64))]
+                      axis]
             nodes.append(helper.make_node("Slice", [f"{base}/padded", *window], [f"{base}/shift{i}"],
                                           name=f"{base}/shift{i}"))
             if total is not None:
