@@ -389,6 +389,35 @@ def dense_misc_models() -> list[ZooModel]:
     back = g.op("Transpose", [picked], perm=[2, 0, 1])
     out.append(g.build(g.gemm(g.op("Flatten", [back]), 6, 4, name="fc_out")))
 
+    # ScatterND writing (row, column) pairs of leading axes, the batch behind them (torch's dynamo exporter writes a
+    # slice assignment so): (N, 2, 5) -> (2, 5, N), three updates (one pair twice: the last write wins) -> back
+    g = Builder("scatternd_pairs")
+    x = g.input("x", (N, K))
+    moved = g.op("Transpose", [g.op("Reshape", [g.gemm(x, K, M), g.const("rows", np.array([0, 2, 5], np.int64))])],
+                 perm=[1, 2, 0])
+    updates = g.op("Transpose", [g.op("Relu", [g.gemm(x, K, 3, name="fc_updates")])], perm=[1, 0])
+    pairs = g.const("pairs", np.array([[0, 1], [-1, 4], [0, 1]], np.int64))
+    back = g.op("Transpose", [g.op("ScatterND", [moved, pairs, updates])], perm=[2, 0, 1])
+    out.append(g.build(g.gemm(g.op("Flatten", [back]), M, 4, name="fc_out")))
+
+    # ScatterElements / GatherElements along axis 2 / 1 of (N, 2, 5), the indices one sample's, expanded to the
+    # batch as torch writes them (Expand to Concat(Shape(y)[:1], rest))
+    for name, rest in (("scatterelements_3d", (2, 3)), ("gatherelements_3d", (3, 5))):
+        g = Builder(name)
+        x = g.input("x", (N, K))
+        y = g.op("Reshape", [g.gemm(x, K, M), g.const("rows", np.array([0, 2, 5], np.int64))])
+        sizes = g.op("Concat", [g.op("Shape", [y], end=1), g.const("rest", np.array(rest, np.int64))], axis=0)
+        if name.startswith("scatter"):
+            one = g.const("at", np.array([[[4, 0, -1], [2, 2, 1]]], np.int64))
+            updates = g.op("Reshape", [g.op("Sigmoid", [g.gemm(x, K, 6, name="fc_updates")]),
+                                       g.const("update_rows", np.array([0, 2, 3], np.int64))])
+            y = g.op("ScatterElements", [y, g.op("Expand", [one, sizes]), updates], axis=2)
+        else:
+            one = g.const("at", np.array([[[1, 0, 1, 1, 0], [0, 0, 1, -2, 1], [1, 1, 0, 0, -1]]], np.int64))
+            y = g.op("GatherElements", [y, g.op("Expand", [one, sizes])], axis=1)
+        out.append(g.build(g.gemm(g.op("Flatten", [y]), int(np.prod(rest)) if name.startswith("gather") else M, 4,
+                                  name="fc_out")))
+
     g = Builder("dropout_between_gemms")
     y = g.op("Relu", [g.gemm(g.input("x", (N, K)), K, M, name="fc1")])
     y = g.op("Dropout", [y, g.const("ratio", np.float32(0.25))])
@@ -686,6 +715,33 @@ def bad_models(tmpdir: pathlib.Path) -> dict[str, pathlib.Path]:
 
     g = Builder("unbatched_vector")                   # x (K,): MatMul would sum over what the compiler takes as the batch
     models["unbatched_vector"] = g.build(g.matmul(g.input("x", (K,)), K, M, name="fc_vector")).model
+
+    g = Builder("scatter_add")                        # an accumulation: not a write of each element
+    y = g.gemm(g.input("x", (N, K)), K, M)
+    at = g.op("Expand", [g.const("at", np.array([[1, 1, 3]], np.int64)),
+                         g.op("Concat", [g.op("Shape", [y], end=1), g.const("three", np.array([3], np.int64))],
+                              axis=0)])
+    models["scatter_add"] = g.build(g.op("ScatterElements", [y, at, g.op("Slice", [y, g.const("s", np.array([0])),
+                                                                               g.const("e", np.array([3])),
+                                                                               g.const("a", np.array([1]))])],
+                                         name="accumulate", axis=1, reduction="add")).model
+
+    g = Builder("gather_by_data")                     # indices computed from the input's values
+    x = g.input("x", (N, K))
+    at = g.op("Cast", [g.op("Floor", [g.op("Abs", [g.op("Slice", [x, g.const("s", np.array([0])),
+                                                                  g.const("e", np.array([M])),
+                                                                  g.const("a", np.array([1]))])])])],
+              to=TensorProto.INT64)
+    models["gather_by_data"] = g.build(g.op("GatherElements", [g.gemm(x, K, M), g.op("Min", [at, g.const(
+        "top", np.array(M - 1, np.int64))])], name="data_indexed", axis=1)).model
+
+    g = Builder("scatternd_batch")                    # ScatterND indexing the batch axis
+    y = g.gemm(g.input("x", (N, K)), K, M)
+    models["scatternd_batch"] = g.build(g.op("ScatterND", [y, g.const("first", np.array([[0]], np.int64)),
+                                                           g.op("Slice", [y, g.const("s", np.array([0])),
+                                                                          g.const("e", np.array([1])),
+                                                                          g.const("a", np.array([0]))])],
+                                             name="batch_write")).model
 
     g = Builder("no_weighted_ops")
     models["no_weighted_ops"] = g.build(g.op("Relu", [g.input("x", (N, K))])).model

@@ -24,7 +24,11 @@ MODELS = ["seqfirst_mha", "mha_weights.fixed", "causal_encoder.fixed", "decoder.
           "act_where_leaky", "act_hardshrink", "act_softshrink", "act_clamp_where", "act_heaviside", "act_silu",
           "act_gelu_tanh", "act_threshold.dynamo",
           # torch's dynamo exporter at opset 23: one ONNX Attention node per attention (ir/ops/attention.py)
-          "seqfirst_mha.attention23", "causal_encoder.attention23", "decoder.attention23", "mini_bert.attention23"]
+          "seqfirst_mha.attention23", "causal_encoder.attention23", "decoder.attention23", "mini_bert.attention23",
+          # element-indexed reads and writes: gather, scatter, slice and index assignment (ir/ops/scatter.py)
+          "idx_slice_assign.dynamo", "idx_fill.dynamo", "idx_assign_3d.dynamo", "idx_index_put.dynamo",
+          "idx_select_scatter.dynamo", "idx_scatter.dynamo", "idx_scatter_zeros.dynamo", "idx_gather.dynamo",
+          "idx_take_along.dynamo"]
 X = np.random.default_rng(3).random((8, 1, 8, 8)).astype(np.float32)
 CONTEXT = np.random.default_rng(4).random((8, 6, 5)).astype(np.float32)     # cross_attention's second input
 

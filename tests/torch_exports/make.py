@@ -2,7 +2,7 @@
 """Export the transformer forms of torch's own modules that tests/test_torch_exports.py checks (random weights,
 seed 0; the legacy TorchScript exporter, opset 17, as examples/train_digits.py). Needs torch (not a dependency
 of memse-compiler); the committed .onnx files are what the tests read. Usage: python tests/torch_exports/make.py
-[activations | attention23] (the act_* or *.attention23 exports only)
+[activations | attention23 | indexed] (the act_*, *.attention23 or idx_* exports only)
 
   seqfirst_mha.onnx           nn.MultiheadAttention(batch_first=False) between two transposes (dynamic batch)
   mha_weights.fixed.onnx      need_weights=True: the head-averaged attention weights are used too (batch 4)
@@ -34,6 +34,12 @@ of memse-compiler); the committed .onnx files are what the tests read. Usage: py
                               h * (h > 0.2).float(), F.silu at opset 13 (Sigmoid, Mul), F.gelu(approximate="tanh")
                               (its chain of Mul, Add, Tanh); act_threshold.dynamo: F.threshold(h, 0.1, -0.2) through
                               the dynamo exporter (LessOrEqual, Where; batch 4)
+  idx_<name>.dynamo.onnx      Linear -> an indexed read or write -> Linear, through the dynamo exporter (dynamic
+                              batch; ir/ops/scatter.py): slice assignment z[:, 4:9] = relu(h[:, :5]) and z[:, 2:6] = 0
+                              and z[:, 1:3, 2:5] = sigmoid(...) on a 3-D view (ScatterND between Transposes), an
+                              index assignment into zeros_like (ScatterND into a constant), z[:, 1] = 2 h[:, 0]
+                              (ScatterElements), torch.scatter into h and into zeros, torch.gather with expanded
+                              indices, take_along_dim (GatherElements; the exporter fixes its batch to 4)
 """
 import math
 import os
@@ -248,6 +254,70 @@ ACTIVATIONS = {
 }
 
 
+def _slice_assign(h):
+    z = h.clone()
+    z[:, 4:9] = torch.relu(h[:, :5])
+    return z
+
+
+def _fill(h):
+    z = h.clone()
+    z[:, 2:6] = 0
+    return z
+
+
+def _assign_3d(h):
+    z = h.reshape(-1, 4, 8).clone()
+    z[:, 1:3, 2:5] = torch.sigmoid(z[:, 0:2, 0:3])
+    return z.flatten(1)
+
+
+def _index_put(h):
+    z = torch.zeros_like(h)
+    z[:, torch.tensor([1, 3, 8])] = h[:, :3]
+    return z
+
+
+def _select_scatter(h):
+    z = h.clone()
+    z[:, 1] = h[:, 0] * 2
+    return z
+
+
+SCATTER_AT = torch.tensor([[3, 1, 0, 17, 30]])
+PERMUTATION = torch.tensor([[(7 * i) % 32 for i in range(32)]])
+INDEXED = {
+    "slice_assign": _slice_assign, "fill": _fill, "assign_3d": _assign_3d, "index_put": _index_put,
+    "select_scatter": _select_scatter,
+    "scatter": lambda h: torch.scatter(h, 1, SCATTER_AT.expand(h.shape[0], 5), torch.relu(h[:, :5])),
+    "scatter_zeros": lambda h: torch.zeros_like(h).scatter(1, SCATTER_AT.expand(h.shape[0], 5), h[:, 10:15]),
+    "gather": lambda h: torch.gather(h, 1, PERMUTATION.expand(h.shape[0], 32)),
+    "take_along": lambda h: torch.take_along_dim(h, torch.tensor([[7, 0, 1, 31, 7]]), dim=1),
+}
+
+
+class Indexed(nn.Module):
+    def __init__(self, name):
+        super().__init__()
+        self.a, self.fn = nn.Linear(64, 32), INDEXED[name]
+        self.b = nn.Linear(5 if name == "take_along" else 32, 10)
+
+    def forward(self, x):
+        return self.b(self.fn(self.a(x.flatten(1))))
+
+
+def export_indexed():
+    from torch.export import Dim
+    warnings.filterwarnings("ignore")
+    for name in INDEXED:
+        torch.manual_seed(0)
+        path = os.path.join(HERE, f"idx_{name}.dynamo.onnx")
+        torch.onnx.export(Indexed(name).eval(), (torch.rand(4, 1, 8, 8),), path, dynamo=True, opset_version=18,
+                          external_data=False, input_names=["x"], output_names=["y"],
+                          dynamic_shapes=({0: Dim("batch")},))
+        print(f"{os.path.basename(path)}  {os.path.getsize(path)} B")
+
+
 class Activation(nn.Module):
     def __init__(self, name):
         super().__init__()
@@ -329,6 +399,7 @@ def main():
                           **extra)
         print(f"{name}.onnx  {os.path.getsize(path)} B")
     export_activations()
+    export_indexed()
     torch.manual_seed(0)
     path = os.path.join(HERE, "gru_seqfirst.dynamo.onnx")
     torch.onnx.export(SeqFirstGRU().eval(), (torch.rand(1, 1, 8, 8),), path, dynamo=True, external_data=False,
@@ -338,4 +409,4 @@ def main():
 
 if __name__ == "__main__":
     import sys
-    {"activations": export_activations, "attention23": export_attention23}.get(" ".join(sys.argv[1:]), main)()
+    {"activations": export_activations, "attention23": export_attention23, "indexed": export_indexed}.get(" ".join(sys.argv[1:]), main)()

@@ -45,6 +45,9 @@ class ParseContext:
     opset: int = 17                       # the model's default-domain opset
     exact: set = field(default_factory=set)   # signals computed from the data inputs alone (ir/ops/exact.py)
     elem_types: dict = field(default_factory=dict)    # ONNX elem type of each tensor whose type is known
+    # constants evaluated at load that follow the batch (load_expansion.probed_values): their batch axis, where
+    # they hold one sample's values (size 1), the same for every sample
+    batch_axes: dict = field(default_factory=dict)
 
     def const(self, i: int) -> np.ndarray | None:
         if i >= len(self.node.input) or not self.node.input[i]:
@@ -128,6 +131,9 @@ class OpRule:
     boolean: ClassVar[bool] = False
     # `expand` runs on the ONNX model at load time (memse_compiler/load_expansion.py), before onnxruntime probes it
     expand_at_load: ClassVar[bool] = False
+    # input slots that expansion needs to know, evaluated at load by onnxruntime when the model computes them
+    # (indices from Shape arithmetic; a signal's shape): load_expansion.probed_values
+    probed_inputs: ClassVar[tuple[int, ...]] = ()
 
     # ---- frontend --------------------------------------------------------------------------------
     def resolve(self, ctx: ParseContext) -> "OpRule":

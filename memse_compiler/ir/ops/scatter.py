@@ -1,0 +1,241 @@
+"""Element-indexed reads and writes with constant indices: GatherElements, ScatterElements and ScatterND.
+
+torch writes `torch.gather`, `take_along_dim` and `scatter` as the first two, and slice or index assignment
+(`z[:, 2:5] = f(y)`, `z[:, [1, 3]] = y`, `z[:, 2:4] = 0`) as a ScatterND between two Transposes (dynamo exporter).
+Each output element is one element of an input, so its moments are that element's: the op is data movement, and
+it expands into ops that say so (at load, memse_compiler/load_expansion.py, before batch_first follows the batch):
+
+* a read: a Gather of constant flat positions, after a Reshape that flattens the non-batch axes;
+* a write of a signal: a Concat of the data and the updates, then a Gather picking, per output element, either
+  its own element or the update written there (the last one where indices repeat, as onnxruntime does);
+* a write of a constant (`z[:, 2:4] = 0`): a Where of a constant mask.
+
+The indices must be constants. Those an exporter computes from shapes (a Range over a Shape, an Expand to the
+input's shape) are evaluated at load at two batch sizes (load_expansion.probed_values); indices that follow the
+batch must be the same for every sample (they are then one sample's), and ScatterND must not index the batch.
+Refused in one line: indices computed from the data's values, a reduction other than none.
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from memse_compiler.ir.ops.base import OpRule, ParseContext, register
+
+
+def _known_shape(ctx: ParseContext, i: int, what: str) -> tuple:
+    """The input's shape: static sizes, None (the batch) at most once."""
+    shape = np.shape(ctx.const(i)) if ctx.const(i) is not None else ctx.shapes.get(ctx.node.input[i])
+    if shape is None or sum(d is None for d in shape) > 1:
+        raise ctx.fail(f"the sizes of the {what} must be known (all but the batch)")
+    return tuple(shape)
+
+
+def _same_for_every_sample(ctx: ParseContext, i: int, rows: int | None, what: str) -> np.ndarray:
+    """One sample's slice of a constant that follows the batch on axis 0: collapsed at load (size 1 there), or as
+    many identical rows as the input has samples (an export with a fixed batch)."""
+    value = np.asarray(ctx.const(i))
+    if ctx.batch_axes.get(ctx.node.input[i]) == 0:
+        return value[0]
+    if value.shape[0] != rows:
+        raise ctx.fail(f"the {what} must cover every sample on axis 0 (torch expands them to the input's shape)")
+    if not np.all(value == value[:1]):
+        raise ctx.fail(f"the {what} differ between samples (axis 0); only the same {what} for each sample are "
+                       f"supported")
+    return value[0]
+
+
+def _data_batch_first(ctx: ParseContext) -> tuple:
+    """The data's shape, checked to carry the batch (or nothing unknown) on axis 0."""
+    shape = _known_shape(ctx, 0, "data")
+    if None in shape[1:]:
+        raise ctx.fail("the data's batch must be on axis 0")
+    return shape
+
+
+def _element_positions(ctx: ParseContext, row: np.ndarray, sample_shape: tuple, axis: int) -> np.ndarray:
+    """Flat positions in one sample (of `sample_shape`) of the elements an element-indexed op reaches: `row`'s
+    own position with its coordinate on `axis` (of the sample) replaced by its value."""
+    if any(r > s for k, (r, s) in enumerate(zip(row.shape, sample_shape)) if k != axis):
+        raise ctx.fail(f"the indices' shape {list(row.shape)} exceeds the data's {list(sample_shape)} off the axis")
+    size = sample_shape[axis]
+    if row.size and (row.min() < -size or row.max() >= size):
+        raise ctx.fail(f"an index is out of range for axis {axis + 1} of size {size}")
+    coords = list(np.indices(row.shape))
+    coords[axis] = np.where(row < 0, row + size, row)
+    return np.ravel_multi_index(tuple(coords), sample_shape)
+
+
+def _axis(ctx: ParseContext, rank: int) -> int:
+    axis = int(ctx.attr("axis", 0)) % rank
+    if axis == 0:
+        raise ctx.fail("indexing along the batch axis (0) is not supported")
+    return axis - 1                                 # within one sample
+
+
+def _no_reduction(ctx: ParseContext) -> None:
+    reduction = ctx.attr("reduction", b"none")
+    reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
+    if reduction != "none":
+        raise ctx.fail(f"reduction '{reduction}' is not supported (only none: a write, not an accumulation)")
+
+
+class _Writer:
+    """The nodes of one expansion, named `<node>/<label>`; the last writes the node's output."""
+
+    def __init__(self, ctx: ParseContext):
+        self.ctx, self.nodes = ctx, []
+
+    def add(self, op: str, inputs: list[str], label: str, last: bool = False, **attrs) -> str:
+        out = self.ctx.node.output[0] if last else f"{self.ctx.node_name}/{label}"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self.ctx.node_name if last else out, **attrs))
+        return out
+
+    def reshape(self, x: str, target: list[int], label: str, last: bool = False) -> str:
+        return self.add("Reshape", [x, self.ctx.new_const(f"{label}_shape", np.array(target, np.int64))], label,
+                        last)
+
+    def gather(self, x: str, positions: np.ndarray, axis: int, last: bool) -> str:
+        return self.add("Gather", [x, self.ctx.new_const("positions", positions.astype(np.int64))], "gathered",
+                        last, axis=axis)
+
+
+class _IndexedRule(OpRule):
+    """Expanded at load when its indices are known; parsing it as it is means they are not."""
+    expand_at_load = True
+    probed_inputs = (0, 1, 2)
+    what = "indices"
+
+    def parse(self, ctx):
+        raise ctx.fail(f"the {self.what} must be constants (computed from the data's values they cannot be "
+                       f"followed through the chip)")
+
+
+@register
+class GatherElementsRule(_IndexedRule):
+    op_types = ("GatherElements",)
+
+    def expand(self, ctx):
+        if ctx.const(1) is None:
+            return None
+        shape = _data_batch_first(ctx)
+        axis = _axis(ctx, len(shape))
+        row = _same_for_every_sample(ctx, 1, shape[0], "indices")
+        flat = _element_positions(ctx, np.asarray(row, np.int64), shape[1:], axis)
+        w = _Writer(ctx)
+        if len(shape) == 2:                   # (N, F): a Gather of the positions along axis 1 is the op
+            w.gather(ctx.node.input[0], flat, 1, last=True)
+            return w.nodes
+        data = w.reshape(ctx.node.input[0], [0, -1], "flat")
+        w.reshape(w.gather(data, flat.reshape(-1), 1, last=False), [0, *row.shape], "unflat", last=True)
+        return w.nodes
+
+
+@register
+class ScatterElementsRule(_IndexedRule):
+    op_types = ("ScatterElements",)
+
+    def expand(self, ctx):
+        if ctx.const(1) is None:
+            return None
+        _no_reduction(ctx)
+        shape = _data_batch_first(ctx)
+        axis = _axis(ctx, len(shape))
+        row = np.asarray(_same_for_every_sample(ctx, 1, shape[0], "indices"), np.int64)
+        targets = _element_positions(ctx, row, shape[1:], axis).reshape(-1)
+        size = int(np.prod(shape[1:], dtype=np.int64))
+        w = _Writer(ctx)
+        if ctx.const(2) is not None:          # a constant written: a Where of a constant mask
+            values = np.asarray(_same_for_every_sample(ctx, 2, shape[0], "updates"), np.float64)
+            if values.shape != row.shape:
+                raise ctx.fail(f"the updates' shape {list(values.shape)} is not the indices' {list(row.shape)}")
+            return _where(ctx, w, targets, values.reshape(-1), size, (1, *shape[1:]))
+        source = np.arange(size)
+        source[targets] = size + np.arange(targets.size)        # numpy keeps the last write, as onnxruntime
+        flat = len(shape) > 2
+        updates = w.reshape(ctx.node.input[2], [0, -1], "updates_flat") if flat else ctx.node.input[2]
+        if ctx.const(0) is not None:          # a signal written into a constant (`zeros.scatter(1, idx, y)`)
+            picked = w.gather(updates, np.maximum(source - size, 0), 1, last=False)
+            if flat:
+                picked = w.reshape(picked, [0, *shape[1:]], "unflat")
+            return _where_into_constant(ctx, w, source >= size, picked, (1, *shape[1:]))
+        data = w.reshape(ctx.node.input[0], [0, -1], "flat") if flat else ctx.node.input[0]
+        both = w.add("Concat", [data, updates], "with_updates", axis=1)
+        if not flat:
+            w.gather(both, source, 1, last=True)
+            return w.nodes
+        w.reshape(w.gather(both, source, 1, last=False), [0, *shape[1:]], "unflat", last=True)
+        return w.nodes
+
+
+def _where_into_constant(ctx: ParseContext, w: _Writer, mask: np.ndarray, picked: str, shape: tuple) -> list:
+    """Where(mask, picked, data) for a constant data input (written as its own constant: the one the model
+    computes may follow the batch, which only broadcasting takes)."""
+    data = ctx.new_const("data", np.asarray(ctx.const(0), np.float64))
+    w.add("Where", [ctx.new_const("mask", mask.reshape(shape)), picked, data], "written", last=True)
+    return w.nodes
+
+
+def _where(ctx: ParseContext, w: _Writer, targets: np.ndarray, values: np.ndarray, size: int,
+           shape: tuple) -> list:
+    """data with `values` written at the flat `targets` of every sample: Where(mask, written, data)."""
+    mask, written = np.zeros(size, bool), np.zeros(size)
+    mask[targets], written[targets] = True, values
+    w.add("Where", [ctx.new_const("mask", mask.reshape(shape)), ctx.new_const("written", written.reshape(shape)),
+                    ctx.node.input[0]], "written", last=True)
+    return w.nodes
+
+
+@register
+class ScatterNDRule(_IndexedRule):
+    op_types = ("ScatterND",)
+
+    def expand(self, ctx):
+        if ctx.const(1) is None:
+            return None
+        _no_reduction(ctx)
+        if ctx.node.input[1] in ctx.batch_axes:
+            raise ctx.fail("the indices depend on the batch size (they index the batch axis)")
+        indices = np.asarray(ctx.const(1), np.int64)
+        shape = _known_shape(ctx, 0, "data")
+        k = indices.shape[-1] if indices.ndim else 0
+        lead, rest = shape[:k], shape[k:]
+        if indices.ndim == 0 or k == 0 or k > len(shape) or None in lead:
+            raise ctx.fail("the indexed axes must be static and not the batch (torch writes a slice assignment "
+                           "with the batch moved after them)")
+        sizes = np.asarray(lead, np.int64)
+        if np.any(indices < -sizes) or np.any(indices >= sizes):
+            raise ctx.fail("an index is out of range")
+        indices = np.where(indices < 0, indices + sizes, indices)
+        targets = np.ravel_multi_index(tuple(np.moveaxis(indices, -1, 0)), lead).reshape(-1)
+        count = int(np.prod(lead, dtype=np.int64))
+        merged = [count] + [-1 if d is None else int(d) for d in rest]
+        w = _Writer(ctx)
+        if ctx.const(2) is not None:          # a constant written (a fill): a Where of a constant mask
+            values = np.asarray(ctx.const(2), np.float64)
+            free = tuple(1 if ctx.batch_axes.get(ctx.node.input[2]) == indices.ndim - 1 + i else d
+                         for i, d in enumerate(rest))
+            if values.shape != indices.shape[:-1] + free or None in free:
+                raise ctx.fail(f"the updates' shape {list(values.shape)} does not fit the indices and the data")
+            mask, written = np.zeros(count, bool), np.zeros((count,) + free)
+            mask[targets], written[targets] = True, values.reshape((-1,) + free)
+            w.add("Where", [ctx.new_const("mask", mask.reshape(lead + (1,) * len(rest))),
+                            ctx.new_const("written", written.reshape(lead + free)), ctx.node.input[0]], "written",
+                  last=True)
+            return w.nodes
+        source = np.arange(count)
+        source[targets] = count + np.arange(targets.size)       # numpy keeps the last write, as onnxruntime
+        updates = (w.reshape(ctx.node.input[2], [targets.size] + merged[1:], "updates_merged")
+                   if indices.ndim != 2 else ctx.node.input[2])
+        if ctx.const(0) is not None:          # a signal written into a constant (`z = zeros_like(y); z[:, i] = y`)
+            picked = w.gather(updates, np.maximum(source - count, 0), 0, last=False)
+            if k > 1:
+                picked = w.reshape(picked, [*lead, *merged[1:]], "unmerged")
+            return _where_into_constant(ctx, w, source >= count, picked, lead + (1,) * len(rest))
+        data = w.reshape(ctx.node.input[0], merged, "merged") if k > 1 else ctx.node.input[0]
+        both = w.add("Concat", [data, updates], "with_updates", axis=0)
+        if k == 1:
+            w.gather(both, source, 0, last=True)
+            return w.nodes
+        w.reshape(w.gather(both, source, 0, last=False), [*lead, *merged[1:]], "unmerged", last=True)
+        return w.nodes
