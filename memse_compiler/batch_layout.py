@@ -29,9 +29,10 @@ SUFFIX = "/batch_first"
 # one signal in, same shape out, no axis semantics: the op runs unchanged on the batch-first tensor
 UNARY = {"Abs", "Cast", "Celu", "Dropout", "Elu", "Erf", "Exp", "Gelu", "HardSigmoid", "HardSwish", "Identity",
          "LeakyRelu", "Log", "Mish", "Neg", "Reciprocal", "Relu", "Selu", "Sigmoid", "Softplus", "Softsign", "Sqrt",
-         "Tanh", "Clip", "Round", "Floor", "Ceil", "Sign", "Sin", "Cos", "Not"}
+         "Tanh", "Clip", "Round", "Floor", "Ceil", "Sign", "Sin", "Cos", "Not", "Atan", "Asinh", "Sinh", "Cosh",
+         "Swish", "ThresholdedRelu", "Shrink"}
 BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu", "Where", "Greater", "Less", "GreaterOrEqual",
-                "LessOrEqual", "Equal", "And", "Or", "Xor"}
+                "LessOrEqual", "Equal", "And", "Or", "Xor", "Sum", "Mean"}
 RESHAPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
               "ReduceSumSquare", "ReduceLogSumExp", "ReduceLogSum"}

@@ -150,17 +150,21 @@ class Builder:
         return self._node("BatchNormalization", [x, scale, bias, mean, var], name, epsilon=epsilon)
 
     # ---- finish
-    def build(self, outputs) -> ZooModel:
+    def build(self, outputs, typed: dict | None = None) -> ZooModel:
+        """typed: {tensor: shape} declared for ops whose output onnx's shape inference does not type
+        (GroupNormalization), as an exporter declares every tensor; kept in the model."""
         outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+        declared = [helper.make_tensor_value_info(t, TensorProto.FLOAT, list(shape)) for t, shape in (typed or {}).items()]
         graph = helper.make_graph(self.nodes, self.name, self.graph_inputs,
                                   [helper.make_value_info(o, onnx.TypeProto()) for o in outputs],
-                                  initializer=self.inits)
+                                  initializer=self.inits, value_info=declared)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
                                   ir_version=IR_VERSION, producer_name="memse-onnx-zoo")
         # fill the output types/shapes (full_check requires them); drop intermediate value_info so the
         # models look like plain exporter output
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         del model.graph.value_info[:]
+        model.graph.value_info.extend(declared)
         return ZooModel(self.name, model, dict(self.feed))
 
 
@@ -288,6 +292,13 @@ def activation_models() -> list[ZooModel]:
             g.op("Exp", [x]), g.const("one", np.float32(1.0))])])),
         _act_model("act_pow_fractional", lambda g, x: g.op("Pow", [_square_plus(g, x, 1.0),
                                                                    g.const("p", np.float32(-1.5))])),
+        _act_model("act_atan", lambda g, x: g.op("Atan", [g.op("Mul", [x, g.const("gain", np.float32(3.0))])])),
+        _act_model("act_asinh", lambda g, x: g.op("Asinh", [g.op("Mul", [x, g.const("gain", np.float32(3.0))])])),
+        _act_model("act_sinh", simple("Sinh")),
+        _act_model("act_cosh", simple("Cosh")),
+        _act_model("act_swish", simple("Swish", alpha=1.5), opset=24),
+        _act_model("act_thresholded_relu", simple("ThresholdedRelu", alpha=0.2)),
+        _act_model("act_shrink", simple("Shrink", lambd=0.3, bias=0.1)),
     ]
 
 
@@ -417,6 +428,13 @@ def dense_misc_models() -> list[ZooModel]:
             y = g.op("GatherElements", [y, g.op("Expand", [one, sizes])], axis=1)
         out.append(g.build(g.gemm(g.op("Flatten", [y]), int(np.prod(rest)) if name.startswith("gather") else M, 4,
                                   name="fc_out")))
+
+    # Sum and Mean of three operands (one of them twice), Max of three: chains of two-operand ops
+    for op in ("Sum", "Mean", "Max"):
+        g = Builder(f"{op.lower()}_of_three")
+        x = g.input("x", (N, K))
+        a, b = g.gemm(x, K, M, name="fc_a"), g.gemm(x, K, M, name="fc_b")
+        out.append(g.build(g.op(op, [a, b, a if op != "Max" else g.vector("floor", (M,), 0.3)])))
 
     g = Builder("dropout_between_gemms")
     y = g.op("Relu", [g.gemm(g.input("x", (N, K)), K, M, name="fc1")])

@@ -111,6 +111,12 @@ def bn_models() -> list[ZooModel]:
     y = g.op("Add", [g.op("Mul", [y, g.const("gn.weight", g.rng.uniform(0.5, 1.5, (6, 1, 1)))]),
                      g.vector("gn.bias", (6, 1, 1), 0.2)])
     out.append(g.build(g.conv(g.op("Relu", [y]), 6, 4, name="conv_b")))
+
+    g = Builder("group_normalization_conv", opset=21)  # GroupNormalization-21, as torch's dynamo exporter writes it
+    y = g.conv(_image(g), C, 6, pads=[1, 1, 1, 1], name="conv_a")
+    y = g.op("GroupNormalization", [y, g.const("gn.weight", g.rng.uniform(0.5, 1.5, 6)),
+                                    g.vector("gn.bias", (6,), 0.2)], num_groups=3, epsilon=1e-5)
+    out.append(g.build(g.conv(g.op("Relu", [y]), 6, 4, name="conv_b"), typed={y: (N, 6, H, W)}))
     return out
 
 

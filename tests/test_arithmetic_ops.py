@@ -43,6 +43,14 @@ def test_exp_and_abs_are_exact(mu, var):
     check(rule_for("Abs").stat({}, np.array(mu), np.array(var)), integrate(np.abs, mu, var), 1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("mu,var", [(0.3, 0.5), (-2.0, 0.1), (0.0, 1.0), (1.2, 1e-4), (-0.7, 2.0)])
+@pytest.mark.parametrize("op,attrs,f", [("Sinh", {"cosh": False}, np.sinh), ("Cosh", {"cosh": True}, np.cosh),
+                                        ("Atan", {"op": "Atan"}, np.arctan), ("Asinh", {"op": "Asinh"}, np.arcsinh)])
+def test_hyperbolic_closed_forms_and_arc_quadrature_against_integration(op, attrs, f, mu, var):
+    """Sinh / Cosh in closed form, Atan / Asinh by Gauss-Hermite: mean, variance and gain (Stein's E f')."""
+    check(rule_for(op).stat(attrs, np.array(mu), np.array(var)), integrate(f, mu, var), 1e-5, atol=1e-9)
+
+
 @pytest.mark.parametrize("op,attrs,f", [("Sqrt", {"exponent": 0.5}, np.sqrt),
                                         ("Reciprocal", {"exponent": -1.0}, lambda x: 1 / x),
                                         ("Log", {}, np.log), ("Pow", {"exponent": -1.5}, lambda x: x ** -1.5)])

@@ -37,11 +37,13 @@ def test_coverage_model_valid_and_runs(zm: ZooModel):
     model = zm.model
     onnx.checker.check_model(model, full_check=True)
     opset = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
-    # Gelu exists from opset 20, Mish from 18, RMSNormalization and Attention from 23 (windows 25); Upsample is the old (opset <= 9) export
+    # Gelu exists from opset 20, Mish from 18, RMSNormalization and Attention from 23 (windows 25), GroupNormalization as
+    # it is now from 21, Swish from 24; Upsample is the old (opset <= 9) export
     assert opset == [OPSET] or (opset == [20] and "Gelu" in _op_types(model)) or (
         opset == [18] and "Mish" in _op_types(model)) or (opset == [9] and "Upsample" in _op_types(model)) or (
         opset == [23] and "RMSNormalization" in _op_types(model)) or (
-        opset in ([23], [25]) and "Attention" in _op_types(model))
+        opset in ([23], [25]) and "Attention" in _op_types(model)) or (
+        opset == [21] and "GroupNormalization" in _op_types(model)) or (opset == [24] and "Swish" in _op_types(model))
     # every coverage model has a weighted op (an Einsum with a constant operand is one)
     assert _op_types(model) & (WEIGHTED_OPS | {"Einsum"})
     assert all(n.name for n in model.graph.node)

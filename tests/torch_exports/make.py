@@ -2,7 +2,8 @@
 """Export the transformer forms of torch's own modules that tests/test_torch_exports.py checks (random weights,
 seed 0; the legacy TorchScript exporter, opset 17, as examples/train_digits.py). Needs torch (not a dependency
 of memse-compiler); the committed .onnx files are what the tests read. Usage: python tests/torch_exports/make.py
-[activations | attention23 | indexed] (the act_*, *.attention23 or idx_* exports only)
+[activations | attention23 | indexed | group_norm21] (the act_*, *.attention23, idx_* or group_norm21
+exports only)
 
   seqfirst_mha.onnx           nn.MultiheadAttention(batch_first=False) between two transposes (dynamic batch)
   mha_weights.fixed.onnx      need_weights=True: the head-averaged attention weights are used too (batch 4)
@@ -10,6 +11,7 @@ of memse-compiler); the committed .onnx files are what the tests read. Usage: py
   decoder.fixed.onnx          nn.TransformerDecoderLayer: self- and cross-attention on the same tokens (batch 4)
   merge.onnx                  x.reshape(-1, d) -> Linear -> reshape back: the batch merged with the tokens
   group_norm.onnx             Conv -> nn.GroupNorm(2, 8) -> Conv (InstanceNormalization between two Reshapes)
+  group_norm21.dynamo.onnx    the same through the dynamo exporter at opset 21: one GroupNormalization node
   fake_quant.onnx             quantization-aware training's fake quantization of the input and a hidden layer
                               (torch.fake_quantize_per_tensor_affine: QuantizeLinear -> DequantizeLinear pairs)
   gpt_block.onnx              nanoGPT's block: `B, T, C = x.size()` on a computed tensor, heads by view and
@@ -306,6 +308,16 @@ class Indexed(nn.Module):
         return self.b(self.fn(self.a(x.flatten(1))))
 
 
+def export_group_norm21():
+    from torch.export import Dim
+    warnings.filterwarnings("ignore")
+    torch.manual_seed(0)
+    path = os.path.join(HERE, "group_norm21.dynamo.onnx")
+    torch.onnx.export(GroupNormConv().eval(), (torch.rand(4, 1, 8, 8),), path, dynamo=True, opset_version=21,
+                      external_data=False, input_names=["x"], output_names=["y"], dynamic_shapes=({0: Dim("batch")},))
+    print(f"{os.path.basename(path)}  {os.path.getsize(path)} B")
+
+
 def export_indexed():
     from torch.export import Dim
     warnings.filterwarnings("ignore")
@@ -400,6 +412,7 @@ def main():
         print(f"{name}.onnx  {os.path.getsize(path)} B")
     export_activations()
     export_indexed()
+    export_group_norm21()
     torch.manual_seed(0)
     path = os.path.join(HERE, "gru_seqfirst.dynamo.onnx")
     torch.onnx.export(SeqFirstGRU().eval(), (torch.rand(1, 1, 8, 8),), path, dynamo=True, external_data=False,
@@ -409,4 +422,5 @@ def main():
 
 if __name__ == "__main__":
     import sys
-    {"activations": export_activations, "attention23": export_attention23, "indexed": export_indexed}.get(" ".join(sys.argv[1:]), main)()
+    {"activations": export_activations, "attention23": export_attention23, "indexed": export_indexed,
+     "group_norm21": export_group_norm21}.get(" ".join(sys.argv[1:]), main)()

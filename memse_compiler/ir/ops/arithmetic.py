@@ -1,12 +1,14 @@
 """Element-wise arithmetic: Neg, Abs, Exp exactly; Pow by an integer exactly; Sqrt, Reciprocal, Log and other
 powers by the delta method, which needs the input's mean inside the function's smooth domain (else the analysis
-stops naming the node: the linearisation there would be infinite or meaningless)."""
+stops naming the node: the linearisation there would be infinite or meaningless). Max and Min by Clark's moments;
+they and Sum and Mean of more operands as chains of two-operand ops."""
 from __future__ import annotations
 
 from math import comb
 
 import numpy as np
 import sympy
+from onnx import helper
 
 from memse_compiler.ir import stats
 from memse_compiler.ir.errors import DomainError
@@ -156,6 +158,52 @@ class LogRule(ElementwiseRule):
         return _delta_expressions(sympy.log, mus[0], vs[0])
 
 
+def variadic_chain(ctx, op: str, operands: list[str]) -> list:
+    """`op` of the operands as a left-to-right chain of two-operand nodes (an Identity for one operand)."""
+    if len(operands) == 1:
+        return [helper.make_node("Identity", operands, [ctx.node.output[0]], name=ctx.node_name)]
+    nodes, acc = [], operands[0]
+    for i, x in enumerate(operands[1:], start=1):
+        last = i == len(operands) - 1
+        out = ctx.node.output[0] if last else f"{ctx.node_name}/{op.lower()}_{i}"
+        nodes.append(helper.make_node(op, [acc, x], [out], name=ctx.node_name if last else out))
+        acc = out
+    return nodes
+
+
+@register
+class SumMeanRule(OpRule):
+    """Sum and Mean of any number of operands (broadcast): a chain of Adds, exact for independent operands; an
+    operand given k times enters once, times k (its copies are one variable); Mean then scales by 1 / n."""
+    op_types = ("Sum", "Mean")
+
+    def expand(self, ctx):
+        ins = [i for i in ctx.node.input if i]
+        counts = {x: ins.count(x) for x in dict.fromkeys(ins)}
+        mean = ctx.node.op_type == "Mean"
+        nodes, terms = [], []
+        for j, (x, k) in enumerate(counts.items()):
+            if k > 1:
+                out = f"{ctx.node_name}/times_{j}"
+                nodes.append(helper.make_node("Mul", [x, ctx.new_const(f"count_{j}", np.array(float(k)))], [out],
+                                              name=out))
+                x = out
+            terms.append(x)
+        if not mean:
+            return nodes + variadic_chain(ctx, "Add", terms)
+        total = f"{ctx.node_name}/sum"
+        chain = variadic_chain(_renamed_output(ctx, total), "Add", terms)
+        return nodes + chain + [helper.make_node("Mul", [total, ctx.new_const("inverse_count", np.array(1.0 / len(ins)))],
+                                                 [ctx.node.output[0]], name=ctx.node_name)]
+
+
+def _renamed_output(ctx, output: str):
+    """The context of the same node writing `output` under its own name (a chain inside an expansion)."""
+    from dataclasses import replace
+    node = helper.make_node(ctx.node.op_type, list(ctx.node.input), [output])
+    return replace(ctx, node=node, node_name=output)
+
+
 @register
 class ExtremumRule(OpRule):
     """Element-wise Max / Min of two operands (torch.maximum, clamp with tensor bounds), broadcast. Clark's
@@ -164,10 +212,15 @@ class ExtremumRule(OpRule):
     op_types = ("Max", "Min")
     pointwise = True
 
+    def expand(self, ctx):
+        """More than two operands (or one): a chain of two-operand ones over the distinct operands."""
+        ins = list(dict.fromkeys(i for i in ctx.node.input if i))
+        if len([i for i in ctx.node.input if i]) == 2:
+            return None
+        return variadic_chain(ctx, ctx.node.op_type, ins)
+
     def parse(self, ctx):
         ins = [i for i in ctx.node.input if i]
-        if len(ins) != 2:
-            raise ctx.fail(f"{len(ins)} inputs (only two are supported)")
         return {"op": ctx.node.op_type, "same_operand": ins[0] == ins[1]}
 
     def forward(self, attrs, xs):

@@ -357,3 +357,114 @@ class SoftsignRule(ElementwiseRule):
     def stat(self, attrs, mu, var):
         return stats.piecewise_quadrature_moments(lambda x: self.f(attrs, x),
                                                   lambda x: 1.0 / (1.0 + np.abs(x)) ** 2, mu, var, (0.0,))
+
+
+@register
+class ArcRule(ElementwiseRule):
+    """Atan and Asinh: smooth and defined everywhere, by Gauss-Legendre quadrature on pieces cut at -1, 0 and 1,
+    where their curvature lives (Gauss-Hermite was 1e-2 off at variance 2: their derivatives have poles at +-i).
+    (Tan, Asin, Acos, Acosh and Atanh are not: a pole or a bounded domain that a Gaussian error crosses; they stay
+    exact-signal ops.)"""
+    op_types = ("Atan", "Asinh")
+    FUNCTIONS = {"Atan": (np.arctan, lambda x: 1.0 / (1.0 + x * x)),
+                 "Asinh": (np.arcsinh, lambda x: 1.0 / np.sqrt(1.0 + x * x))}
+
+    def parse(self, ctx):
+        return {"op": ctx.node.op_type}
+
+    def f(self, attrs, x):
+        return self.FUNCTIONS[attrs["op"]][0](x)
+
+    def stat(self, attrs, mu, var):
+        return stats.piecewise_quadrature_moments(*self.FUNCTIONS[attrs["op"]], mu, var, (-1.0, 0.0, 1.0))
+
+    def expressions(self, attrs, mus, vs, node):
+        return ([sympy.Function(f"E_{attrs['op']}")(mus[0], vs[0])],
+                [sympy.Function(f"Var_{attrs['op']}")(mus[0], vs[0])])
+
+
+@register
+class HyperbolicRule(ElementwiseRule):
+    """Sinh and Cosh: exact Gaussian moments, (e^X -+ e^-X) / 2 with E e^(aX) = e^(a mu + a^2 v / 2):
+    E sinh X = sinh(mu) e^(v/2), E cosh X = cosh(mu) e^(v/2), E[f(X)^2] = (cosh(2 mu) e^(2v) -+ 1) / 2, and the gain
+    E f'(X) is the other function's mean."""
+    op_types = ("Sinh", "Cosh")
+
+    def parse(self, ctx):
+        return {"cosh": ctx.node.op_type == "Cosh"}
+
+    def f(self, attrs, x):
+        return np.cosh(x) if attrs["cosh"] else np.sinh(x)
+
+    def stat(self, attrs, mu, var):
+        grow = np.exp(var / 2)
+        sinh_mean, cosh_mean = np.sinh(mu) * grow, np.cosh(mu) * grow
+        mean = cosh_mean if attrs["cosh"] else sinh_mean
+        square = (np.cosh(2 * mu) * grow ** 4 + (1.0 if attrs["cosh"] else -1.0)) / 2
+        return stats.Moments(mean, np.maximum(square - mean ** 2, 0.0), sinh_mean if attrs["cosh"] else cosh_mean)
+
+    def expressions(self, attrs, mus, vs, node):
+        mu, v = mus[0], vs[0]
+        mean = (sympy.cosh(mu) if attrs["cosh"] else sympy.sinh(mu)) * sympy.exp(v / 2)
+        return [mean], [(sympy.cosh(2 * mu) * sympy.exp(2 * v) + (1 if attrs["cosh"] else -1)) / 2 - mean ** 2]
+
+
+class _Composite(OpRule):
+    """An activation that is a small function of its input written with other ops (a comparison, the input
+    reaching an op twice): expanded into them, which the frontend folds into one Pointwise node (exact moments by
+    quadrature, jumps included: ir/ops/pointwise.py)."""
+
+    def nodes(self, ctx: ParseContext, x: str, const) -> list:
+        raise NotImplementedError
+
+    def expand(self, ctx):
+        def const(label, value):
+            return ctx.new_const(label, np.asarray(value, np.float64 if isinstance(value, float) else None))
+        return self.nodes(ctx, ctx.node.input[0], const)
+
+
+def _node(ctx: ParseContext, op: str, inputs: list[str], label: str | None = None, **attrs):
+    """A node of an expansion: `<node>/<label>`, or the node's own output when label is None."""
+    from onnx import helper
+    out = ctx.node.output[0] if label is None else f"{ctx.node_name}/{label}"
+    return helper.make_node(op, inputs, [out], name=ctx.node_name if label is None else out, **attrs)
+
+
+@register
+class SwishRule(_Composite):
+    """Swish (opset 24): x sigmoid(alpha x)."""
+    op_types = ("Swish",)
+
+    def nodes(self, ctx, x, const):
+        base = ctx.node_name
+        return [_node(ctx, "Mul", [x, const("alpha", float(ctx.attr("alpha", 1.0)))], "scaled"),
+                _node(ctx, "Sigmoid", [f"{base}/scaled"], "gate"),
+                _node(ctx, "Mul", [x, f"{base}/gate"])]
+
+
+@register
+class ThresholdedReluRule(_Composite):
+    """ThresholdedRelu: x where x > alpha, else 0 (a jump at alpha)."""
+    op_types = ("ThresholdedRelu",)
+
+    def nodes(self, ctx, x, const):
+        base = ctx.node_name
+        return [_node(ctx, "Greater", [x, const("alpha", float(ctx.attr("alpha", 1.0)))], "above"),
+                _node(ctx, "Where", [f"{base}/above", x, const("zero", 0.0)])]
+
+
+@register
+class ShrinkRule(_Composite):
+    """Shrink: x + bias below -lambd, x - bias above lambd, else 0 (jumps where bias != lambd)."""
+    op_types = ("Shrink",)
+
+    def nodes(self, ctx, x, const):
+        base, lambd, bias = ctx.node_name, float(ctx.attr("lambd", 0.5)), float(ctx.attr("bias", 0.0))
+        if lambd < 0:
+            raise ctx.fail(f"lambd {lambd} is negative")
+        return [_node(ctx, "Less", [x, const("low", -lambd)], "below"),
+                _node(ctx, "Greater", [x, const("high", lambd)], "above"),
+                _node(ctx, "Add", [x, const("bias", bias)], "raised"),
+                _node(ctx, "Sub", [x, const("bias_again", bias)], "lowered"),
+                _node(ctx, "Where", [f"{base}/above", f"{base}/lowered", const("zero", 0.0)], "upper"),
+                _node(ctx, "Where", [f"{base}/below", f"{base}/raised", f"{base}/upper"])]

@@ -1,7 +1,8 @@
 """LayerNormalization: a nonlinear map of a whole feature vector, propagated by its linearisation; RMSNormalization
 as the elementwise ops it is made of;
 InstanceNormalization (and so torch's GroupNorm, which exports as one between two Reshapes) as a LayerNormalization
-over the spatial axes followed by the per-channel scale and bias; LRN as its channel-window sum of squares and the
+over the spatial axes followed by the per-channel scale and bias; GroupNormalization (opset 21; onnx's checker
+refuses opset 18's deprecated per-group form) as that LayerNormalization over each group between two Reshapes; LRN as its channel-window sum of squares and the
 elementwise ops around it."""
 from __future__ import annotations
 
@@ -143,6 +144,45 @@ class InstanceNormRule(OpRule):
                       helper.make_node("Add", [f"{base}/scaled", const("bias", bias.reshape(per_channel))], [y],
                                        name=base)]
         return nodes
+
+
+@register
+class GroupNormRule(OpRule):
+    """GroupNormalization over (N, C, D1, ...): per sample and group of C / G channels, over the group's channels and
+    the spatial axes, which is a LayerNormalization from axis 2 of the input reshaped to (N, G, -1), then reshaped
+    back and scaled per channel (torch's dynamo exporter writes nn.GroupNorm so from opset 21 on)."""
+    op_types = ("GroupNormalization",)
+
+    def expand(self, ctx):
+        shape = ctx.shape(0)
+        groups = int(ctx.attr("num_groups", 0))
+        if len(shape) < 3 or shape[1] is None or None in shape[2:]:
+            raise ctx.fail("the input must be (N, C, D1, ...) with known channels and sizes")
+        channels = int(shape[1])
+        if groups <= 0 or channels % groups:
+            raise ctx.fail(f"num_groups {groups} does not divide the {channels} channels")
+        scale, bias = ctx.const(1), ctx.const(2)
+        if scale is None or bias is None:
+            raise ctx.fail("scale and bias must be constants")
+        if np.size(scale) != channels or np.size(bias) != channels:
+            raise ctx.fail(f"scale and bias must have one value per channel ({channels})")
+        base, x = ctx.node_name, ctx.node.input[0]
+        per_channel = (channels,) + (1,) * (len(shape) - 2)
+
+        def const(label, value, dtype=np.float64):
+            return ctx.new_const(label, np.asarray(value, dtype))
+        mk = helper.make_node
+        back = [0] + [int(d) for d in shape[1:]]
+        return [mk("Reshape", [x, const("grouped_shape", [0, groups, -1], np.int64)], [f"{base}/grouped"],
+                   name=f"{base}/group"),
+                mk("LayerNormalization", [f"{base}/grouped", const("ones", np.ones(1))], [f"{base}/normalised"],
+                   name=f"{base}/normalise", axis=2, epsilon=float(ctx.attr("epsilon", 1e-5))),
+                mk("Reshape", [f"{base}/normalised", const("shape", back, np.int64)], [f"{base}/ungrouped"],
+                   name=f"{base}/ungroup"),
+                mk("Mul", [f"{base}/ungrouped", const("scale", np.reshape(scale, per_channel))], [f"{base}/scaled"],
+                   name=f"{base}/scale"),
+                mk("Add", [f"{base}/scaled", const("bias", np.reshape(bias, per_channel))], [ctx.node.output[0]],
+                   name=base)]
 
 
 @register
