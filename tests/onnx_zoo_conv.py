@@ -305,6 +305,12 @@ def block_models() -> list[ZooModel]:
              coordinate_transformation_mode="align_corners")
     out.append(g.build(g.op("Relu", [g.conv(y, 6, 4, name="conv2")])))
 
+    g = Builder("upsample_bicubic_conv")               # F.interpolate(mode="bicubic"): Keys' a = -0.75, 2x
+    y = g.op("Relu", [g.conv(_image(g, h=4, w=4), C, 6, pads=[1, 1, 1, 1], name="conv1")])
+    y = g.op("Resize", [y, "", g.const("scales", np.array([1, 1, 2, 2], np.float32))], mode="cubic",
+             coordinate_transformation_mode="pytorch_half_pixel", cubic_coeff_a=-0.75)
+    out.append(g.build(g.op("Relu", [g.conv(y, 6, 4, pads=[1, 1, 1, 1], name="conv2")])))
+
     g = Builder("prelu_per_channel_conv")              # nn.PReLU(C): slope (C, 1, 1)
     y = g.conv(_image(g), C, 6, pads=[1, 1, 1, 1], name="conv1")
     y = g.op("PRelu", [y, g.const("prelu.weight", g.rng.uniform(0.05, 0.5, (6, 1, 1)))])

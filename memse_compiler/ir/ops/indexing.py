@@ -266,9 +266,24 @@ NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 COORDINATE_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric")
 
 
-def resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coordinate: str, nearest: str) -> np.ndarray:
+def cubic_weights(t: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution weights (ONNX Resize, `cubic_coeff_a` = a) of the neighbours at offsets -1, 0, 1, 2
+    from floor(x), for the fractional parts t: (n, 4)."""
+    one = t.dtype.type(1)       # computed in t's precision
+
+    def near(d):        # |d| <= 1
+        return ((a + 2 * one) * d - (a + 3 * one)) * d * d + one
+
+    def far(d):         # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.stack([far(t + one), near(t), near(one - t), far(2 * one - t)], axis=-1)
+
+
+def resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coordinate: str, nearest: str,
+                  cubic_a: float = -0.75, exclude_outside: bool = False) -> np.ndarray:
     """(n_out, n_in) interpolation matrix of one axis, as the ONNX Resize spec defines it: the output coordinate
-    mapped back to the input, then the nearest element or the two linear neighbours, clamped to the edge. The
+    mapped back to the input, then the nearest element, the two linear neighbours or the four cubic ones, clamped
+    to the edge (cubic with `exclude_outside`: those outside get weight 0 and the rest are renormalised). The
     coordinate is computed in float32 as onnxruntime does: an exact .0 or .5 in float64 may round the other way
     there (half_pixel at scale 0.6: 1.5 / 0.6 - 0.5 is 2 in float64, 1.9999999 in float32)."""
     f32 = np.float32
@@ -299,6 +314,14 @@ def resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coordinate: st
         return m
     lo = np.floor(src)
     r = src - lo
+    if mode == "cubic":        # the weights in float32 too, as onnxruntime's (5e-7 apart in float64)
+        taps = lo[:, None] + np.arange(-1, 3)
+        w = cubic_weights(r.astype(f32), f32(cubic_a))
+        if exclude_outside:
+            w = w * ((taps >= 0) & (taps <= n_in - 1))
+            w = w / w.sum(axis=1, keepdims=True, dtype=f32)
+        np.add.at(m, (np.repeat(rows[:, None], 4, axis=1), np.clip(taps, 0, n_in - 1).astype(int)), w)
+        return m
     np.add.at(m, (rows, np.clip(lo, 0, n_in - 1).astype(int)), 1.0 - r)
     np.add.at(m, (rows, np.clip(lo + 1, 0, n_in - 1).astype(int)), r)
     return m
@@ -306,7 +329,7 @@ def resize_matrix(n_in: int, n_out: int, scale: float, mode: str, coordinate: st
 
 @register
 class ResizeRule(OpRule):
-    """Resize, nearest or (bi)linear, of non-batch axes: y = A_1 ... A_k x, one matrix per resized axis.
+    """Resize, nearest, (bi)linear or (bi)cubic, of non-batch axes: y = A_1 ... A_k x, one matrix per resized axis.
     Linear in the input, so moments are exact for independent elements (var through A^2), like a pool.
     Upsample (opset 7-9) and Resize-10 are the asymmetric coordinate mapping with floor rounding, as onnxruntime
     computes them (it rejects Upsample scales below 1, and its Resize-10 nearest downsampling follows no
@@ -325,14 +348,14 @@ class ResizeRule(OpRule):
             return v.decode() if isinstance(v, bytes) else str(v)
         mode, coordinate, nearest = (text("mode", "nearest"), text("coordinate_transformation_mode", "half_pixel"),
                                      text("nearest_mode", "round_prefer_floor"))
-        if mode not in ("nearest", "linear"):
-            raise ctx.fail(f"resize mode '{mode}' is not supported (nearest, linear)")
+        if mode not in ("nearest", "linear", "cubic"):
+            raise ctx.fail(f"resize mode '{mode}' is not supported (nearest, linear, cubic)")
         if coordinate not in COORDINATE_MODES:
             raise ctx.fail(f"coordinate_transformation_mode '{coordinate}' is not supported "
                            f"({', '.join(COORDINATE_MODES)})")
         if nearest not in NEAREST_MODES:
             raise ctx.fail(f"nearest_mode '{nearest}' is not supported")
-        if int(ctx.attr("antialias", 0)) and mode == "linear":
+        if int(ctx.attr("antialias", 0)) and mode != "nearest":
             raise ctx.fail("antialias=1 is not supported")
         if text("keep_aspect_ratio_policy", "stretch") != "stretch":
             raise ctx.fail("keep_aspect_ratio_policy other than 'stretch' is not supported")
@@ -372,7 +395,9 @@ class ResizeRule(OpRule):
                 continue
             if out[a] <= 0:
                 raise ctx.fail(f"axis {a} would be resized to {out[a]} elements")
-            matrices[a] = resize_matrix(shape[a], out[a], scale[a], mode, coordinate, nearest)
+            matrices[a] = resize_matrix(shape[a], out[a], scale[a], mode, coordinate, nearest,
+                                        float(ctx.attr("cubic_coeff_a", -0.75)),
+                                        bool(int(ctx.attr("exclude_outside", 0))))
         return {"mode": mode, "matrices": matrices, "keep_batch": keep_batch}
 
     def emit(self, node, attrs, const):
@@ -416,7 +441,7 @@ class ResizeRule(OpRule):
         return [None if gouts[0] is None else self._apply(attrs["matrices"], gouts[0], transpose=True)]
 
     def averages(self, attrs) -> bool:
-        return attrs["mode"] == "linear"
+        return attrs["mode"] != "nearest"
 
     def expressions(self, attrs, mus, vs, node):
         if attrs["mode"] == "nearest":
