@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from memse_compiler.ir.feeds import feed_batch
     from memse_compiler.pipeline import checked_inputs, default_pipeline, load_inputs, load_labels, synthetic_feed
     from memse_compiler.ir.pass_base import PassContext
-    from memse_compiler.report import agreement_table, build_report, hardware_table, outputs_table, write_report
+    from memse_compiler.report import (agreement_table, build_report, decision_lines, hardware_table, outputs_table,
+                                       write_report)
 
     device = load_device(args.device, args.overrides)
     if args.batch is not None and args.batch < 1:
@@ -102,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         if agreement:
             print()
             print(agreement)
+            for line in decision_lines(report):
+                print(line)
     for hook in EXTENSIONS:
         hook.finish(args, g, report)
     if args.output:

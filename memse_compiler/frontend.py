@@ -24,6 +24,7 @@ from onnx import numpy_helper
 from memse_compiler.batch_broadcasts import (BATCH_PROBES, BATCH_SLOTS, baked_broadcasts, batch_sized_constants,
                                              one_sample_broadcast)
 from memse_compiler.batch_first import batch_first, check_freed_batch
+from memse_compiler.decisions import split_decisions
 from memse_compiler.fusions import drop_requantization, fuse_layer_norm
 from memse_compiler.ir import KIND_DIGITAL, KIND_INPUT, KIND_OUTPUT, KIND_WEIGHTED, MemseGraph
 from memse_compiler.ir.errors import MemseInputError
@@ -306,6 +307,7 @@ EXACT = rule_for("Exact")
 def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     """The op-level graph: one node per ONNX op (weighted ops hold a CrossbarLayer), one edge per signal."""
     model, label = load_model(model)
+    model, decisions = split_decisions(model)
     refuse_sequence_first_input(model, label)
     model = unroll_recurrent(model, label)
     model = expand_at_load(model, label)
@@ -335,6 +337,8 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
                    input_types={vi.name: str(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
                                 for vi in data_inputs})
     g.tensors.update(shapes)
+    if decisions:
+        g.graph["decisions"] = decisions
     producers = {}
     for vi in data_inputs:
         g.add_node(f"input:{vi.name}", op="Input", kind=KIND_INPUT, inputs=[], outputs=[vi.name])

@@ -76,10 +76,16 @@ def build_report(g: MemseGraph) -> dict[str, Any]:
         report["closed_form"] = {out: closed_form_summary(cf) for out, cf in g.graph["closed_form"].items()}
         if g.graph.get("closed_form_validity"):
             report["closed_form_validity"] = g.graph["closed_form_validity"]
-    for key in ("optimization", "evaluation"):
+    for key in ("optimization", "evaluation", "decisions"):
         if key in g.graph:
             report[key] = g.graph[key]
     return _clean(report)
+
+
+def decision_lines(report: dict) -> list[str]:
+    """One line per ArgMax output taken off at load (memse_compiler/decisions.py): what the report shows for it."""
+    return [f"output '{name}' is the ArgMax of '{d['of']}' over its classes: the chip's decision is that output's "
+            f"top-1 agreement" for name, d in report.get("decisions", {}).items()]
 
 
 def write_report(report: dict, path: str) -> None:

@@ -123,3 +123,44 @@ def test_agreement_at_other_noise_from_the_closed_form():
         for key in ("top1_agreement", "accuracy"):
             assert abs(there[key] - full[key]) < 0.01, (name, key, there[key], full[key])
         assert there["top1_agreement"] < here["top1_agreement"]
+
+
+def _with_argmax(tmp_path: Path, keepdims: int) -> Path:
+    """examples/mlp_digits.onnx ending in ArgMax over its logits, as a deployment export ends."""
+    import onnx
+    from onnx import TensorProto, helper
+    m = onnx.load(EXAMPLES / "mlp_digits.onnx")
+    m.graph.node.append(helper.make_node("ArgMax", ["logits"], ["label"], name="decide", axis=1, keepdims=keepdims))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"] + [1] * keepdims))
+    path = tmp_path / "mlp_argmax.onnx"
+    onnx.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_an_output_argmax_is_its_logits_top1_agreement(tmp_path, keepdims):
+    """The ArgMax is taken off at load: the graph outputs the logits, with the same analysis as the model without
+    it, and the noiseless chip's top class is onnxruntime's ArgMax output."""
+    import onnxruntime as ort
+    from memse_compiler.executor import NoisyExecutor
+    path = _with_argmax(tmp_path, keepdims)
+    g, _ = compile_model(str(path), "rram", X, labels=LABELS)
+    plain, _ = compile_model(str(EXAMPLES / "mlp_digits.onnx"), "rram", X, labels=LABELS)
+    assert g.graph["outputs"] == ["logits"]
+    assert g.graph["decisions"] == {"label": {"op": "ArgMax", "of": "logits", "keepdims": bool(keepdims)}}
+    for key in ("mse", "top1_agreement", "accuracy"):
+        assert g.graph["analysis"]["outputs"]["logits"][key] == plain.graph["analysis"]["outputs"]["logits"][key]
+    ideal, _ = compile_model(str(path), load_device("ideal", ["conductance.levels=null"]), X)
+    want = ort.InferenceSession(str(path)).run(None, {"input": X.astype(np.float32)})[0].reshape(-1)
+    np.testing.assert_array_equal(NoisyExecutor(ideal).run_noiseless(X)["logits"].argmax(axis=1), want)
+
+
+def test_the_cli_says_which_output_decided(tmp_path, capsys):
+    path = _with_argmax(tmp_path, 0)
+    assert main([str(path), "--device", "rram", "--inputs", str(EXAMPLES / "digits_inputs.npy"), "--labels",
+                 str(EXAMPLES / "digits_labels.npy"), "-o", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "output 'label' is the ArgMax of 'logits' over its classes" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["decisions"]["label"]["of"] == "logits" and report["outputs"]["logits"]["top1_agreement"] > 0.9
