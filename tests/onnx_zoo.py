@@ -436,6 +436,32 @@ def dense_misc_models() -> list[ZooModel]:
         a, b = g.gemm(x, K, M, name="fc_a"), g.gemm(x, K, M, name="fc_b")
         out.append(g.build(g.op(op, [a, b, a if op != "Max" else g.vector("floor", (M,), 0.3)])))
 
+    # reductions and masks written as other ops: ReduceLogSum (of a positive signal), LpNormalization, ReduceProd
+    # (exact for independent factors), Trilu and Compress by constants
+    g = Builder("reduce_log_sum")
+    y = g.op("Reshape", [g.op("Sigmoid", [g.gemm(g.input("x", (N, K)), K, M)]), g.const("rows", np.array([0, 2, 5]))])
+    out.append(g.build(g.gemm(g.op("ReduceLogSum", [y], axes=[2], keepdims=0), 2, 3,
+                              name="fc_out")))
+
+    g = Builder("lp_normalization")
+    y = g.op("LpNormalization", [g.gemm(g.input("x", (N, K)), K, M)], axis=1, p=2)
+    out.append(g.build(g.gemm(y, M, 4, name="fc_out")))
+
+    g = Builder("reduce_prod")
+    y = g.op("Reshape", [g.op("Add", [g.gemm(g.input("x", (N, K)), K, M), g.const("one", np.float32(1.5))]),
+                         g.const("rows", np.array([0, 5, 2]))])
+    out.append(g.build(g.gemm(g.op("ReduceProd", [y], axes=[2], keepdims=0), 5, 3, name="fc_out")))
+
+    g = Builder("trilu_lower")
+    y = g.op("Reshape", [g.gemm(g.input("x", (N, K)), K, 16), g.const("square", np.array([0, 4, 4]))])
+    y = g.op("Trilu", [y, g.const("k", np.array(-1, np.int64))], upper=0)
+    out.append(g.build(g.gemm(g.op("Flatten", [y]), 16, 4, name="fc_out")))
+
+    g = Builder("compress_columns")
+    y = g.op("Compress", [g.gemm(g.input("x", (N, K)), K, M), g.const("keep", np.array(
+        [1, 0, 1, 1, 0, 0, 1, 0, 1, 1], bool))], axis=1)
+    out.append(g.build(g.gemm(y, 6, 4, name="fc_out")))
+
     g = Builder("dropout_between_gemms")
     y = g.op("Relu", [g.gemm(g.input("x", (N, K)), K, M, name="fc1")])
     y = g.op("Dropout", [y, g.const("ratio", np.float32(0.25))])

@@ -124,9 +124,10 @@ def bn_models() -> list[ZooModel]:
 # pooling (after Conv + Relu)
 
 
-def _pool_case(name: str, op: str, **attrs) -> ZooModel:
+def _pool_case(name: str, op: str, relu: bool = True, **attrs) -> ZooModel:
     g = Builder(name)
-    y = g.op("Relu", [g.conv(_image(g, dist="uniform"), C, 6, pads=[1, 1, 1, 1])])
+    y = g.conv(_image(g, dist="uniform"), C, 6, pads=[1, 1, 1, 1])
+    y = g.op("Relu", [y]) if relu else y
     return g.build(g.op(op, [y], **attrs))
 
 
@@ -140,6 +141,11 @@ def pool_models() -> list[ZooModel]:
         _pool_case("maxpool_k2s2", "MaxPool", kernel_shape=[2, 2], strides=[2, 2]),
         _pool_case("maxpool_k3s2p1", "MaxPool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
         _pool_case("global_avgpool", "GlobalAveragePool"),
+        # Lp pools of the conv output itself (a window of a Relu's zeros has a square root of 0: no delta method)
+        _pool_case("lppool_p2_k3s2p1", "LpPool", relu=False, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                   p=2),
+        _pool_case("lppool_p1_k2s2", "LpPool", relu=False, kernel_shape=[2, 2], strides=[2, 2], p=1),
+        _pool_case("global_lppool_p2", "GlobalLpPool", relu=False, p=2),
         _pool_case("maxpool_k3s2_ceil", "MaxPool", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
         _pool_case("maxpool_k3s2p1_ceil", "MaxPool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
                    ceil_mode=1),

@@ -258,3 +258,20 @@ def test_max_min_of_two_independent_signals_against_sampling(op, f):
     y = f(a, b)
     assert float(m) == pytest.approx(y.mean(), abs=2e-3) and float(v) == pytest.approx(y.var(), rel=5e-3)
     assert float(lin.gains[0]) == pytest.approx(np.mean(y == a), abs=2e-3)
+
+
+def test_reduce_prod_moments_of_independent_factors():
+    """E and Var of a product of independent Gaussians against sampling; the gains are the others' means; a tiny
+    noise keeps its digits (mu^2 (prod(1 + v / mu^2) - 1), not a difference of two near-equal squares)."""
+    rule = rule_for("ReduceProd")
+    attrs = {"axes": (1,), "keepdims": False}
+    mu = np.array([[1.2, -0.7, 0.4], [0.0, 2.0, 1.5]])
+    var = np.array([[0.3, 0.1, 0.2], [0.5, 0.05, 0.4]])
+    (mean,), (v,), lin = rule.moments(attrs, [mu], [var])
+    draws = np.random.default_rng(0).standard_normal((400_000,) + mu.shape) * np.sqrt(var) + mu
+    prods = draws.prod(axis=2)
+    np.testing.assert_allclose(mean, prods.mean(axis=0), atol=4e-3)
+    np.testing.assert_allclose(v, prods.var(axis=0), rtol=2e-2)
+    np.testing.assert_allclose(lin.gains[0], [[-0.28, 0.48, -0.84], [3.0, 0.0, 0.0]])
+    (_,), (tiny,), _ = rule.moments(attrs, [np.array([[1e3, 2.0]])], [np.array([[1e-12, 0.0]])])
+    assert tiny[0] == pytest.approx(4.0 * 1e-12, rel=1e-9)

@@ -447,3 +447,43 @@ class ResizeRule(OpRule):
         if attrs["mode"] == "nearest":
             return [mus[0]], [vs[0]]
         return [sympy.Function("Resize")(mus[0])], [sympy.Function("Resize2")(vs[0])]
+
+
+@register
+class TriluRule(OpRule):
+    """Trilu of a signal: the product with the constant 0/1 triangle of its last two axes (exact)."""
+    op_types = ("Trilu",)
+
+    def expand(self, ctx):
+        shape = ctx.shape(0)
+        if len(shape) < 3 or None in shape[-2:]:
+            raise ctx.fail("the last two axes must be known and not the batch")
+        k = ctx.const(1) if len(ctx.node.input) > 1 and ctx.node.input[1] else np.array(0)
+        if k is None:
+            raise ctx.fail("k must be a constant")
+        rows, cols = int(shape[-2]), int(shape[-1])
+        offset = int(np.ravel(k)[0])
+        upper = bool(int(ctx.attr("upper", 1)))
+        mask = np.triu(np.ones((rows, cols)), offset) if upper else np.tril(np.ones((rows, cols)), offset)
+        return [onnx.helper.make_node("Mul", [ctx.node.input[0], ctx.new_const("triangle", mask)],
+                                      [ctx.node.output[0]], name=ctx.node_name)]
+
+
+@register
+class CompressRule(OpRule):
+    """Compress along a non-batch axis by a constant condition: the Gather of the positions it keeps."""
+    op_types = ("Compress",)
+
+    def expand(self, ctx):
+        condition = ctx.const(1)
+        if condition is None:
+            raise ctx.fail("the condition must be a constant")
+        if ctx.attr("axis") is None:
+            raise ctx.fail("without an axis Compress flattens the batch into its result")
+        rank = len(ctx.shape(0))
+        axis = int(ctx.attr("axis")) % rank
+        if axis == 0:
+            raise ctx.fail("compressing the batch axis (0) is not supported")
+        keep = np.flatnonzero(np.ravel(condition).astype(bool))
+        return [onnx.helper.make_node("Gather", [ctx.node.input[0], ctx.new_const("kept", keep.astype(np.int64))],
+                                      [ctx.node.output[0]], name=ctx.node_name, axis=axis)]

@@ -1,14 +1,13 @@
-"""Pooling ops: average pools are linear (exact), MaxPool uses Clark's moments of a max of Gaussians."""
+"""Pooling ops: average pools are linear (exact), MaxPool uses Clark's moments of a max of Gaussians, LpPool is the
+window sum of |x| or x * x (an AveragePool) and its square root."""
 from __future__ import annotations
 
 import numpy as np
-import sympy
 from onnx import helper
 
 from memse_compiler.ir import stats
 from memse_compiler.ir.geometry import Windows
 from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, register
-from memse_compiler.ir.ops.indexing import _sample_shape
 
 PAD_MEAN = -1e100     # stands for -inf in max-pool padding; finite so that Clark's formulas stay exact
 
@@ -202,191 +201,29 @@ class MaxPoolRule(OpRule):
         return [_back(attrs["windows"].scatter(cols), attrs["one_d"])]
 
 
-def reduce_axes(ctx):
-    """A reduction's axes: the constant input (ReduceSum from opset 13, the others from 18) or the attribute;
-    None when neither is given."""
-    if len(ctx.node.input) > 1 and ctx.node.input[1]:
-        axes = ctx.const(1)
-        if axes is None:
-            raise ctx.fail("the axes must be a constant")
-        return axes
-    return ctx.attr("axes")
-
-
 @register
-class ReduceMeanRule(OpRule):
-    """ReduceMean / ReduceSum over axes other than the batch: linear, exact (the moment pass refines the variance
-    of averaging ops for the correlation of the summed errors)."""
-    op_types = ("ReduceMean", "ReduceSum")
-
-    def averages(self, attrs):
-        return True
-
-    def operands(self, ctx):
-        return [0]
-
-    def parse(self, ctx):
-        rank = len(ctx.shape(0))
-        axes = reduce_axes(ctx)
-        if axes is None or np.size(axes) == 0:
-            if ctx.attr("noop_with_empty_axes", 0):
-                axes = []
-            else:
-                axes = range(rank)
-        axes = sorted({int(a) % rank for a in np.ravel(list(axes))})
-        if 0 in axes:
-            raise ctx.fail("reducing over the batch axis (0) is not supported")
-        return {"axes": tuple(axes), "keepdims": bool(ctx.attr("keepdims", 1)), "mean": ctx.node.op_type == "ReduceMean"}
-
-    def _count(self, attrs, shape) -> int:
-        return int(np.prod([shape[a] for a in attrs["axes"]]))
-
-    def forward(self, attrs, xs):
-        x = xs[0]
-        if not attrs["axes"]:
-            return [x]
-        s = x.sum(axis=attrs["axes"], keepdims=attrs["keepdims"])
-        return [s / self._count(attrs, x.shape) if attrs["mean"] else s]
-
-    def moments(self, attrs, means, variances):
-        v = variances[0]
-        if not attrs["axes"]:
-            return [means[0]], [v], Linearization()
-        n = self._count(attrs, v.shape) if attrs["mean"] else 1
-        return (self.forward(attrs, means), [v.sum(axis=attrs["axes"], keepdims=attrs["keepdims"]) / n ** 2],
-                Linearization())
-
-    def vjp(self, attrs, lin, gouts, in_shapes):
-        g = gouts[0]
-        if g is None or not attrs["axes"]:
-            return [g]
-        if not attrs["keepdims"]:
-            g = np.expand_dims(g, attrs["axes"])
-        n = self._count(attrs, in_shapes[0]) if attrs["mean"] else 1
-        return [np.broadcast_to(g / n, in_shapes[0]).copy()]
-
-
-@register
-class CumSumRule(OpRule):
-    """CumSum along an axis other than the batch (`exclusive`, `reverse`): linear; each output is a sum of inputs,
-    so its variance is the running sum of theirs, refined like any sum (the moment pass measures averaging ops'
-    output variance for the correlation of the summed errors)."""
-    op_types = ("CumSum",)
-
-    def averages(self, attrs):
-        return True
-
-    def operands(self, ctx):
-        return [0]
-
-    def parse(self, ctx):
-        axis = ctx.const(1)
-        if axis is None:
-            raise ctx.fail("the axis must be a constant")
-        rank = len(ctx.shape(0))
-        axis = int(np.ravel(axis)[0]) % rank
-        if axis == 0:
-            raise ctx.fail("a running sum over the batch axis (0) is not supported")
-        return {"axis": axis, "exclusive": bool(ctx.attr("exclusive", 0)), "reverse": bool(ctx.attr("reverse", 0))}
-
-    @staticmethod
-    def running(attrs, x, reverse: bool):
-        """The (exclusive) running sum of x along the axis, from its end when `reverse`."""
-        axis = attrs["axis"]
-        if reverse:
-            x = np.flip(x, axis)
-        s = np.cumsum(x, axis=axis)
-        if attrs["exclusive"]:
-            s = np.concatenate([np.zeros_like(np.take(s, [0], axis=axis)), np.delete(s, -1, axis=axis)], axis=axis)
-        return np.flip(s, axis) if reverse else s
-
-    def forward(self, attrs, xs):
-        return [self.running(attrs, xs[0], attrs["reverse"])]
-
-    def moments(self, attrs, means, variances):
-        return [self.forward(attrs, means)[0]], [self.running(attrs, variances[0], attrs["reverse"])], Linearization()
-
-    def vjp(self, attrs, lin, gouts, in_shapes):
-        # the transpose of a running sum is the running sum the other way
-        return [None if gouts[0] is None else self.running(attrs, gouts[0], not attrs["reverse"])]
-
-    def expressions(self, attrs, mus, vs, node):
-        return [sympy.Function("CumSum")(mus[0])], [sympy.Function("CumSum")(vs[0])]
-
-
-@register
-class ReduceCompositeRule(OpRule):
-    """ReduceSumSquare, ReduceL2, ReduceL1, ReduceLogSumExp: written as the exact compositions they are
-    (x * x, |x| or exp x, then ReduceSum, then Sqrt or Log), so each step gets its own rule's moments (the
-    square of one variable is exact, not two independent factors)."""
-    op_types = ("ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSumExp")
-    STEPS = {"ReduceSumSquare": ("Mul", None), "ReduceL2": ("Mul", "Sqrt"), "ReduceL1": ("Abs", None),
-             "ReduceLogSumExp": ("Exp", "Log")}
+class LpPoolRule(OpRule):
+    """LpPool (p 1 or 2): |x| or x * x summed over each window (an AveragePool counting the zero padding, times the
+    window size), then its square root for p = 2."""
+    op_types = ("LpPool",)
 
     def expand(self, ctx):
-        before, after = self.STEPS[ctx.node.op_type]
-        x, base, out = ctx.node.input[0], ctx.node_name, ctx.node.output[0]
-        axes = reduce_axes(ctx)
-        keep = {"keepdims": int(ctx.attr("keepdims", 1)),
-                "noop_with_empty_axes": int(ctx.attr("noop_with_empty_axes", 0))}
-        first = helper.make_node(before, [x, x] if before == "Mul" else [x], [f"{base}/{before.lower()}_out"],
-                                 name=f"{base}/{before.lower()}")
-        sum_inputs = [first.output[0]]
-        if axes is not None and np.size(axes):
-            if ctx.opset >= 13:            # ReduceSum takes its axes as an input from opset 13
-                sum_inputs.append(ctx.new_const("axes", np.asarray(np.ravel(axes), np.int64)))
-            else:
-                keep["axes"] = [int(a) for a in np.ravel(axes)]
-        if ctx.opset < 13:
-            keep.pop("noop_with_empty_axes")
-        total = helper.make_node("ReduceSum", sum_inputs, [out if after is None else f"{base}/sum_out"],
-                                 name=base if after is None else f"{base}/sum", **keep)
-        nodes = [first, total]
-        if after is not None:
-            nodes.append(helper.make_node(after, [total.output[0]], [out], name=base))
-        return nodes
-
-
-@register
-class ReduceMaxRule(OpRule):
-    """ReduceMax / ReduceMin over non-batch axes and GlobalMaxPool, as the MaxPool they are: the reduced axes
-    moved last (Transpose) and flattened (Reshape) to (N, kept, reduced), a 1-D MaxPool over the whole length
-    (Clark's moments, with the refined window correlation), then the output shape (Reshape); min = -max(-x)."""
-    op_types = ("ReduceMax", "ReduceMin", "GlobalMaxPool")
-
-    def expand(self, ctx):
-        shape, op = ctx.shape(0), ctx.node.op_type
-        rank = len(shape)
-        if op == "GlobalMaxPool":
-            axes, keepdims = list(range(2, rank)), 1
-        else:
-            axes = reduce_axes(ctx)
-            axes = (list(range(rank)) if axes is None or np.size(axes) == 0
-                    else [int(a) % rank for a in np.ravel(axes)])
-            keepdims = int(ctx.attr("keepdims", 1))
-        if 0 in axes:
-            raise ctx.fail("reducing over the batch axis (0) is not supported")
-        _sample_shape(ctx)
-        reduced = sorted(set(axes))
-        kept = [a for a in range(1, rank) if a not in reduced]
-        base, x, nodes = ctx.node_name, ctx.node.input[0], []
-
-        def add(label, op_type, inputs, **attrs):
-            nodes.append(helper.make_node(op_type, inputs, [f"{base}/{label}_out"], name=f"{base}/{label}", **attrs))
-            return nodes[-1].output[0]
-
-        def ints(label, values):
-            return ctx.new_const(label, np.asarray(values, np.int64))
-        perm = [0] + kept + reduced
-        if perm != list(range(rank)):
-            x = add("move", "Transpose", [x], perm=perm)
-        length = int(np.prod([shape[a] for a in reduced]))
-        x = add("flatten", "Reshape", [x, ints("flat", [0, int(np.prod([shape[a] for a in kept])), length])])
-        if op == "ReduceMin":
-            x = add("negate", "Neg", [x])
-        x = add("pool", "MaxPool", [x], kernel_shape=[length])
-        if op == "ReduceMin":
-            x = add("negate_back", "Neg", [x])
-        out = [shape[a] for a in kept] if not keepdims else [1 if a in reduced else shape[a] for a in range(1, rank)]
-        nodes.append(helper.make_node("Reshape", [x, ints("shape", [0] + out)], [ctx.node.output[0]], name=base))
+        p = int(ctx.attr("p", 2))
+        if p not in (1, 2):
+            raise ctx.fail(f"p = {p} is not supported (1 or 2)")
+        if int(ctx.attr("ceil_mode", 0)):
+            raise ctx.fail("ceil_mode=1 is not supported")
+        kernel = [int(k) for k in ctx.attr("kernel_shape")]
+        base, x = ctx.node_name, ctx.node.input[0]
+        window = {k: ctx.attr(k) for k in ("strides", "pads", "dilations", "auto_pad") if ctx.attr(k) is not None}
+        mk = helper.make_node
+        nodes = [mk("Mul", [x, x], [f"{base}/power"], name=f"{base}/power") if p == 2 else
+                 mk("Abs", [x], [f"{base}/power"], name=f"{base}/power"),
+                 mk("AveragePool", [f"{base}/power"], [f"{base}/mean"], name=f"{base}/pool", kernel_shape=kernel,
+                    count_include_pad=1, **window)]
+        total = ctx.node.output[0] if p == 1 else f"{base}/sum"
+        nodes.append(mk("Mul", [f"{base}/mean", ctx.new_const("window", np.array(float(np.prod(kernel))))], [total],
+                        name=base if p == 1 else f"{base}/sum"))
+        if p == 2:
+            nodes.append(mk("Sqrt", [total], [ctx.node.output[0]], name=base))
         return nodes
