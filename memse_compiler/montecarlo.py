@@ -21,7 +21,7 @@ from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.feeds import Inputs, feed_batch, graph_feed, reference_feed, same_feed
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.interpret import run as interpret
-from passes.agreement import is_classifier
+from passes.agreement import class_axis, instance_shape, is_classifier
 
 Z95 = 1.96
 PIPELINE_MIN_S = 3e-4      # a run (session run) and its draw + record must both take longer for the pipeline
@@ -157,12 +157,14 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
             raise KeyError(f"unknown signals: {sorted(missing)[:5]}")
 
     per_chip: dict[str, list[float]] = {t: [] for t in refs}
-    # classifier-shaped outputs: per chip, the fraction of samples whose argmax is the float model's
-    tops = {o: np.argmax(ref[o], axis=1) for o in outputs if is_classifier(np.shape(ref[o]))}
+    # classifier-shaped outputs: per chip, the fraction of samples (and positions) whose argmax is the float model's
+    tops = {o: np.argmax(ref[o], axis=class_axis(np.shape(ref[o]))) for o in outputs
+            if is_classifier(np.shape(ref[o]))}
     agreement: dict[str, list[float]] = {o: [] for o in tops}
     # and, given the classes of the compiled inputs (g.graph["labels"]) and those inputs, the fraction right
     labels = g.graph.get("labels") if ref is g.graph.get("reference") else None
-    scored = {o for o in tops if labels is not None and labels.max() < np.shape(ref[o])[1]}
+    scored = {o for o in tops if labels is not None and labels.shape == instance_shape(np.shape(ref[o])) and
+              labels.max() < np.shape(ref[o])[class_axis(np.shape(ref[o]))]}
     accuracy: dict[str, list[float]] = {o: [] for o in scored}
     sums = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
     sums2 = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
@@ -213,10 +215,11 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
             v = values[o]
             y = (np.broadcast_to(v, (k,) + v.shape) if id(v) in fed else v.reshape((k,) + ref[o].shape))[:keep]
             if o in tops:
-                classes = np.argmax(y, axis=-1)
-                agreement[o].extend((classes == tops[o]).mean(axis=-1).tolist())
+                classes = np.argmax(y, axis=1 + class_axis(np.shape(ref[o])))     # y: (chips, *output shape)
+                chips_axes = tuple(range(1, classes.ndim))
+                agreement[o].extend((classes == tops[o]).mean(axis=chips_axes).tolist())
                 if o in scored:
-                    accuracy[o].extend((classes == labels).mean(axis=-1).tolist())
+                    accuracy[o].extend((classes == labels).mean(axis=chips_axes).tolist())
             y = y.astype(np.float64)
             sums[o] += y.sum(axis=0)
             sums2[o] += np.square(y).sum(axis=0)

@@ -152,19 +152,26 @@ def load_inputs(path: str | os.PathLike, g: MemseGraph, batch: int | None = None
 
 
 def checked_labels(g: MemseGraph, labels, n: int, label: str = "labels") -> np.ndarray:
-    """Class labels of the evaluation samples (the first `n` if there are more): integers in [0, classes) of a
-    classifier-shaped output (batch, classes); they give the float and the chip accuracy (passes/agreement.py)."""
-    from passes.agreement import is_classifier
+    """Class labels of the evaluation samples (the first `n` if there are more): integers in [0, classes), one per
+    sample of a classifier-shaped output (batch, classes), or one per sample and position of a per-position one
+    ((batch, tokens) of (batch, tokens, classes), (batch, H, W) of (batch, classes, H, W)); they give the float and
+    the chip accuracy (passes/agreement.py)."""
+    from passes.agreement import class_axis, instance_shape, is_classifier
     labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise MemseInputError(f"{label}: labels must be a 1-D integer array, got {labels.dtype} of shape "
-                              f"{labels.shape}")
+    if labels.ndim < 1 or labels.dtype.kind not in "iu":
+        raise MemseInputError(f"{label}: labels must be an integer array (1-D integer array for (batch, classes)), "
+                              f"got {labels.dtype} of shape {labels.shape}")
     if len(labels) < n:
         raise MemseInputError(f"{label}: {len(labels)} labels for {n} evaluation samples")
     labels = labels[:n].astype(np.int64)
-    classes = [g.tensors[o][1] for o in g.graph["outputs"] if is_classifier(tuple(g.tensors.get(o, ())))]
-    if not classes:
+    shapes = [tuple(g.tensors.get(o, ())) for o in g.graph["outputs"]]
+    if not any(is_classifier(s) for s in shapes):
         raise MemseInputError(f"{label}: no output is (batch, classes), so labels have nothing to score")
+    classes = [s[class_axis(s)] for s in shapes if is_classifier(s) and instance_shape(s)[1:] == labels.shape[1:]]
+    if not classes:
+        wanted = " or ".join(str(["samples", *instance_shape(s)[1:]]) for s in shapes if is_classifier(s))
+        raise MemseInputError(f"{label}: labels of shape {list(labels.shape)} fit no classifier output (it takes "
+                              f"{wanted})")
     if labels.min() < 0 or labels.max() >= max(classes):
         raise MemseInputError(f"{label}: labels must lie in [0, {max(classes)}), got {labels.min()}..{labels.max()}")
     return labels

@@ -1,7 +1,9 @@
 """Top-1 agreement: how often a noisy chip's class is the float model's (the question a designer asks of a
 classifier, next to the MSE of its logits).
 
-For an output of shape (N, C), C >= 2, and sample n with float top class k (the argmax of the float reference),
+A classifier-shaped output is (N, C), or per position (N, T, C) with the classes last (a token classifier), or
+(N, C, H, ...) with the classes on axis 1 (a segmentation net); C >= 2. Each (sample, position) is an instance,
+and the agreement is the mean over instances. For instance n with float top class k (the argmax of the float reference),
 the chip keeps the class when y_k > y_j for every other class j. The analysis has each class's mean mu_j and
 variance v_j (correlation-aware after the sensitivity pass) and, from one more backward sweep per competitor seeded
 with e_k - e_j (the sensitivity pass's machinery, per sample), Var(y_k - y_j), hence c_j = Cov(y_k, y_j). With the
@@ -11,7 +13,10 @@ logits Gaussian and the competitors independent given y_k (a one-factor model: e
 
 a Gauss-Hermite quadrature over y_k, vectorised over samples and classes. Only the `SWEPT` most threatening
 competitors per sample (smallest mean margin over its spread; one on models of LARGE_MODEL_MACS and more) get a
-sweep; the others, and every competitor in the diagonal mode, count as uncorrelated with y_k. The option
+sweep; the others, and every competitor in the diagonal mode, count as uncorrelated with y_k. A sweep gives one
+position of every sample: per-position outputs get at most POSITION_SWEEPS, over evenly spread positions (all
+`SWEPT` competitors when they fit, else the closest one), and the other positions take the correlation
+Corr(y_k, y_j) the swept ones show on average for their pair of classes (k, j). The option
 `agreement: False` skips the pass. The mean over samples is `top1_agreement` of the output's
 analysis entry; the Monte-Carlo executor measures the same fraction chip by chip (montecarlo.py). With labels the
 same integral over P(argmax = label) gives `accuracy`. `agreement_at` evaluates both at another device point from
@@ -28,14 +33,40 @@ from memse_compiler.ir.pass_base import Pass, PassContext
 from memse_compiler.ir.stats import norm_cdf
 
 SWEPT = 4     # competitors per sample given their covariance with the top class (4 -> 9 of 10 moved it <= 0.06 points)
+POSITION_SWEEPS = 16      # sweeps per target of a per-position output (each gives one position of every sample)
 NODES, WEIGHTS = np.polynomial.hermite_e.hermegauss(64)
 WEIGHTS = WEIGHTS / WEIGHTS.sum()
 TINY = 1e-300
 
 
+def class_axis(shape: tuple) -> int | None:
+    """The class axis of a classifier-shaped output: 1 of (batch, classes), 2 of (batch, tokens, classes), 1 of
+    (batch, classes, H, ...); None when there are fewer than two classes there (or no such axis)."""
+    axis = {2: 1, 3: 2}.get(len(shape), 1 if len(shape) > 3 else None)
+    return axis if axis is not None and shape[axis] is not None and shape[axis] >= 2 else None
+
+
 def is_classifier(shape: tuple) -> bool:
-    """A 2-D output (batch, classes) with at least two classes."""
-    return len(shape) == 2 and shape[1] >= 2
+    return class_axis(shape) is not None
+
+
+def instance_shape(shape: tuple) -> tuple:
+    """(batch, *positions): a classifier output's shape without its class axis (the labels' shape)."""
+    axis = class_axis(shape)
+    return tuple(shape[:axis]) + tuple(shape[axis + 1:])
+
+
+def instances(a: np.ndarray) -> np.ndarray:
+    """(N, P, C): a classifier output with its classes last and its positions flattened (P = 1 for (N, C))."""
+    moved = np.moveaxis(a, class_axis(a.shape), -1)
+    return moved.reshape(moved.shape[0], -1, moved.shape[-1])
+
+
+def from_instances(a: np.ndarray, shape: tuple) -> np.ndarray:
+    """The inverse of `instances` for an output of `shape`."""
+    axis = class_axis(shape)
+    moved = tuple(shape[:axis]) + tuple(shape[axis + 1:]) + (shape[axis],)
+    return np.moveaxis(a.reshape(moved), -1, axis)
 
 
 def keep_probability(mean: np.ndarray, var: np.ndarray, cov_top: np.ndarray, top: np.ndarray) -> np.ndarray:
@@ -62,24 +93,53 @@ def competitors(mean: np.ndarray, var: np.ndarray, top: np.ndarray, count: int) 
 
 def margin_covariances(g: MemseGraph, out: str, top: np.ndarray, var: np.ndarray, rng: np.random.Generator,
                        swept: int = SWEPT) -> np.ndarray:
-    """Cov(y_top, y_j) per sample for the `swept` most threatening competitors (0 elsewhere): one backward sweep
-    of the sensitivity pass per competitor rank, seeded with e_top - e_j per sample."""
+    """Cov(y_top, y_j) per instance (N, P, C) for the `swept` most threatening competitors (0 elsewhere): one
+    backward sweep of the sensitivity pass per competitor rank and swept position, seeded with e_top - e_j there
+    per sample; positions past the sweep budget by correlation (`_transferred`). top (N, P), var (N, P, C)."""
     from passes.sensitivity import chip_backward, spread_per_sample
-    mean = g.graph["moments"][out][0]
-    n, c = mean.shape
+    mean = instances(g.graph["moments"][out][0])
+    shape = np.shape(g.graph["moments"][out][0])
+    n, positions, c = var.shape
     rows = np.arange(n)
     order = [u for u in schedule(g) if u in g.graph["linearization"]]
-    cov = np.zeros((n, c))
-    for rank in competitors(mean, var, top, min(swept, c - 1)).T:
-        probe = np.zeros((n, c))
-        probe[rows, top], probe[rows, rank] = 1.0, -1.0
-        margin_var = np.zeros(n)
+    per_position = min(swept, c - 1)
+    if positions > 1 and positions * per_position > POSITION_SWEEPS:
+        per_position = 1
+    chosen = np.unique(np.linspace(0, positions - 1, min(positions, max(1, POSITION_SWEEPS // per_position)))
+                       .round().astype(int)) if positions > 1 else np.array([0])
+    cov = np.zeros((n, positions, c))
+    for p in chosen:
+        for rank in competitors(mean[:, p], var[:, p], top[:, p], per_position).T:
+            probe = np.zeros((n, positions, c))
+            probe[rows, p, top[:, p]], probe[rows, p, rank] = 1.0, -1.0
+            margin_var = np.zeros(n)
 
-        def add(unit, source, per_sample, acc=margin_var):
-            acc += spread_per_sample(per_sample, n)
-        chip_backward(g, order, {out: probe}, add, rng=rng)
-        cov[rows, rank] = (var[rows, top] + var[rows, rank] - margin_var) / 2
+            def add(unit, source, per_sample, acc=margin_var):
+                acc += spread_per_sample(per_sample, n)
+            chip_backward(g, order, {out: from_instances(probe, shape)}, add, rng=rng)
+            cov[rows, p, rank] = (var[rows, p, top[:, p]] + var[rows, p, rank] - margin_var) / 2
+    if len(chosen) < positions:
+        cov = _transferred(cov, var, top, chosen)
     return cov
+
+
+def _transferred(cov: np.ndarray, var: np.ndarray, top: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """cov with the positions not in `chosen` filled from the swept ones' correlations: the mean Corr(y_k, y_j)
+    of each pair (top class k, competitor j) there (the mean over every swept pair where a pair was not swept)."""
+    c = var.shape[-1]
+    scale = np.sqrt(np.maximum(np.take_along_axis(var, top[..., None], -1) * var, TINY))      # (N, P, C)
+    swept = cov[:, chosen] != 0
+    corr = np.where(swept, cov[:, chosen] / scale[:, chosen], 0.0)
+    pairs = (np.broadcast_to(top[:, chosen, None], swept.shape)[swept], np.nonzero(swept)[2])
+    total, count = np.zeros((c, c)), np.zeros((c, c))
+    np.add.at(total, pairs, corr[swept])
+    np.add.at(count, pairs, 1.0)
+    overall = total.sum() / count.sum() if count.sum() else 0.0
+    table = np.where(count > 0, total / np.maximum(count, 1.0), overall)
+    np.fill_diagonal(table, 0.0)
+    filled = table[top] * scale
+    filled[:, chosen] = cov[:, chosen]
+    return filled
 
 
 def agreement_at(g: MemseGraph, out: str, **point) -> dict[str, float]:
@@ -94,11 +154,18 @@ def agreement_at(g: MemseGraph, out: str, **point) -> dict[str, float]:
     spread = sum(here[k] for k in SOURCES)
     ratio = sum(there[k] for k in SOURCES) / spread if spread > 0 else 1.0
     shift = np.sqrt(there["mean_shift"] / here["mean_shift"]) if here["mean_shift"] > 0 else 1.0
-    mean, var = g.graph["moments"][out][:2]
-    reference = g.graph["reference"][out]
+    mean, var = (instances(a) for a in g.graph["moments"][out][:2])
+    reference = instances(g.graph["reference"][out])
     mean = reference + shift * (mean - reference)
-    return {key: float(keep_probability(mean, ratio * var, ratio * cov, classes).mean())
+    return {key: _agreement(mean, ratio * var, ratio * cov, classes)
             for key, (classes, cov) in g.graph["agreement"][out].items()}
+
+
+def _agreement(mean: np.ndarray, var: np.ndarray, cov: np.ndarray, classes: np.ndarray) -> float:
+    """The mean over instances of P(argmax = classes); arrays (N, P, C), classes (N, P)."""
+    c = mean.shape[-1]
+    return float(keep_probability(mean.reshape(-1, c), var.reshape(-1, c), cov.reshape(-1, c),
+                                  classes.reshape(-1)).mean())
 
 
 class Top1Agreement(Pass):
@@ -120,20 +187,22 @@ class Top1Agreement(Pass):
         rng = np.random.default_rng(ctx.options.get("seed", 0) + 1)
         labels = g.graph.get("labels")
         for out in g.graph["outputs"]:
-            reference = g.graph["reference"][out]
-            if not is_classifier(reference.shape):
+            if not is_classifier(g.graph["reference"][out].shape):
                 continue
+            reference = instances(g.graph["reference"][out])
             entry = g.graph["analysis"]["outputs"][out]
-            top = np.argmax(reference, axis=1)
+            top = np.argmax(reference, axis=-1)
             targets = {"top1_agreement": top}
-            if labels is not None and labels.max() < reference.shape[1]:
-                entry["accuracy_float"] = float(np.mean(top == labels))
-                targets["accuracy"] = labels
+            if labels is not None and labels.shape == instance_shape(g.graph["reference"][out].shape) and \
+                    labels.max() < reference.shape[-1]:
+                classes = labels.reshape(top.shape)
+                entry["accuracy_float"] = float(np.mean(top == classes))
+                targets["accuracy"] = classes
             state = g.graph.setdefault("agreement", {})[out] = {}
-            mean, var = g.graph["moments"][out][:2]
+            mean, var = (instances(a) for a in g.graph["moments"][out][:2])
             for key, classes in targets.items():
                 cov = margin_covariances(g, out, classes, var, rng, swept) if swept else np.zeros_like(var)
-                entry[key] = float(keep_probability(mean, var, cov, classes).mean())
+                entry[key] = _agreement(mean, var, cov, classes)
                 state[key] = (classes, cov)     # for agreement_at: another device point, from the closed form
         timing = g.graph.setdefault("timing", {})
         timing["analysis_s"] = timing.get("analysis_s", 0.0) + time.perf_counter() - t0
