@@ -1,4 +1,5 @@
-"""Top-1 agreement and chip accuracy (passes/agreement.py) against Monte-Carlo, on the trained digits classifiers.
+"""Top-1 agreement and chip accuracy (passes/agreement.py) against Monte-Carlo, on the trained digits classifiers
+(and the two per-position ones: seg_digits per pixel, tagger_digits per row, counted over samples and positions).
 
 Run by hand:
     python benchmarks/agreement.py        # writes benchmarks/results/agreement.md (~3-5 min, 2 cores)
@@ -29,7 +30,9 @@ from device_models import load_device  # noqa: E402
 from memse_compiler import compile_model  # noqa: E402
 from memse_compiler.montecarlo import run_montecarlo  # noqa: E402
 
-MODELS = ["mlp", "cnn", "rescnn", "attn", "vit", "lstm", "gru", "bnn", "tokens"]
+MODELS = ["mlp", "cnn", "rescnn", "attn", "vit", "lstm", "gru", "bnn", "tokens", "seg", "tagger"]
+# the per-position examples' labels (a class per pixel, per row); the others take examples/digits_labels.npy
+LABELS = {"seg": "digits_pixel_labels.npy", "tagger": "digits_row_labels.npy"}
 SIGMAS = ["2e-6", "4e-6", "8e-6"]
 
 
@@ -41,8 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     lines = provenance("# Top-1 agreement and chip accuracy: analysis vs Monte-Carlo", __file__) + [
         f"- Inputs: the first {args.inputs} of `examples/digits_inputs.npy` (`tokens`: `examples/digits_tokens.npy`), "
-        f"labels `examples/digits_labels.npy`; {args.chips} Monte-Carlo chips per point", ""]
-    labels = np.load(ROOT / "examples" / "digits_labels.npy")[: args.inputs]
+        f"labels `examples/digits_labels.npy` (`seg`: `digits_pixel_labels.npy`, `tagger`: `digits_row_labels.npy`); {args.chips} Monte-Carlo chips per point", ""]
     header = ("| model | sigma | float acc | kept: analysis | kept: diagonal | kept: MC (95 % CI) | flip err | "
               "chip acc: analysis | chip acc: MC (95 % CI) | acc err | agreement pass s | analysis s |")
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
@@ -51,6 +53,7 @@ def main() -> None:
         x = np.load(ROOT / "examples" / ("digits_tokens.npy" if model == "tokens" else "digits_inputs.npy"))
         x = x[: args.inputs]
         path = str(ROOT / "examples" / f"{model}_digits.onnx")
+        labels = np.load(ROOT / "examples" / LABELS.get(model, "digits_labels.npy"))[: args.inputs]
         for sigma in SIGMAS:
             dev = load_device("rram", [f"programming_noise.sigma={sigma}"])
             g, _ = compile_model(path, dev, x, labels=labels)

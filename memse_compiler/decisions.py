@@ -2,8 +2,8 @@
 
 An integer class index has no mean and variance worth the name, and the question it asks of a chip is already
 answered for the scores it reads: how often the chip's top class is the float model's (passes/agreement.py). So
-at load an ArgMax over axis 1 of a (batch, classes) signal, whose index is a graph output that nothing else reads,
-is taken off: the graph outputs its scores instead (analysed, simulated, and given their top-1 agreement and,
+at load an ArgMax over the class axis of a classifier-shaped signal ((batch, classes), per token (batch, tokens,
+classes), per pixel (batch, classes, H, W)), whose index is a graph output that nothing else reads, is taken off: the graph outputs its scores instead (analysed, simulated, and given their top-1 agreement and,
 with labels, accuracy), and `g.graph["decisions"]` records which output decided what. Any other ArgMax on a signal
 the crossbars compute stays refused.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import onnx
 
 from memse_compiler.ir.ops.base import node_attribute
+from passes.agreement import class_axis
 
 
 def _typed(graph: onnx.GraphProto) -> dict[str, onnx.ValueInfoProto]:
@@ -31,8 +32,8 @@ def split_decisions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, 
                 node.output[0] in readers:
             continue
         scores = typed.get(node.input[0])
-        dims = scores.type.tensor_type.shape.dim if scores is not None else []
-        if len(dims) != 2 or int(node_attribute(node, "axis", 0)) % 2 != 1 or not dims[1].dim_value:
+        dims = tuple(d.dim_value or None for d in scores.type.tensor_type.shape.dim) if scores is not None else ()
+        if len(dims) < 2 or class_axis(dims) != int(node_attribute(node, "axis", 0)) % len(dims):
             continue
         decisions[node.output[0]] = {"op": "ArgMax", "of": node.input[0],
                                      "keepdims": bool(node_attribute(node, "keepdims", 1))}

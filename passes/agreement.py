@@ -15,8 +15,8 @@ a Gauss-Hermite quadrature over y_k, vectorised over samples and classes. Only t
 competitors per sample (smallest mean margin over its spread; one on models of LARGE_MODEL_MACS and more) get a
 sweep; the others, and every competitor in the diagonal mode, count as uncorrelated with y_k. A sweep gives one
 position of every sample: per-position outputs get at most POSITION_SWEEPS, over evenly spread positions (all
-`SWEPT` competitors when they fit, else the closest one), and the other positions take the correlation
-Corr(y_k, y_j) the swept ones show on average for their pair of classes (k, j). The option
+`SWEPT` competitors when they fit, else the closest one; one position on large models), and the other positions
+take the correlation Corr(y_k, y_j) the swept ones show on average for their pair of classes (k, j). The option
 `agreement: False` skips the pass. The mean over samples is `top1_agreement` of the output's
 analysis entry; the Monte-Carlo executor measures the same fraction chip by chip (montecarlo.py). With labels the
 same integral over P(argmax = label) gives `accuracy`. `agreement_at` evaluates both at another device point from
@@ -92,20 +92,22 @@ def competitors(mean: np.ndarray, var: np.ndarray, top: np.ndarray, count: int) 
 
 
 def margin_covariances(g: MemseGraph, out: str, top: np.ndarray, var: np.ndarray, rng: np.random.Generator,
-                       swept: int = SWEPT) -> np.ndarray:
+                       swept: int = SWEPT, budget: int | None = None) -> np.ndarray:
     """Cov(y_top, y_j) per instance (N, P, C) for the `swept` most threatening competitors (0 elsewhere): one
     backward sweep of the sensitivity pass per competitor rank and swept position, seeded with e_top - e_j there
-    per sample; positions past the sweep budget by correlation (`_transferred`). top (N, P), var (N, P, C)."""
+    per sample; positions past the sweep budget (POSITION_SWEEPS by default) by correlation (`_transferred`).
+    top (N, P), var (N, P, C)."""
     from passes.sensitivity import chip_backward, spread_per_sample
     mean = instances(g.graph["moments"][out][0])
     shape = np.shape(g.graph["moments"][out][0])
     n, positions, c = var.shape
     rows = np.arange(n)
     order = [u for u in schedule(g) if u in g.graph["linearization"]]
+    budget = POSITION_SWEEPS if budget is None else budget
     per_position = min(swept, c - 1)
-    if positions > 1 and positions * per_position > POSITION_SWEEPS:
+    if positions > 1 and positions * per_position > budget:
         per_position = 1
-    chosen = np.unique(np.linspace(0, positions - 1, min(positions, max(1, POSITION_SWEEPS // per_position)))
+    chosen = np.unique(np.linspace(0, positions - 1, min(positions, max(1, budget // per_position)))
                        .round().astype(int)) if positions > 1 else np.array([0])
     cov = np.zeros((n, positions, c))
     for p in chosen:
@@ -182,8 +184,9 @@ class Top1Agreement(Pass):
         t0 = time.perf_counter()
         # a sweep costs as much as one of the sensitivity pass's: on large models only the closest competitor
         # (the ResNet-18 shape: 4 sweeps took 13.8 s, more than the sensitivity pass's 12.7 s)
-        swept = 0 if not analysis_options(ctx.options)["sensitivity"] else \
-            (1 if model_macs(g) >= LARGE_MODEL_MACS else SWEPT)
+        large = model_macs(g) >= LARGE_MODEL_MACS
+        swept = 0 if not analysis_options(ctx.options)["sensitivity"] else (1 if large else SWEPT)
+        budget = 1 if large else POSITION_SWEEPS       # a per-position output of a large model: one position swept
         rng = np.random.default_rng(ctx.options.get("seed", 0) + 1)
         labels = g.graph.get("labels")
         for out in g.graph["outputs"]:
@@ -201,7 +204,7 @@ class Top1Agreement(Pass):
             state = g.graph.setdefault("agreement", {})[out] = {}
             mean, var = (instances(a) for a in g.graph["moments"][out][:2])
             for key, classes in targets.items():
-                cov = margin_covariances(g, out, classes, var, rng, swept) if swept else np.zeros_like(var)
+                cov = margin_covariances(g, out, classes, var, rng, swept, budget) if swept else np.zeros_like(var)
                 entry[key] = _agreement(mean, var, cov, classes)
                 state[key] = (classes, cov)     # for agreement_at: another device point, from the closed form
         timing = g.graph.setdefault("timing", {})

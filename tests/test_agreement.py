@@ -222,3 +222,27 @@ def test_labels_that_fit_no_output_are_refused(capsys):
                  "--labels", str(EXAMPLES / "digits_pixel_labels.npy")])
     err = capsys.readouterr().err
     assert code == 2 and "fit no classifier output" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("axis,taken", [(1, True), (2, False)])
+def test_a_per_pixel_argmax_output_is_taken_off_over_the_class_axis_only(tmp_path, axis, taken):
+    """seg_digits' ArgMax over its classes (axis 1) is its logits' per-pixel agreement; one over the rows is an
+    ArgMax of a noisy signal, refused in one line."""
+    import onnx
+    from onnx import TensorProto, helper
+    from memse_compiler.ir.errors import MemseInputError
+    m = onnx.load(EXAMPLES / "seg_digits.onnx")
+    m.graph.node.append(helper.make_node("ArgMax", ["logits"], ["decided"], name="decide", axis=axis, keepdims=0))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("decided", TensorProto.INT64,
+                                                        ["batch", 8, 8] if axis == 1 else ["batch", 11, 8]))
+    path = tmp_path / "seg_argmax.onnx"
+    onnx.save(m, path)
+    labels = np.load(EXAMPLES / PER_POSITION["seg"])[:32]
+    if not taken:
+        with pytest.raises(MemseInputError, match="ArgMax.*decide"):
+            compile_model(str(path), "rram", X[:32])
+        return
+    g, _ = compile_model(str(path), "rram", X[:32], labels=labels)
+    assert g.graph["outputs"] == ["logits"] and g.graph["decisions"]["decided"]["of"] == "logits"
+    assert 0.5 < g.graph["analysis"]["outputs"]["logits"]["top1_agreement"] < 1.0
