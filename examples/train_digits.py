@@ -216,9 +216,9 @@ def as_tokens(x: np.ndarray) -> np.ndarray:
     return np.rint(x.reshape(len(x), 64) * 16).astype(np.int64)
 
 
-def train(model, x, y, epochs, lr=1e-2, batch=64):
+def train(model, x, y, epochs, lr=1e-2, batch=64, loss_fn=None):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     g = torch.Generator().manual_seed(SEED)
     model.train()

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from train_digits import HERE, N_SAVE, SEED, load_data
+from train_digits import HERE, N_SAVE, SEED, load_data, train
 
 INK = 4 / 16            # a pixel below this intensity is background
 
@@ -59,24 +59,6 @@ class Tagger(nn.Module):
         return self.head(F.relu(h))
 
 
-def train(model, x, labels, epochs, lr=1e-2, batch=64):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(labels)
-    g = torch.Generator().manual_seed(SEED)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=g)
-        for i in range(0, len(xt), batch):
-            idx = perm[i:i + batch]
-            opt.zero_grad()
-            logits = model(xt[idx])
-            # classes on axis 1 for the segmenter, last for the tagger
-            loss = F.cross_entropy(logits if logits.ndim == 4 else logits.transpose(1, 2), yt[idx])
-            loss.backward()
-            opt.step()
-    model.eval()
-
-
 def export(model, path: str, x_test: np.ndarray, labels: np.ndarray, class_axis: int) -> None:
     torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), path, dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["logits"],
@@ -98,7 +80,9 @@ def main():
     export(seg, os.path.join(HERE, "seg_digits.onnx"), x_test, pixels, 1)
     torch.manual_seed(SEED)
     tagger = Tagger()
-    train(tagger, x_train, row_labels(y_train), epochs=40)
+    # the classes last: cross_entropy wants them on axis 1
+    train(tagger, x_train, row_labels(y_train), epochs=40,
+          loss_fn=lambda logits, labels: F.cross_entropy(logits.transpose(1, 2), labels))
     export(tagger, os.path.join(HERE, "tagger_digits.onnx"), x_test, rows, 2)
     np.save(os.path.join(HERE, "digits_pixel_labels.npy"), pixels[:N_SAVE])
     np.save(os.path.join(HERE, "digits_row_labels.npy"), rows[:N_SAVE])

@@ -22,6 +22,19 @@ def reduce_axes(ctx):
     return ctx.attr("axes")
 
 
+def reduced_axes(ctx) -> tuple[int, ...]:
+    """The sorted non-negative axes a reduction sums over (all when none are given, unless noop_with_empty_axes);
+    the batch axis refused."""
+    rank = len(ctx.shape(0))
+    axes = reduce_axes(ctx)
+    if axes is None or np.size(axes) == 0:
+        axes = [] if ctx.attr("noop_with_empty_axes", 0) else range(rank)
+    axes = tuple(sorted({int(a) % rank for a in np.ravel(list(axes))}))
+    if 0 in axes:
+        raise ctx.fail("reducing over the batch axis (0) is not supported")
+    return axes
+
+
 @register
 class ReduceMeanRule(OpRule):
     """ReduceMean / ReduceSum over axes other than the batch: linear, exact (the moment pass refines the variance
@@ -35,17 +48,8 @@ class ReduceMeanRule(OpRule):
         return [0]
 
     def parse(self, ctx):
-        rank = len(ctx.shape(0))
-        axes = reduce_axes(ctx)
-        if axes is None or np.size(axes) == 0:
-            if ctx.attr("noop_with_empty_axes", 0):
-                axes = []
-            else:
-                axes = range(rank)
-        axes = sorted({int(a) % rank for a in np.ravel(list(axes))})
-        if 0 in axes:
-            raise ctx.fail("reducing over the batch axis (0) is not supported")
-        return {"axes": tuple(axes), "keepdims": bool(ctx.attr("keepdims", 1)), "mean": ctx.node.op_type == "ReduceMean"}
+        return {"axes": reduced_axes(ctx), "keepdims": bool(ctx.attr("keepdims", 1)),
+                "mean": ctx.node.op_type == "ReduceMean"}
 
     def _count(self, attrs, shape) -> int:
         return int(np.prod([shape[a] for a in attrs["axes"]]))
@@ -207,14 +211,7 @@ class ReduceProdRule(OpRule):
         return [0]
 
     def parse(self, ctx):
-        rank = len(ctx.shape(0))
-        axes = reduce_axes(ctx)
-        if axes is None or np.size(axes) == 0:
-            axes = [] if ctx.attr("noop_with_empty_axes", 0) else range(rank)
-        axes = tuple(sorted({int(a) % rank for a in np.ravel(list(axes))}))
-        if 0 in axes:
-            raise ctx.fail("reducing over the batch axis (0) is not supported")
-        return {"axes": axes, "keepdims": bool(ctx.attr("keepdims", 1))}
+        return {"axes": reduced_axes(ctx), "keepdims": bool(ctx.attr("keepdims", 1))}
 
     def forward(self, attrs, xs):
         return [np.prod(xs[0], axis=attrs["axes"], keepdims=attrs["keepdims"])]

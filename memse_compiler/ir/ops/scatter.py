@@ -150,22 +150,31 @@ class ScatterElementsRule(_IndexedRule):
             if values.shape != row.shape:
                 raise ctx.fail(f"the updates' shape {list(values.shape)} is not the indices' {list(row.shape)}")
             return _where(ctx, w, targets, values.reshape(-1), size, (1, *shape[1:]))
-        source = np.arange(size)
-        source[targets] = size + np.arange(targets.size)        # numpy keeps the last write, as onnxruntime
         flat = len(shape) > 2
         updates = w.reshape(ctx.node.input[2], [0, -1], "updates_flat") if flat else ctx.node.input[2]
-        if ctx.const(0) is not None:          # a signal written into a constant (`zeros.scatter(1, idx, y)`)
-            picked = w.gather(updates, np.maximum(source - size, 0), 1, last=False)
-            if flat:
-                picked = w.reshape(picked, [0, *shape[1:]], "unflat")
-            return _where_into_constant(ctx, w, source >= size, picked, (1, *shape[1:]))
-        data = w.reshape(ctx.node.input[0], [0, -1], "flat") if flat else ctx.node.input[0]
-        both = w.add("Concat", [data, updates], "with_updates", axis=1)
-        if not flat:
-            w.gather(both, source, 1, last=True)
-            return w.nodes
-        w.reshape(w.gather(both, source, 1, last=False), [0, *shape[1:]], "unflat", last=True)
+        data = w.reshape(ctx.node.input[0], [0, -1], "flat") if flat and ctx.const(0) is None else ctx.node.input[0]
+        return _written(ctx, w, data, updates, targets, size, 1, [0, *shape[1:]] if flat else None,
+                        (1, *shape[1:]))
+
+
+def _written(ctx: ParseContext, w: _Writer, data: str, updates: str, targets: np.ndarray, count: int, axis: int,
+             back: list | None, mask_shape: tuple) -> list:
+    """A signal written: along `axis`, `count` data elements (flattened) and the updates (flattened) written at
+    `targets`; `back`: the Reshape target to the output's shape (None: already it). Into a signal, a Gather of
+    Concat(data, updates); into a constant data input, Where(mask, the gathered updates, data)."""
+    source = np.arange(count)
+    source[targets] = count + np.arange(targets.size)       # numpy keeps the last write, as onnxruntime
+    if ctx.const(0) is not None:          # `zeros.scatter(1, idx, y)`, `z = zeros_like(y); z[:, i] = y`
+        picked = w.gather(updates, np.maximum(source - count, 0), axis, last=False)
+        if back is not None:
+            picked = w.reshape(picked, back, "unflat")
+        return _where_into_constant(ctx, w, source >= count, picked, mask_shape)
+    both = w.add("Concat", [data, updates], "with_updates", axis=axis)
+    if back is None:
+        w.gather(both, source, axis, last=True)
         return w.nodes
+    w.reshape(w.gather(both, source, axis, last=False), back, "unflat", last=True)
+    return w.nodes
 
 
 def _where_into_constant(ctx: ParseContext, w: _Writer, mask: np.ndarray, picked: str, shape: tuple) -> list:
@@ -223,19 +232,8 @@ class ScatterNDRule(_IndexedRule):
                             ctx.new_const("written", written.reshape(lead + free)), ctx.node.input[0]], "written",
                   last=True)
             return w.nodes
-        source = np.arange(count)
-        source[targets] = count + np.arange(targets.size)       # numpy keeps the last write, as onnxruntime
         updates = (w.reshape(ctx.node.input[2], [targets.size] + merged[1:], "updates_merged")
                    if indices.ndim != 2 else ctx.node.input[2])
-        if ctx.const(0) is not None:          # a signal written into a constant (`z = zeros_like(y); z[:, i] = y`)
-            picked = w.gather(updates, np.maximum(source - count, 0), 0, last=False)
-            if k > 1:
-                picked = w.reshape(picked, [*lead, *merged[1:]], "unmerged")
-            return _where_into_constant(ctx, w, source >= count, picked, lead + (1,) * len(rest))
-        data = w.reshape(ctx.node.input[0], merged, "merged") if k > 1 else ctx.node.input[0]
-        both = w.add("Concat", [data, updates], "with_updates", axis=0)
-        if k == 1:
-            w.gather(both, source, 0, last=True)
-            return w.nodes
-        w.reshape(w.gather(both, source, 0, last=False), [*lead, *merged[1:]], "unmerged", last=True)
-        return w.nodes
+        data = w.reshape(ctx.node.input[0], merged, "merged") if k > 1 and ctx.const(0) is None else ctx.node.input[0]
+        return _written(ctx, w, data, updates, targets, count, 0, [*lead, *merged[1:]] if k > 1 else None,
+                        lead + (1,) * len(rest))
