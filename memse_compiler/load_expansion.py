@@ -77,8 +77,8 @@ def probed_values(model: onnx.ModelProto, wanted: set[str], types: dict, label: 
         runs = [probe_values(probe, [vi.name for vi in data], b, everything=False) for b in batches]
     except Exception as exc:       # onnxruntime's own errors, in one line
         text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise MemseInputError(f"{label}: the indices of {', '.join(names)} are computed, and onnxruntime could "
-                              f"not evaluate them ({text})") from None
+        raise MemseInputError(f"{label}: {', '.join(names)} (computed from shapes) could not be evaluated by "
+                              f"onnxruntime ({text})") from None
     signals = _value_dependent(graph, [vi.name for vi in data])
     consts, shapes, batch_axes = {}, {}, {}
     for t in names:
@@ -134,7 +134,7 @@ def _expand(model: onnx.ModelProto, label: str, probing: bool) -> onnx.ModelProt
     batch_axes: dict[str, int] = {}
     if probing:
         wanted = {graph.node[i].input[s] for i in targets for s in rule_for(graph.node[i].op_type).probed_inputs
-                  if s < len(graph.node[i].input)} - set(consts) - {""}
+                  if s < len(graph.node[i].input)} - set(consts) - {vi.name for vi in graph.input} - {""}
         values, probed_shapes, batch_axes = probed_values(model, wanted, types, label)
         consts.update(values)
         shapes.update(probed_shapes)

@@ -2,8 +2,8 @@
 """Export the transformer forms of torch's own modules that tests/test_torch_exports.py checks (random weights,
 seed 0; the legacy TorchScript exporter, opset 17, as examples/train_digits.py). Needs torch (not a dependency
 of memse-compiler); the committed .onnx files are what the tests read. Usage: python tests/torch_exports/make.py
-[activations | attention23 | indexed | group_norm21] (the act_*, *.attention23, idx_* or group_norm21
-exports only)
+[activations | attention23 | indexed | group_norm21 | rotary23] (the act_*, *.attention23, idx_*,
+group_norm21 or rope_* exports only)
 
   seqfirst_mha.onnx           nn.MultiheadAttention(batch_first=False) between two transposes (dynamic batch)
   mha_weights.fixed.onnx      need_weights=True: the head-averaged attention weights are used too (batch 4)
@@ -12,6 +12,11 @@ exports only)
   merge.onnx                  x.reshape(-1, d) -> Linear -> reshape back: the batch merged with the tokens
   group_norm.onnx             Conv -> nn.GroupNorm(2, 8) -> Conv (InstanceNormalization between two Reshapes)
   group_norm21.dynamo.onnx    the same through the dynamo exporter at opset 21: one GroupNormalization node
+  rope_<form>.rotary23.onnx   the image rows as 8 tokens, q and k projections turned by
+                              torch.onnx.ops.rotary_embedding (ONNX RotaryEmbedding, opset 23; position ids an
+                              Expand of a Range to the batch), 2-head attention, a head: 4-D (batch, heads, seq,
+                              size) halves, interleaved pairs, a partial rotary_embedding_dim of 4, and 3-D inputs
+                              with num_heads (dynamic batch)
   fake_quant.onnx             quantization-aware training's fake quantization of the input and a hidden layer
                               (torch.fake_quantize_per_tensor_affine: QuantizeLinear -> DequantizeLinear pairs)
   gpt_block.onnx              nanoGPT's block: `B, T, C = x.size()` on a computed tensor, heads by view and
@@ -308,6 +313,50 @@ class Indexed(nn.Module):
         return self.b(self.fn(self.a(x.flatten(1))))
 
 
+class RoPEBlock(nn.Module):
+    def __init__(self, interleaved=False, partial=0, three_d=False):
+        super().__init__()
+        self.emb, self.q, self.k, self.v, self.head = (nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 16),
+                                                       nn.Linear(16, 16), nn.Linear(16, 10))
+        self.interleaved, self.partial, self.three_d = interleaved, partial, three_d
+        d = partial or 8
+        angle = torch.arange(16).float()[:, None] / (10000 ** (torch.arange(0, d, 2).float() / d))[None]
+        self.register_buffer("cos", torch.cos(angle))
+        self.register_buffer("sin", torch.sin(angle))
+
+    def turn(self, t, positions, heads=0):
+        return torch.onnx.ops.rotary_embedding(t, self.cos, self.sin, positions, interleaved=self.interleaved,
+                                               num_heads=heads, rotary_embedding_dim=self.partial)
+
+    def forward(self, x):
+        h = self.emb(x.reshape(x.shape[0], 8, 8))
+        b = h.shape[0]
+        positions = torch.arange(8).unsqueeze(0).expand(b, 8)
+
+        def heads(t):
+            return t.reshape(b, 8, 2, 8).transpose(1, 2)
+        q, k = self.q(h), self.k(h)
+        if self.three_d:
+            q, k = heads(self.turn(q, positions, 2)), heads(self.turn(k, positions, 2))
+        else:
+            q, k = self.turn(heads(q), positions), self.turn(heads(k), positions)
+        a = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, -1) @ heads(self.v(h))
+        return self.head(a.transpose(1, 2).reshape(b, 8, 16).mean(1))
+
+
+def export_rotary23():
+    from torch.export import Dim
+    warnings.filterwarnings("ignore")
+    for name, kw in [("halves", {}), ("interleaved", dict(interleaved=True)), ("partial", dict(partial=4)),
+                     ("3d", dict(three_d=True))]:
+        torch.manual_seed(0)
+        path = os.path.join(HERE, f"rope_{name}.rotary23.onnx")
+        torch.onnx.export(RoPEBlock(**kw).eval(), (torch.rand(4, 1, 8, 8),), path, dynamo=True, opset_version=23,
+                          external_data=False, input_names=["x"], output_names=["y"],
+                          dynamic_shapes=({0: Dim("batch")},))
+        print(f"{os.path.basename(path)}  {os.path.getsize(path)} B")
+
+
 def export_group_norm21():
     from torch.export import Dim
     warnings.filterwarnings("ignore")
@@ -413,6 +462,7 @@ def main():
     export_activations()
     export_indexed()
     export_group_norm21()
+    export_rotary23()
     torch.manual_seed(0)
     path = os.path.join(HERE, "gru_seqfirst.dynamo.onnx")
     torch.onnx.export(SeqFirstGRU().eval(), (torch.rand(1, 1, 8, 8),), path, dynamo=True, external_data=False,
@@ -423,4 +473,4 @@ def main():
 if __name__ == "__main__":
     import sys
     {"activations": export_activations, "attention23": export_attention23, "indexed": export_indexed,
-     "group_norm21": export_group_norm21}.get(" ".join(sys.argv[1:]), main)()
+     "group_norm21": export_group_norm21, "rotary23": export_rotary23}.get(" ".join(sys.argv[1:]), main)()
