@@ -46,7 +46,8 @@ ADDED = ["gather_class_token", "gather_features_repeated", "split_tokens_three_w
 def jittered_inputs(x: np.ndarray, n: int = 24) -> np.ndarray:
     if len(x) >= n:
         return x
-    copies = [x + 0.05 * np.random.default_rng(i).standard_normal(x.shape) for i in range(-(-n // len(x)))]
+    copies = [x + 0.05 * np.random.default_rng(i).standard_normal(x.shape) if x.dtype.kind == "f" else x
+              for i in range(-(-n // len(x)))]     # ids and masks repeated as they are
     return np.concatenate(copies)[:n]
 
 

@@ -150,6 +150,24 @@ def _nonpad_kv_seqlen() -> ZooModel:
     return g.build(_head(g, y, 16))
 
 
+def _rotary(name: str, interleaved: int, partial: int = 0, fed_positions: bool = False) -> ZooModel:
+    """RotaryEmbedding on 3-D projections (2 heads of 8), position ids expanded to the batch from shapes as torch
+    writes them (or fed as an int64 input), then the product of the turned q and k (the scores) pooled."""
+    g = Builder(name, opset=23)
+    t = _tokens(g)
+    q = g.matmul(t, E, 16, name="q_proj")
+    half = (partial or 8) // 2
+    angles = np.arange(8)[:, None] / 10000 ** (np.arange(half) / half)[None]
+    if fed_positions:
+        positions = g.input("positions", (N, T), ids=8)
+    else:
+        sizes = g.op("Concat", [g.op("Shape", [q], end=1), g.const("tokens_n", np.array([T], np.int64))], axis=0)
+        positions = g.op("Expand", [g.const("order", np.array([[3, 0, 1, 2]], np.int64)), sizes])
+    turned = g.op("RotaryEmbedding", [q, g.const("cos_cache", np.cos(angles)), g.const("sin_cache", np.sin(angles)),
+                                      positions], num_heads=2, interleaved=interleaved, rotary_embedding_dim=partial)
+    return g.build(_head(g, turned, 16))
+
+
 def attention_models() -> list[ZooModel]:
     return [
         _self_attention_3d("attention_3d"),
@@ -161,5 +179,8 @@ def attention_models() -> list[ZooModel]:
         _float_mask_input(),
         _constant_masks(),
         _nonpad_kv_seqlen(),
+        _rotary("rotary_halves", 0),
+        _rotary("rotary_interleaved_partial", 1, partial=4),
+        _rotary("rotary_fed_positions", 0, fed_positions=True),
     ]
 

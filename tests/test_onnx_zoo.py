@@ -43,6 +43,7 @@ def test_coverage_model_valid_and_runs(zm: ZooModel):
         opset == [18] and "Mish" in _op_types(model)) or (opset == [9] and "Upsample" in _op_types(model)) or (
         opset == [23] and "RMSNormalization" in _op_types(model)) or (
         opset in ([23], [25]) and "Attention" in _op_types(model)) or (
+        opset == [23] and "RotaryEmbedding" in _op_types(model)) or (
         opset == [21] and "GroupNormalization" in _op_types(model)) or (opset == [24] and "Swish" in _op_types(model))
     # every coverage model has a weighted op (an Einsum with a constant operand is one)
     assert _op_types(model) & (WEIGHTED_OPS | {"Einsum"})
