@@ -159,9 +159,11 @@ def test_an_output_argmax_is_its_logits_top1_agreement(tmp_path, keepdims):
 def test_the_cli_says_which_output_decided(tmp_path, capsys):
     path = _with_argmax(tmp_path, 0)
     assert main([str(path), "--device", "rram", "--inputs", str(EXAMPLES / "digits_inputs.npy"), "--labels",
-                 str(EXAMPLES / "digits_labels.npy"), "-o", str(tmp_path / "r.json")]) == 0
+                 str(EXAMPLES / "digits_labels.npy"), "-o", str(tmp_path / "r.json"),
+                 "--html", str(tmp_path / "r.html")]) == 0
     out = capsys.readouterr().out
     assert "output 'label' is the ArgMax of 'logits' over its classes" in out
+    assert "output &#x27;label&#x27; is the ArgMax of &#x27;logits&#x27;" in (tmp_path / "r.html").read_text()
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["decisions"]["label"]["of"] == "logits" and report["outputs"]["logits"]["top1_agreement"] > 0.9
 
