@@ -6,9 +6,9 @@ the per-sample check of a freed batch) then run plain MatMul / Softmax / Where n
 every form the op's definition allows, where its own kernel refuses some (Attention-23 with a mask broadcast over
 the queries, as torch exports a key-padding mask), and batch_first follows the batch through ops it knows.
 
-Rules with `probed_inputs` (the element-indexed reads and writes, ir/ops/scatter.py) expand second: what they need
-and the model computes (indices from Shape arithmetic, the shape of the data) is evaluated first with onnxruntime
-at two batch sizes (`probed_values`).
+Rules with `probed_inputs` (the element-indexed reads and writes, ir/ops/scatter.py; RotaryEmbedding's position
+ids, ir/ops/rotary.py) expand second: what they need and the model computes (indices from Shape arithmetic, the
+shape of the data) is evaluated first with onnxruntime at two batch sizes (`probed_values`).
 """
 from __future__ import annotations
 
