@@ -149,7 +149,7 @@ class ScatterElementsRule(_IndexedRule):
             values = np.asarray(_same_for_every_sample(ctx, 2, shape[0], "updates"), np.float64)
             if values.shape != row.shape:
                 raise ctx.fail(f"the updates' shape {list(values.shape)} is not the indices' {list(row.shape)}")
-            return _where(ctx, w, targets, values.reshape(-1), size, (1, *shape[1:]))
+            return _constant_written(ctx, w, targets, values.reshape(-1), size, (1, *shape[1:]))
         flat = len(shape) > 2
         updates = w.reshape(ctx.node.input[2], [0, -1], "updates_flat") if flat else ctx.node.input[2]
         data = w.reshape(ctx.node.input[0], [0, -1], "flat") if flat and ctx.const(0) is None else ctx.node.input[0]
@@ -185,7 +185,7 @@ def _where_into_constant(ctx: ParseContext, w: _Writer, mask: np.ndarray, picked
     return w.nodes
 
 
-def _where(ctx: ParseContext, w: _Writer, targets: np.ndarray, values: np.ndarray, size: int,
+def _constant_written(ctx: ParseContext, w: _Writer, targets: np.ndarray, values: np.ndarray, size: int,
            shape: tuple) -> list:
     """data with `values` written at the flat `targets` of every sample: Where(mask, written, data)."""
     mask, written = np.zeros(size, bool), np.zeros(size)
