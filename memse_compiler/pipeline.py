@@ -200,7 +200,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, device, inputs: In
     `device` is a device_models.Device (or anything load_device accepts). Returns the annotated graph and
     the pass context (device, inputs, options). `inputs`: the evaluation batch, an array, or for a model with
     several data inputs a dict by input name (None: `synthetic_feed`). `labels`: the samples' classes, for the
-    float and chip accuracy of a classifier output (`checked_labels`).
+    float and chip accuracy of a classifier output (`checked_labels`): (batch,) for (batch, classes), (batch, H, W)
+    for a per-pixel (batch, classes, H, W), (batch, tokens) for a per-token (batch, tokens, classes).
     """
     from device_models import Device, load_device
     if not isinstance(device, Device):
