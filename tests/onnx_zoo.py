@@ -787,6 +787,11 @@ def bad_models(tmpdir: pathlib.Path) -> dict[str, pathlib.Path]:
                                                                           g.const("a", np.array([0]))])],
                                              name="batch_write")).model
 
+    g = Builder("mvn_default_axes")                   # MeanVarianceNormalization's default axes [0, 2, 3]
+    y = g.op("Reshape", [g.gemm(g.input("x", (N, K)), K, M), g.const("image", np.array([0, 2, 5, 1]))])
+    models["mvn_default_axes"] = g.build(g.op("MeanVarianceNormalization", [y], name="mvn_batch",
+                                              axes=[0, 2, 3])).model
+
     g = Builder("no_weighted_ops")
     models["no_weighted_ops"] = g.build(g.op("Relu", [g.input("x", (N, K))])).model
 

@@ -112,6 +112,12 @@ def bn_models() -> list[ZooModel]:
                      g.vector("gn.bias", (6, 1, 1), 0.2)])
     out.append(g.build(g.conv(g.op("Relu", [y]), 6, 4, name="conv_b")))
 
+    for name, axes in (("mvn_spatial_conv", [2, 3]), ("mvn_channels_conv", [1])):   # trailing axes, and moved last
+        g = Builder(name)
+        y = g.conv(_image(g), C, 6, pads=[1, 1, 1, 1], name="conv_a")
+        y = g.op("MeanVarianceNormalization", [y], axes=axes)
+        out.append(g.build(g.conv(g.op("Relu", [y]), 6, 4, name="conv_b")))
+
     g = Builder("group_normalization_conv", opset=21)  # GroupNormalization-21, as torch's dynamo exporter writes it
     y = g.conv(_image(g), C, 6, pads=[1, 1, 1, 1], name="conv_a")
     y = g.op("GroupNormalization", [y, g.const("gn.weight", g.rng.uniform(0.5, 1.5, 6)),

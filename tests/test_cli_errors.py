@@ -43,7 +43,8 @@ def bad(tmp_path_factory):
     ("nan_weight", ["fc.weight"]), ("inf_weight", ["fc.weight"]), ("mismatched_batches", ["mismatched_batches.onnx", "'x1' 2, 'x2' 3"]),
     ("no_weighted_ops", ["no_weighted_ops.onnx"]), ("maxpool_ceil_past_end", ["ceil_pool", "ceil_mode"]),
     ("unbatched_vector", ["fc_vector", "1-D", "batch axis"]), ("scatter_add", ["accumulate", "reduction 'add'"]),
-    ("gather_by_data", ["data_indexed", "must be constants"]), ("scatternd_batch", ["batch_write", "not the batch"])])
+    ("gather_by_data", ["data_indexed", "must be constants"]), ("scatternd_batch", ["batch_write", "not the batch"]),
+    ("mvn_default_axes", ["mvn_batch", "batch axis"])])
 def test_bad_models(bad, capsys, kind, needles):
     code, out, err = run_cli(capsys, bad[kind], "--device", "rram")
     assert_user_error(code, err, *needles)

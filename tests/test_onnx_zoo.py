@@ -115,7 +115,8 @@ def test_bad_models(tmp_path):
     paths = bad_models(tmp_path)
     assert set(paths) == {"truncated", "not_onnx", "empty", "unsupported_op", "dynamic_spatial",
                           "nan_weight", "inf_weight", "mismatched_batches", "no_weighted_ops", "maxpool_ceil_past_end",
-                          "unbatched_vector", "scatter_add", "gather_by_data", "scatternd_batch"}
+                          "unbatched_vector", "scatter_add", "gather_by_data", "scatternd_batch",
+                          "mvn_default_axes"}
     for kind, path in paths.items():
         assert path.exists() and path.parent == tmp_path and path.suffix == ".onnx", kind
 

@@ -2,7 +2,8 @@
 as the elementwise ops it is made of;
 InstanceNormalization (and so torch's GroupNorm, which exports as one between two Reshapes) as a LayerNormalization
 over the spatial axes followed by the per-channel scale and bias; GroupNormalization (opset 21; onnx's checker
-refuses opset 18's deprecated per-group form) as that LayerNormalization over each group between two Reshapes; LRN as its channel-window sum of squares and the
+refuses opset 18's deprecated per-group form) as that LayerNormalization over each group between two Reshapes;
+MeanVarianceNormalization as a LayerNormalization over its axes; LRN as its channel-window sum of squares and the
 elementwise ops around it."""
 from __future__ import annotations
 
@@ -183,6 +184,35 @@ class GroupNormRule(OpRule):
                    name=f"{base}/scale"),
                 mk("Add", [f"{base}/scaled", const("bias", np.reshape(bias, per_channel))], [ctx.node.output[0]],
                    name=base)]
+
+
+@register
+class MeanVarianceNormRule(OpRule):
+    """MeanVarianceNormalization over non-batch axes: (x - E x) / (sqrt(E x^2 - (E x)^2) + 1e-9), as the
+    LayerNormalization it is (epsilon 1e-18 under the root: the two denominators differ by 1e-9 absolute, well
+    below float32's rounding of the variance for any std above 1e-2), the axes moved last by a Transpose when they
+    are not the trailing ones."""
+    op_types = ("MeanVarianceNormalization",)
+
+    def expand(self, ctx):
+        rank = len(ctx.shape(0))
+        axes = sorted({int(a) % rank for a in ctx.attr("axes", [0, 2, 3])})
+        if 0 in axes:
+            raise ctx.fail(f"normalising over the batch axis (0) is not supported (axes {axes}; the default axes are "
+                           f"[0, 2, 3])")
+        kept = [a for a in range(1, rank) if a not in axes]
+        perm = [0] + kept + axes
+        base, x, y = ctx.node_name, ctx.node.input[0], ctx.node.output[0]
+        mk = helper.make_node
+        moved = perm != list(range(rank))
+        nodes = [mk("Transpose", [x], [f"{base}/moved"], name=f"{base}/move", perm=perm)] if moved else []
+        nodes.append(mk("LayerNormalization", [f"{base}/moved" if moved else x,
+                                               ctx.new_const("ones", np.ones(1))],
+                        [f"{base}/normalised" if moved else y], name=f"{base}/normalise" if moved else base,
+                        axis=1 + len(kept), epsilon=1e-18))
+        if moved:
+            nodes.append(mk("Transpose", [f"{base}/normalised"], [y], name=base, perm=list(np.argsort(perm))))
+        return nodes
 
 
 @register
