@@ -457,6 +457,15 @@ def dense_misc_models() -> list[ZooModel]:
     y = g.op("Trilu", [y, g.const("k", np.array(-1, np.int64))], upper=0)
     out.append(g.build(g.gemm(g.op("Flatten", [y]), 16, 4, name="fc_out")))
 
+    g = Builder("castlike_float")                     # CastLike to a float constant's type: the identity
+    y = g.op("CastLike", [g.gemm(g.input("x", (N, K)), K, M), g.const("like", np.float32(0.0))])
+    out.append(g.build(g.gemm(g.op("Relu", [y]), M, 4, name="fc_out")))
+
+    g = Builder("center_crop_pad", opset=18)         # (N, 2, 5) -> crop axis 2 to 3, pad axis 1 to 5
+    y = g.op("Reshape", [g.gemm(g.input("x", (N, K)), K, M), g.const("rows", np.array([0, 2, 5]))])
+    y = g.op("CenterCropPad", [y, g.const("target", np.array([5, 3], np.int64))], axes=[1, 2])
+    out.append(g.build(g.gemm(g.op("Flatten", [y]), 15, 4, name="fc_out")))
+
     g = Builder("compress_columns")
     y = g.op("Compress", [g.gemm(g.input("x", (N, K)), K, M), g.const("keep", np.array(
         [1, 0, 1, 1, 0, 0, 1, 0, 1, 1], bool))], axis=1)

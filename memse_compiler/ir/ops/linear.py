@@ -73,6 +73,20 @@ class CastRule(IdentityRule):
 
 
 @register
+class CastLikeRule(OpRule):
+    """CastLike: the Cast to the second input's type (a float type: the identity here)."""
+    op_types = ("CastLike",)
+
+    def expand(self, ctx):
+        to = ctx.elem_types.get(ctx.node.input[1])
+        if not to and ctx.const(1) is not None:          # a folded constant's own dtype
+            to = helper.np_dtype_to_tensor_dtype(np.asarray(ctx.const(1)).dtype)
+        if not to:
+            raise ctx.fail("the type of the target input is unknown")
+        return [helper.make_node("Cast", [ctx.node.input[0]], [ctx.node.output[0]], name=ctx.node_name, to=int(to))]
+
+
+@register
 class FlattenRule(ShapeRule):
     op_types = ("Flatten",)
 
