@@ -28,7 +28,7 @@ MODELS = ["seqfirst_mha", "mha_weights.fixed", "causal_encoder.fixed", "decoder.
           # element-indexed reads and writes: gather, scatter, slice and index assignment (ir/ops/scatter.py)
           "idx_slice_assign.dynamo", "idx_fill.dynamo", "idx_assign_3d.dynamo", "idx_index_put.dynamo",
           "idx_select_scatter.dynamo", "idx_scatter.dynamo", "idx_scatter_zeros.dynamo", "idx_gather.dynamo",
-          "idx_take_along.dynamo", "group_norm21.dynamo",
+          "idx_take_along.dynamo", "idx_index_put.fixed", "idx_fill.fixed", "group_norm21.dynamo",
           # torch.onnx.ops.rotary_embedding: ONNX RotaryEmbedding (opset 23; ir/ops/rotary.py)
           "rope_halves.rotary23", "rope_interleaved.rotary23", "rope_partial.rotary23", "rope_3d.rotary23"]
 X = np.random.default_rng(3).random((8, 1, 8, 8)).astype(np.float32)

@@ -47,6 +47,8 @@ group_norm21 or rope_* exports only)
                               index assignment into zeros_like (ScatterND into a constant), z[:, 1] = 2 h[:, 0]
                               (ScatterElements), torch.scatter into h and into zeros, torch.gather with expanded
                               indices, take_along_dim (GatherElements; the exporter fixes its batch to 4)
+  idx_<name>.fixed.onnx       index assignment into zeros_like and z[:, 2:6] = 0 through the legacy exporter at a
+                              fixed batch of 4: ScatterND indices that enumerate the samples
 """
 import math
 import os
@@ -376,6 +378,12 @@ def export_indexed():
         torch.onnx.export(Indexed(name).eval(), (torch.rand(4, 1, 8, 8),), path, dynamo=True, opset_version=18,
                           external_data=False, input_names=["x"], output_names=["y"],
                           dynamic_shapes=({0: Dim("batch")},))
+        print(f"{os.path.basename(path)}  {os.path.getsize(path)} B")
+    for name in ("index_put", "fill"):
+        torch.manual_seed(0)
+        path = os.path.join(HERE, f"idx_{name}.fixed.onnx")
+        torch.onnx.export(Indexed(name).eval(), (torch.rand(4, 1, 8, 8),), path, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"])
         print(f"{os.path.basename(path)}  {os.path.getsize(path)} B")
 
 

@@ -208,6 +208,8 @@ class ScatterNDRule(_IndexedRule):
         indices = np.asarray(ctx.const(1), np.int64)
         shape = _known_shape(ctx, 0, "data")
         k = indices.shape[-1] if indices.ndim else 0
+        if _enumerates_samples(indices, shape):
+            return _per_sample_scatter(ctx, indices[0, ..., 1:], shape)
         lead, rest = shape[:k], shape[k:]
         if indices.ndim == 0 or k == 0 or k > len(shape) or None in lead:
             raise ctx.fail("the indexed axes must be static and not the batch (torch writes a slice assignment "
@@ -237,3 +239,50 @@ class ScatterNDRule(_IndexedRule):
         data = w.reshape(ctx.node.input[0], merged, "merged") if k > 1 and ctx.const(0) is None else ctx.node.input[0]
         return _written(ctx, w, data, updates, targets, count, 0, [*lead, *merged[1:]] if k > 1 else None,
                         lead + (1,) * len(rest))
+
+
+def _enumerates_samples(indices: np.ndarray, shape: tuple) -> bool:
+    """Whether ScatterND's indices write every sample of a fixed batch alike: their first coordinate is the sample,
+    index by index along their leading axis (torch's legacy exporter writes `z[:, 1] = y` at a fixed batch so), and
+    the other coordinates are the same for each sample."""
+    batch = shape[0] if shape else None
+    if batch is None or indices.ndim < 3 or indices.shape[0] != batch or indices.shape[-1] < 2:
+        return False
+    samples = np.arange(batch).reshape((batch,) + (1,) * (indices.ndim - 2))
+    return bool(np.all(indices[..., 0] == samples) and np.all(indices[..., 1:] == indices[:1, ..., 1:]))
+
+
+def _per_sample_scatter(ctx: ParseContext, indices: np.ndarray, shape: tuple) -> list:
+    """ScatterND of each sample alike, `indices` one sample's (m..., k) over its axes 1..k: the leading sample axes
+    merged into one (Reshape), the written signal's rows (or constant values) picked by position along it."""
+    k = indices.shape[-1]
+    lead, rest = tuple(shape[1:1 + k]), tuple(shape[1 + k:])
+    if None in lead + rest:
+        raise ctx.fail("the indexed axes and the others must be static")
+    sizes = np.asarray(lead, np.int64)
+    if np.any(indices < -sizes) or np.any(indices >= sizes):
+        raise ctx.fail("an index is out of range")
+    indices = np.where(indices < 0, indices + sizes, indices)
+    targets = np.ravel_multi_index(tuple(np.moveaxis(indices, -1, 0)), lead).reshape(-1)
+    count = int(np.prod(lead, dtype=np.int64))
+    w = _Writer(ctx)
+    if ctx.const(2) is not None:
+        values = np.asarray(_same_for_every_sample(ctx, 2, shape[0], "updates"), np.float64)
+        return _constant_written(ctx, w, targets, values.reshape(-1), count * int(np.prod(rest, dtype=np.int64)),
+                                 (1, *shape[1:])) if not rest else \
+            _rows_written(ctx, w, targets, values.reshape((-1,) + rest), count, lead, rest)
+    merged = [0, count, *rest]
+    updates = w.reshape(ctx.node.input[2], [0, targets.size, *rest], "updates_merged")
+    data = w.reshape(ctx.node.input[0], merged, "merged") if ctx.const(0) is None else ctx.node.input[0]
+    return _written(ctx, w, data, updates, targets, count, 1, [0, *lead, *rest], (1, *lead) + (1,) * len(rest))
+
+
+def _rows_written(ctx: ParseContext, w: _Writer, targets: np.ndarray, rows: np.ndarray, count: int, lead: tuple,
+                  rest: tuple) -> list:
+    """Constant rows (of shape `rest`) written at the flat `targets` of each sample's leading axes: a Where."""
+    mask, written = np.zeros(count, bool), np.zeros((count,) + rest)
+    mask[targets], written[targets] = True, rows
+    w.add("Where", [ctx.new_const("mask", mask.reshape((1, *lead) + (1,) * len(rest))),
+                    ctx.new_const("written", written.reshape((1, *lead, *rest))), ctx.node.input[0]], "written",
+          last=True)
+    return w.nodes
