@@ -108,7 +108,8 @@ class _IndexedRule(OpRule):
 
     def parse(self, ctx):
         raise ctx.fail(f"the {self.what} must be constants (computed from the data's values they cannot be "
-                       f"followed through the chip)")
+                       f"followed through the chip; computed from shapes, they are evaluated when the data inputs' "
+                       f"sizes other than the batch are static)")
 
 
 @register
