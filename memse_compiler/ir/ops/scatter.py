@@ -150,7 +150,7 @@ class ScatterElementsRule(_IndexedRule):
             values = np.asarray(_same_for_every_sample(ctx, 2, shape[0], "updates"), np.float64)
             if values.shape != row.shape:
                 raise ctx.fail(f"the updates' shape {list(values.shape)} is not the indices' {list(row.shape)}")
-            return _constant_written(ctx, w, targets, values.reshape(-1), size, (1, *shape[1:]))
+            return _rows_written(ctx, w, targets, values.reshape(-1), size, (1, *shape[1:]))
         flat = len(shape) > 2
         updates = w.reshape(ctx.node.input[2], [0, -1], "updates_flat") if flat else ctx.node.input[2]
         data = w.reshape(ctx.node.input[0], [0, -1], "flat") if flat and ctx.const(0) is None else ctx.node.input[0]
@@ -186,14 +186,25 @@ def _where_into_constant(ctx: ParseContext, w: _Writer, mask: np.ndarray, picked
     return w.nodes
 
 
-def _constant_written(ctx: ParseContext, w: _Writer, targets: np.ndarray, values: np.ndarray, size: int,
-           shape: tuple) -> list:
-    """data with `values` written at the flat `targets` of every sample: Where(mask, written, data)."""
-    mask, written = np.zeros(size, bool), np.zeros(size)
-    mask[targets], written[targets] = True, values
-    w.add("Where", [ctx.new_const("mask", mask.reshape(shape)), ctx.new_const("written", written.reshape(shape)),
-                    ctx.node.input[0]], "written", last=True)
+def _rows_written(ctx: ParseContext, w: _Writer, targets: np.ndarray, rows: np.ndarray, count: int, lead: tuple,
+                  rest: tuple = ()) -> list:
+    """data with the constant `rows` (each of shape `rest`) written at the flat `targets` of `count` positions laid
+    out as `lead` (a 1 in front: the same for every sample): Where(mask, written, data)."""
+    mask, written = np.zeros(count, bool), np.zeros((count,) + rest)
+    mask[targets], written[targets] = True, rows
+    w.add("Where", [ctx.new_const("mask", mask.reshape(lead + (1,) * len(rest))),
+                    ctx.new_const("written", written.reshape(lead + rest)), ctx.node.input[0]], "written", last=True)
     return w.nodes
+
+
+def _flat_targets(ctx: ParseContext, indices: np.ndarray, lead: tuple) -> tuple[np.ndarray, int]:
+    """ScatterND's index tuples (..., k) over axes of sizes `lead` as flat positions, and how many there are."""
+    sizes = np.asarray(lead, np.int64)
+    if np.any(indices < -sizes) or np.any(indices >= sizes):
+        raise ctx.fail("an index is out of range")
+    indices = np.where(indices < 0, indices + sizes, indices)
+    return (np.ravel_multi_index(tuple(np.moveaxis(indices, -1, 0)), lead).reshape(-1),
+            int(np.prod(lead, dtype=np.int64)))
 
 
 @register
@@ -215,12 +226,7 @@ class ScatterNDRule(_IndexedRule):
         if indices.ndim == 0 or k == 0 or k > len(shape) or None in lead:
             raise ctx.fail("the indexed axes must be static and not the batch (torch writes a slice assignment "
                            "with the batch moved after them)")
-        sizes = np.asarray(lead, np.int64)
-        if np.any(indices < -sizes) or np.any(indices >= sizes):
-            raise ctx.fail("an index is out of range")
-        indices = np.where(indices < 0, indices + sizes, indices)
-        targets = np.ravel_multi_index(tuple(np.moveaxis(indices, -1, 0)), lead).reshape(-1)
-        count = int(np.prod(lead, dtype=np.int64))
+        targets, count = _flat_targets(ctx, indices, lead)
         merged = [count] + [-1 if d is None else int(d) for d in rest]
         w = _Writer(ctx)
         if ctx.const(2) is not None:          # a constant written (a fill): a Where of a constant mask
@@ -229,12 +235,7 @@ class ScatterNDRule(_IndexedRule):
                          for i, d in enumerate(rest))
             if values.shape != indices.shape[:-1] + free or None in free:
                 raise ctx.fail(f"the updates' shape {list(values.shape)} does not fit the indices and the data")
-            mask, written = np.zeros(count, bool), np.zeros((count,) + free)
-            mask[targets], written[targets] = True, values.reshape((-1,) + free)
-            w.add("Where", [ctx.new_const("mask", mask.reshape(lead + (1,) * len(rest))),
-                            ctx.new_const("written", written.reshape(lead + free)), ctx.node.input[0]], "written",
-                  last=True)
-            return w.nodes
+            return _rows_written(ctx, w, targets, values.reshape((-1,) + free), count, lead, free)
         updates = (w.reshape(ctx.node.input[2], [targets.size] + merged[1:], "updates_merged")
                    if indices.ndim != 2 else ctx.node.input[2])
         data = w.reshape(ctx.node.input[0], merged, "merged") if k > 1 and ctx.const(0) is None else ctx.node.input[0]
@@ -260,30 +261,12 @@ def _per_sample_scatter(ctx: ParseContext, indices: np.ndarray, shape: tuple) ->
     lead, rest = tuple(shape[1:1 + k]), tuple(shape[1 + k:])
     if None in lead + rest:
         raise ctx.fail("the indexed axes and the others must be static")
-    sizes = np.asarray(lead, np.int64)
-    if np.any(indices < -sizes) or np.any(indices >= sizes):
-        raise ctx.fail("an index is out of range")
-    indices = np.where(indices < 0, indices + sizes, indices)
-    targets = np.ravel_multi_index(tuple(np.moveaxis(indices, -1, 0)), lead).reshape(-1)
-    count = int(np.prod(lead, dtype=np.int64))
+    targets, count = _flat_targets(ctx, indices, lead)
     w = _Writer(ctx)
     if ctx.const(2) is not None:
         values = np.asarray(_same_for_every_sample(ctx, 2, shape[0], "updates"), np.float64)
-        return _constant_written(ctx, w, targets, values.reshape(-1), count * int(np.prod(rest, dtype=np.int64)),
-                                 (1, *shape[1:])) if not rest else \
-            _rows_written(ctx, w, targets, values.reshape((-1,) + rest), count, lead, rest)
+        return _rows_written(ctx, w, targets, values.reshape((-1,) + rest), count, (1, *lead), rest)
     merged = [0, count, *rest]
     updates = w.reshape(ctx.node.input[2], [0, targets.size, *rest], "updates_merged")
     data = w.reshape(ctx.node.input[0], merged, "merged") if ctx.const(0) is None else ctx.node.input[0]
     return _written(ctx, w, data, updates, targets, count, 1, [0, *lead, *rest], (1, *lead) + (1,) * len(rest))
-
-
-def _rows_written(ctx: ParseContext, w: _Writer, targets: np.ndarray, rows: np.ndarray, count: int, lead: tuple,
-                  rest: tuple) -> list:
-    """Constant rows (of shape `rest`) written at the flat `targets` of each sample's leading axes: a Where."""
-    mask, written = np.zeros(count, bool), np.zeros((count,) + rest)
-    mask[targets], written[targets] = True, rows
-    w.add("Where", [ctx.new_const("mask", mask.reshape((1, *lead) + (1,) * len(rest))),
-                    ctx.new_const("written", written.reshape((1, *lead, *rest))), ctx.node.input[0]], "written",
-          last=True)
-    return w.nodes
