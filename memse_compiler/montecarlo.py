@@ -21,7 +21,7 @@ from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.feeds import Inputs, feed_batch, graph_feed, reference_feed, same_feed
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.interpret import run as interpret
-from passes.agreement import class_axis, instance_shape, is_classifier
+from passes.agreement import instance_shape, output_class_axis
 
 Z95 = 1.96
 PIPELINE_MIN_S = 3e-4      # a run (session run) and its draw + record must both take longer for the pipeline
@@ -158,13 +158,13 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
 
     per_chip: dict[str, list[float]] = {t: [] for t in refs}
     # classifier-shaped outputs: per chip, the fraction of samples (and positions) whose argmax is the float model's
-    tops = {o: np.argmax(ref[o], axis=class_axis(np.shape(ref[o]))) for o in outputs
-            if is_classifier(np.shape(ref[o]))}
+    class_axes = {o: output_class_axis(g, o) for o in outputs}
+    tops = {o: np.argmax(ref[o], axis=axis) for o, axis in class_axes.items() if axis is not None}
     agreement: dict[str, list[float]] = {o: [] for o in tops}
     # and, given the classes of the compiled inputs (g.graph["labels"]) and those inputs, the fraction right
     labels = g.graph.get("labels") if ref is g.graph.get("reference") else None
-    scored = {o for o in tops if labels is not None and labels.shape == instance_shape(np.shape(ref[o])) and
-              labels.max() < np.shape(ref[o])[class_axis(np.shape(ref[o]))]}
+    scored = {o for o in tops if labels is not None and labels.shape == instance_shape(np.shape(ref[o]), class_axes[o])
+              and labels.max() < np.shape(ref[o])[class_axes[o]]}
     accuracy: dict[str, list[float]] = {o: [] for o in scored}
     sums = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
     sums2 = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
@@ -215,7 +215,7 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
             v = values[o]
             y = (np.broadcast_to(v, (k,) + v.shape) if id(v) in fed else v.reshape((k,) + ref[o].shape))[:keep]
             if o in tops:
-                classes = np.argmax(y, axis=1 + class_axis(np.shape(ref[o])))     # y: (chips, *output shape)
+                classes = np.argmax(y, axis=1 + class_axes[o])     # y: (chips, *output shape)
                 chips_axes = tuple(range(1, classes.ndim))
                 agreement[o].extend((classes == tops[o]).mean(axis=chips_axes).tolist())
                 if o in scored:

@@ -156,7 +156,7 @@ def checked_labels(g: MemseGraph, labels, n: int, label: str = "labels") -> np.n
     sample of a classifier-shaped output (batch, classes), or one per sample and position of a per-position one
     ((batch, tokens) of (batch, tokens, classes), (batch, H, W) of (batch, classes, H, W)); they give the float and
     the chip accuracy (passes/agreement.py)."""
-    from passes.agreement import class_axis, instance_shape, is_classifier
+    from passes.agreement import instance_shape, output_class_axis
     labels = np.asarray(labels)
     if labels.ndim < 1 or labels.dtype.kind not in "iu":
         raise MemseInputError(f"{label}: labels must be an integer array (1-D integer array for (batch, classes)), "
@@ -164,12 +164,13 @@ def checked_labels(g: MemseGraph, labels, n: int, label: str = "labels") -> np.n
     if len(labels) < n:
         raise MemseInputError(f"{label}: {len(labels)} labels for {n} evaluation samples")
     labels = labels[:n].astype(np.int64)
-    shapes = [tuple(g.tensors.get(o, ())) for o in g.graph["outputs"]]
-    if not any(is_classifier(s) for s in shapes):
+    layouts = [(tuple(g.tensors.get(o, ())), output_class_axis(g, o)) for o in g.graph["outputs"]]
+    layouts = [(s, axis) for s, axis in layouts if axis is not None]
+    if not layouts:
         raise MemseInputError(f"{label}: no output is (batch, classes), so labels have nothing to score")
-    classes = [s[class_axis(s)] for s in shapes if is_classifier(s) and instance_shape(s)[1:] == labels.shape[1:]]
+    classes = [s[axis] for s, axis in layouts if instance_shape(s, axis)[1:] == labels.shape[1:]]
     if not classes:
-        wanted = " or ".join(str(["samples", *instance_shape(s)[1:]]) for s in shapes if is_classifier(s))
+        wanted = " or ".join(str(["samples", *instance_shape(s, axis)[1:]]) for s, axis in layouts)
         raise MemseInputError(f"{label}: labels of shape {list(labels.shape)} fit no classifier output (it takes "
                               f"{wanted})")
     if labels.min() < 0 or labels.max() >= max(classes):

@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from memse_compiler.ir import MemseGraph, schedule
+from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.pass_base import Pass, PassContext
 from memse_compiler.ir.stats import norm_cdf
 
@@ -40,31 +41,55 @@ TINY = 1e-300
 
 
 def class_axis(shape: tuple) -> int | None:
-    """The class axis of a classifier-shaped output: 1 of (batch, classes), 2 of (batch, tokens, classes), 1 of
-    (batch, classes, H, ...); None when there are fewer than two classes there (or no such axis)."""
+    """The class axis a classifier-shaped output has by its shape alone: 1 of (batch, classes), 2 of (batch, tokens,
+    classes), 1 of (batch, classes, H, ...); None when there are fewer than two classes there (or no such axis).
+    `output_class_axis` also asks what computed the output."""
     axis = {2: 1, 3: 2}.get(len(shape), 1 if len(shape) > 3 else None)
     return axis if axis is not None and shape[axis] is not None and shape[axis] >= 2 else None
 
 
-def is_classifier(shape: tuple) -> bool:
-    return class_axis(shape) is not None
+def output_class_axis(g: MemseGraph, out: str) -> int | None:
+    """The class axis of graph output `out`: the axis of the ArgMax taken off it at load (memse_compiler/decisions.py);
+    for a 3-D output that a convolution computes (a frame classifier, (batch, classes, frames): Conv1d's layout), 1;
+    else by its shape (`class_axis`). None: not classifier-shaped."""
+    shape = tuple(g.tensors.get(out) or np.shape(g.graph.get("reference", {}).get(out, ())))
+    axis = g.graph.get("class_axes", {}).get(out)
+    if axis is None and len(shape) == 3 and _computed_by_conv(g, out):
+        axis = 1
+    if axis is None:
+        return class_axis(shape)
+    return axis if shape[axis] is not None and shape[axis] >= 2 else None
 
 
-def instance_shape(shape: tuple) -> tuple:
+def _computed_by_conv(g: MemseGraph, tensor: str, steps: int = 8) -> bool:
+    """Whether `tensor` is a convolution's output, possibly through shape-keeping ops of one signal (a Relu)."""
+    layers = {layer.output: layer for layer in g.layers.values()}
+    producers = g.graph.get("producers", {})
+    for _ in range(steps):
+        if tensor in layers:
+            return isinstance(layers[tensor].geometry, ConvGeometry)
+        if tensor not in producers:
+            return False
+        signals = [t for t in g.nodes[producers[tensor]].get("inputs", ()) if t in producers]
+        if len(signals) != 1 or g.tensors.get(signals[0]) != g.tensors.get(tensor):
+            return False
+        tensor = signals[0]
+    return False
+
+
+def instance_shape(shape: tuple, axis: int) -> tuple:
     """(batch, *positions): a classifier output's shape without its class axis (the labels' shape)."""
-    axis = class_axis(shape)
     return tuple(shape[:axis]) + tuple(shape[axis + 1:])
 
 
-def instances(a: np.ndarray) -> np.ndarray:
-    """(N, P, C): a classifier output with its classes last and its positions flattened (P = 1 for (N, C))."""
-    moved = np.moveaxis(a, class_axis(a.shape), -1)
+def instances(a: np.ndarray, axis: int) -> np.ndarray:
+    """(N, P, C): a classifier output with its classes (`axis`) last and its positions flattened (P = 1 for (N, C))."""
+    moved = np.moveaxis(a, axis, -1)
     return moved.reshape(moved.shape[0], -1, moved.shape[-1])
 
 
-def from_instances(a: np.ndarray, shape: tuple) -> np.ndarray:
+def from_instances(a: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
     """The inverse of `instances` for an output of `shape`."""
-    axis = class_axis(shape)
     moved = tuple(shape[:axis]) + tuple(shape[axis + 1:]) + (shape[axis],)
     return np.moveaxis(a.reshape(moved), -1, axis)
 
@@ -98,7 +123,8 @@ def margin_covariances(g: MemseGraph, out: str, top: np.ndarray, var: np.ndarray
     per sample; positions past the sweep budget (POSITION_SWEEPS by default) by correlation (`_transferred`).
     top (N, P), var (N, P, C)."""
     from passes.sensitivity import chip_backward, spread_per_sample
-    mean = instances(g.graph["moments"][out][0])
+    axis = output_class_axis(g, out)
+    mean = instances(g.graph["moments"][out][0], axis)
     shape = np.shape(g.graph["moments"][out][0])
     n, positions, c = var.shape
     rows = np.arange(n)
@@ -118,7 +144,7 @@ def margin_covariances(g: MemseGraph, out: str, top: np.ndarray, var: np.ndarray
 
             def add(unit, source, per_sample, acc=margin_var):
                 acc += spread_per_sample(per_sample, n)
-            chip_backward(g, order, {out: from_instances(probe, shape)}, add, rng=rng)
+            chip_backward(g, order, {out: from_instances(probe, shape, axis)}, add, rng=rng)
             cov[rows, p, rank] = (var[rows, p, top[:, p]] + var[rows, p, rank] - margin_var) / 2
     if len(chosen) < positions:
         cov = _transferred(cov, var, top, chosen)
@@ -156,8 +182,9 @@ def agreement_at(g: MemseGraph, out: str, **point) -> dict[str, float]:
     spread = sum(here[k] for k in SOURCES)
     ratio = sum(there[k] for k in SOURCES) / spread if spread > 0 else 1.0
     shift = np.sqrt(there["mean_shift"] / here["mean_shift"]) if here["mean_shift"] > 0 else 1.0
-    mean, var = (instances(a) for a in g.graph["moments"][out][:2])
-    reference = instances(g.graph["reference"][out])
+    axis = output_class_axis(g, out)
+    mean, var = (instances(a, axis) for a in g.graph["moments"][out][:2])
+    reference = instances(g.graph["reference"][out], axis)
     mean = reference + shift * (mean - reference)
     return {key: _agreement(mean, ratio * var, ratio * cov, classes)
             for key, (classes, cov) in g.graph["agreement"][out].items()}
@@ -190,19 +217,20 @@ class Top1Agreement(Pass):
         rng = np.random.default_rng(ctx.options.get("seed", 0) + 1)
         labels = g.graph.get("labels")
         for out in g.graph["outputs"]:
-            if not is_classifier(g.graph["reference"][out].shape):
+            axis = output_class_axis(g, out)
+            if axis is None:
                 continue
-            reference = instances(g.graph["reference"][out])
+            reference = instances(g.graph["reference"][out], axis)
             entry = g.graph["analysis"]["outputs"][out]
             top = np.argmax(reference, axis=-1)
             targets = {"top1_agreement": top}
-            if labels is not None and labels.shape == instance_shape(g.graph["reference"][out].shape) and \
+            if labels is not None and labels.shape == instance_shape(g.graph["reference"][out].shape, axis) and \
                     labels.max() < reference.shape[-1]:
                 classes = labels.reshape(top.shape)
                 entry["accuracy_float"] = float(np.mean(top == classes))
                 targets["accuracy"] = classes
             state = g.graph.setdefault("agreement", {})[out] = {}
-            mean, var = (instances(a) for a in g.graph["moments"][out][:2])
+            mean, var = (instances(a, axis) for a in g.graph["moments"][out][:2])
             for key, classes in targets.items():
                 cov = margin_covariances(g, out, classes, var, rng, swept, budget) if swept else np.zeros_like(var)
                 entry[key] = _agreement(mean, var, cov, classes)
