@@ -8,11 +8,10 @@ from math import comb
 
 import numpy as np
 import sympy
-from onnx import helper
 
 from memse_compiler.ir import stats
 from memse_compiler.ir.errors import DomainError
-from memse_compiler.ir.ops.base import Linearization, OpRule, register, unbroadcast
+from memse_compiler.ir.ops.base import ExpansionWriter, Linearization, OpRule, register, unbroadcast
 from memse_compiler.ir.ops.elementwise import ElementwiseRule
 
 MAX_EXACT_POWER = 8          # integer exponents up to this use the exact Gaussian moments
@@ -158,17 +157,15 @@ class LogRule(ElementwiseRule):
         return _delta_expressions(sympy.log, mus[0], vs[0])
 
 
-def variadic_chain(ctx, op: str, operands: list[str]) -> list:
-    """`op` of the operands as a left-to-right chain of two-operand nodes (an Identity for one operand)."""
+def variadic_chain(w: ExpansionWriter, op: str, operands: list[str], label: str | None = None) -> str:
+    """`op` of the operands as a left-to-right chain of two-operand nodes (an Identity for one operand), the last
+    writing `label` (None: the node's output)."""
     if len(operands) == 1:
-        return [helper.make_node("Identity", operands, [ctx.node.output[0]], name=ctx.node_name)]
-    nodes, acc = [], operands[0]
+        return w.add("Identity", operands, label)
+    acc = operands[0]
     for i, x in enumerate(operands[1:], start=1):
-        last = i == len(operands) - 1
-        out = ctx.node.output[0] if last else f"{ctx.node_name}/{op.lower()}_{i}"
-        nodes.append(helper.make_node(op, [acc, x], [out], name=ctx.node_name if last else out))
-        acc = out
-    return nodes
+        acc = w.add(op, [acc, x], label if i == len(operands) - 1 else f"{op.lower()}_{i}")
+    return acc
 
 
 @register
@@ -179,29 +176,14 @@ class SumMeanRule(OpRule):
 
     def expand(self, ctx):
         ins = [i for i in ctx.node.input if i]
-        counts = {x: ins.count(x) for x in dict.fromkeys(ins)}
-        mean = ctx.node.op_type == "Mean"
-        nodes, terms = [], []
-        for j, (x, k) in enumerate(counts.items()):
-            if k > 1:
-                out = f"{ctx.node_name}/times_{j}"
-                nodes.append(helper.make_node("Mul", [x, ctx.new_const(f"count_{j}", np.array(float(k)))], [out],
-                                              name=out))
-                x = out
-            terms.append(x)
-        if not mean:
-            return nodes + variadic_chain(ctx, "Add", terms)
-        total = f"{ctx.node_name}/sum"
-        chain = variadic_chain(_renamed_output(ctx, total), "Add", terms)
-        return nodes + chain + [helper.make_node("Mul", [total, ctx.new_const("inverse_count", np.array(1.0 / len(ins)))],
-                                                 [ctx.node.output[0]], name=ctx.node_name)]
-
-
-def _renamed_output(ctx, output: str):
-    """The context of the same node writing `output` under its own name (a chain inside an expansion)."""
-    from dataclasses import replace
-    node = helper.make_node(ctx.node.op_type, list(ctx.node.input), [output])
-    return replace(ctx, node=node, node_name=output)
+        w = ExpansionWriter(ctx)
+        terms = [x if k == 1 else w.add("Mul", [x, w.const(f"count_{j}", float(k))], f"times_{j}")
+                 for j, (x, k) in enumerate({x: ins.count(x) for x in dict.fromkeys(ins)}.items())]
+        if ctx.node.op_type == "Sum":
+            variadic_chain(w, "Add", terms)
+        else:
+            w.add("Mul", [variadic_chain(w, "Add", terms, "sum"), w.const("inverse_count", 1.0 / len(ins))])
+        return w.nodes
 
 
 @register
@@ -214,10 +196,11 @@ class ExtremumRule(OpRule):
 
     def expand(self, ctx):
         """More than two operands (or one): a chain of two-operand ones over the distinct operands."""
-        ins = list(dict.fromkeys(i for i in ctx.node.input if i))
         if len([i for i in ctx.node.input if i]) == 2:
             return None
-        return variadic_chain(ctx, ctx.node.op_type, ins)
+        w = ExpansionWriter(ctx)
+        variadic_chain(w, ctx.node.op_type, list(dict.fromkeys(i for i in ctx.node.input if i)))
+        return w.nodes
 
     def parse(self, ctx):
         ins = [i for i in ctx.node.input if i]

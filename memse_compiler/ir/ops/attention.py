@@ -26,30 +26,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from memse_compiler.ir.ops.base import MASKED, OpRule, ParseContext, register
+from memse_compiler.ir.ops.base import MASKED, ExpansionWriter, OpRule, ParseContext, register
 
 Q, K, V, MASK, PAST_K, PAST_V, NONPAD = range(7)
 PRECISE_SOFTMAX = (0, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
-
-
-class _Writer:
-    """The nodes of one expansion, named `<node>/<label>`, with their new constants."""
-
-    def __init__(self, ctx: ParseContext):
-        self.ctx, self.base, self.nodes = ctx, ctx.node_name, []
-
-    def const(self, label: str, value) -> str:
-        value = np.asarray(value)
-        return self.ctx.new_const(label, value.astype(np.float64) if value.dtype.kind == "f" else value)
-
-    def add(self, op: str, inputs: list[str], label: str, out: str | None = None, **attrs) -> str:
-        """A node writing `out` (default `<node>/<label>`)."""
-        out = out or f"{self.base}/{label}"
-        name = self.base if out == self.ctx.node.output[0] else f"{self.base}/{label}"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
-        return out
 
 
 def _size(ctx: ParseContext, i: int, axis: int, what: str) -> int:
@@ -70,7 +51,7 @@ class AttentionRule(OpRule):
     expand_at_load = True       # onnxruntime's kernel refuses some forms the definition allows (load_expansion.py)
 
     def expand(self, ctx):
-        w = _Writer(ctx)
+        w = ExpansionWriter(ctx)
         rank = len(ctx.shape(Q))
         if rank not in (3, 4) or len(ctx.shape(K)) != rank or len(ctx.shape(V)) != rank:
             raise ctx.fail("Q, K and V must all be 3-D or all 4-D")
@@ -131,7 +112,7 @@ class AttentionRule(OpRule):
             w.add("Reshape", [heads, w.const("merge_heads", np.array([0, 0, -1], np.int64))], "y", out=y)
         return w.nodes
 
-    def _heads(self, ctx: ParseContext, w: _Writer, rank: int):
+    def _heads(self, ctx: ParseContext, w: ExpansionWriter, rank: int):
         """Q, K, V as (batch, heads, sequence, size), the head counts and the query head size."""
         names = [ctx.node.input[i] for i in (Q, K, V)]
         if rank == 4:
@@ -153,7 +134,7 @@ class AttentionRule(OpRule):
                                perm=[0, 2, 1, 3]))
         return (*split, int(heads_q), int(heads_kv), hidden // int(heads_q))
 
-    def _bias(self, ctx: ParseContext, w: _Writer, q_len: int, kv_len: int, past: int
+    def _bias(self, ctx: ParseContext, w: ExpansionWriter, q_len: int, kv_len: int, past: int
               ) -> tuple[str | None, str | None]:
         """The attention bias to add to the scores and the 0/1 guard of fully masked query rows (None: none)."""
         rows, cols = np.arange(q_len)[:, None], np.arange(kv_len)[None, :]
@@ -193,7 +174,7 @@ class AttentionRule(OpRule):
         return self._runtime_bias(ctx, w, mask if mask_value is None else None, mask_is_bool, nonpad, constant,
                                   rows - cols, q_len, kv_len, causal, left, right)
 
-    def _runtime_bias(self, ctx, w: _Writer, mask, mask_is_bool, nonpad, constant, offsets, q_len, kv_len,
+    def _runtime_bias(self, ctx, w: ExpansionWriter, mask, mask_is_bool, nonpad, constant, offsets, q_len, kv_len,
                       causal, left, right):
         """The bias and row guard as exact ops on a run-time mask and / or `nonpad_kv_seqlen`."""
         blocked_parts = [w.const("blocked", np.isneginf(constant))]

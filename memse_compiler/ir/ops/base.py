@@ -103,6 +103,25 @@ class ParseContext:
         return Windows(tuple(k), tuple(s), tuple(d), tuple(pads), spatial, tuple(out))
 
 
+class ExpansionWriter:
+    """The nodes an `expand` writes for `ctx.node`: each named and written `<node>/<label>`; `out` writes another
+    tensor (label None: the node's own first output), and the node writing that output takes the node's name."""
+
+    def __init__(self, ctx: ParseContext):
+        self.ctx, self.base, self.nodes = ctx, ctx.node_name, []
+
+    def const(self, label: str, value) -> str:
+        """A new constant `<node>/<label>`, floats in float64 (the analysis' precision)."""
+        value = np.asarray(value)
+        return self.ctx.new_const(label, value.astype(np.float64) if value.dtype.kind == "f" else value)
+
+    def add(self, op: str, inputs: list[str], label: str | None = None, out: str | None = None, **attrs) -> str:
+        out = out or (self.ctx.node.output[0] if label is None else f"{self.base}/{label}")
+        name = self.base if out == self.ctx.node.output[0] else f"{self.base}/{label}"
+        self.nodes.append(onnx.helper.make_node(op, inputs, [out], name=name, **attrs))
+        return out
+
+
 @dataclass
 class Linearization:
     """What the forward moment pass leaves for the backward sensitivity pass.

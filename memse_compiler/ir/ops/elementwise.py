@@ -5,7 +5,7 @@ import numpy as np
 import sympy
 
 from memse_compiler.ir import stats
-from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, register
+from memse_compiler.ir.ops.base import ExpansionWriter, Linearization, OpRule, ParseContext, register
 
 
 class ElementwiseRule(OpRule):
@@ -414,20 +414,13 @@ class _Composite(OpRule):
     reaching an op twice): expanded into them, which the frontend folds into one Pointwise node (exact moments by
     quadrature, jumps included: ir/ops/pointwise.py)."""
 
-    def nodes(self, ctx: ParseContext, x: str, const) -> list:
+    def write(self, ctx: ParseContext, w: ExpansionWriter, x: str) -> None:
         raise NotImplementedError
 
     def expand(self, ctx):
-        def const(label, value):
-            return ctx.new_const(label, np.asarray(value, np.float64 if isinstance(value, float) else None))
-        return self.nodes(ctx, ctx.node.input[0], const)
-
-
-def _node(ctx: ParseContext, op: str, inputs: list[str], label: str | None = None, **attrs):
-    """A node of an expansion: `<node>/<label>`, or the node's own output when label is None."""
-    from onnx import helper
-    out = ctx.node.output[0] if label is None else f"{ctx.node_name}/{label}"
-    return helper.make_node(op, inputs, [out], name=ctx.node_name if label is None else out, **attrs)
+        w = ExpansionWriter(ctx)
+        self.write(ctx, w, ctx.node.input[0])
+        return w.nodes
 
 
 @register
@@ -435,11 +428,9 @@ class SwishRule(_Composite):
     """Swish (opset 24): x sigmoid(alpha x)."""
     op_types = ("Swish",)
 
-    def nodes(self, ctx, x, const):
-        base = ctx.node_name
-        return [_node(ctx, "Mul", [x, const("alpha", float(ctx.attr("alpha", 1.0)))], "scaled"),
-                _node(ctx, "Sigmoid", [f"{base}/scaled"], "gate"),
-                _node(ctx, "Mul", [x, f"{base}/gate"])]
+    def write(self, ctx, w, x):
+        scaled = w.add("Mul", [x, w.const("alpha", float(ctx.attr("alpha", 1.0)))], "scaled")
+        w.add("Mul", [x, w.add("Sigmoid", [scaled], "gate")])
 
 
 @register
@@ -447,10 +438,9 @@ class ThresholdedReluRule(_Composite):
     """ThresholdedRelu: x where x > alpha, else 0 (a jump at alpha)."""
     op_types = ("ThresholdedRelu",)
 
-    def nodes(self, ctx, x, const):
-        base = ctx.node_name
-        return [_node(ctx, "Greater", [x, const("alpha", float(ctx.attr("alpha", 1.0)))], "above"),
-                _node(ctx, "Where", [f"{base}/above", x, const("zero", 0.0)])]
+    def write(self, ctx, w, x):
+        above = w.add("Greater", [x, w.const("alpha", float(ctx.attr("alpha", 1.0)))], "above")
+        w.add("Where", [above, x, w.const("zero", 0.0)])
 
 
 @register
@@ -458,13 +448,13 @@ class ShrinkRule(_Composite):
     """Shrink: x + bias below -lambd, x - bias above lambd, else 0 (jumps where bias != lambd)."""
     op_types = ("Shrink",)
 
-    def nodes(self, ctx, x, const):
-        base, lambd, bias = ctx.node_name, float(ctx.attr("lambd", 0.5)), float(ctx.attr("bias", 0.0))
+    def write(self, ctx, w, x):
+        lambd, bias = float(ctx.attr("lambd", 0.5)), float(ctx.attr("bias", 0.0))
         if lambd < 0:
             raise ctx.fail(f"lambd {lambd} is negative")
-        return [_node(ctx, "Less", [x, const("low", -lambd)], "below"),
-                _node(ctx, "Greater", [x, const("high", lambd)], "above"),
-                _node(ctx, "Add", [x, const("bias", bias)], "raised"),
-                _node(ctx, "Sub", [x, const("bias_again", bias)], "lowered"),
-                _node(ctx, "Where", [f"{base}/above", f"{base}/lowered", const("zero", 0.0)], "upper"),
-                _node(ctx, "Where", [f"{base}/below", f"{base}/raised", f"{base}/upper"])]
+        below = w.add("Less", [x, w.const("low", -lambd)], "below")
+        above = w.add("Greater", [x, w.const("high", lambd)], "above")
+        raised = w.add("Add", [x, w.const("bias", bias)], "raised")
+        lowered = w.add("Sub", [x, w.const("bias_again", bias)], "lowered")
+        upper = w.add("Where", [above, lowered, w.const("zero", 0.0)], "upper")
+        w.add("Where", [below, raised, upper])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, register
+from memse_compiler.ir.ops.base import ExpansionWriter, Linearization, OpRule, ParseContext, register
 
 
 def _sample_shape(ctx: ParseContext) -> tuple[int, ...]:
@@ -297,7 +297,7 @@ class CenterCropPadRule(OpRule):
         sizes = [int(v) for v in np.ravel(sizes)]
         if len(sizes) != len(axes):
             raise ctx.fail(f"{len(sizes)} sizes for {len(axes)} axes")
-        x, base, nodes = ctx.node.input[0], ctx.node_name, []
+        x = ctx.node.input[0]
         starts, stops, cropped, pads = [], [], [], [0] * (2 * rank)
         for a, target in zip(axes, sizes):
             if shape[a] == target:
@@ -309,19 +309,15 @@ class CenterCropPadRule(OpRule):
                 starts.append(start), stops.append(start + target), cropped.append(a)
             else:
                 pads[a], pads[rank + a] = (target - shape[a]) // 2, target - shape[a] - (target - shape[a]) // 2
-        out = ctx.node.output[0]
-        padded = any(pads)
+        padded, w = any(pads), ExpansionWriter(ctx)
+        def ints(label, values):
+            return w.const(label, np.array(values, np.int64))
         if cropped:
-            ints = lambda label, v: ctx.new_const(label, np.asarray(v, np.int64))  # noqa: E731
-            nodes.append(onnx.helper.make_node("Slice", [x, ints("starts", starts), ints("stops", stops),
-                                                         ints("axes", cropped)],
-                                               [f"{base}/cropped" if padded else out],
-                                               name=f"{base}/crop" if padded else base))
-            x = nodes[-1].output[0]
-        if padded or not nodes:
-            nodes.append(onnx.helper.make_node("Pad", [x, ctx.new_const("pads", np.asarray(pads, np.int64))], [out],
-                                               name=base, mode="constant"))
-        return nodes
+            x = w.add("Slice", [x, ints("starts", starts), ints("stops", stops), ints("axes", cropped)],
+                      "cropped" if padded else None)
+        if padded or not cropped:
+            w.add("Pad", [x, ints("pads", pads)], mode="constant")
+        return w.nodes
 
 
 @register

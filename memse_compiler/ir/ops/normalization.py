@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from memse_compiler.ir.ops.base import Linearization, OpRule, register
+from memse_compiler.ir.ops.base import ExpansionWriter, Linearization, OpRule, register
 
 
 @register
@@ -167,23 +167,17 @@ class GroupNormRule(OpRule):
             raise ctx.fail("scale and bias must be constants")
         if np.size(scale) != channels or np.size(bias) != channels:
             raise ctx.fail(f"scale and bias must have one value per channel ({channels})")
-        base, x = ctx.node_name, ctx.node.input[0]
+        w = ExpansionWriter(ctx)
         per_channel = (channels,) + (1,) * (len(shape) - 2)
-
-        def const(label, value, dtype=np.float64):
-            return ctx.new_const(label, np.asarray(value, dtype))
-        mk = helper.make_node
-        back = [0] + [int(d) for d in shape[1:]]
-        return [mk("Reshape", [x, const("grouped_shape", [0, groups, -1], np.int64)], [f"{base}/grouped"],
-                   name=f"{base}/group"),
-                mk("LayerNormalization", [f"{base}/grouped", const("ones", np.ones(1))], [f"{base}/normalised"],
-                   name=f"{base}/normalise", axis=2, epsilon=float(ctx.attr("epsilon", 1e-5))),
-                mk("Reshape", [f"{base}/normalised", const("shape", back, np.int64)], [f"{base}/ungrouped"],
-                   name=f"{base}/ungroup"),
-                mk("Mul", [f"{base}/ungrouped", const("scale", np.reshape(scale, per_channel))], [f"{base}/scaled"],
-                   name=f"{base}/scale"),
-                mk("Add", [f"{base}/scaled", const("bias", np.reshape(bias, per_channel))], [ctx.node.output[0]],
-                   name=base)]
+        grouped = w.add("Reshape", [ctx.node.input[0], w.const("grouped_shape", np.array([0, groups, -1], np.int64))],
+                        "grouped")
+        normalised = w.add("LayerNormalization", [grouped, w.const("ones", np.ones(1))], "normalised", axis=2,
+                           epsilon=float(ctx.attr("epsilon", 1e-5)))
+        back = np.array([0] + [int(d) for d in shape[1:]], np.int64)
+        ungrouped = w.add("Reshape", [normalised, w.const("shape", back)], "ungrouped")
+        scaled = w.add("Mul", [ungrouped, w.const("scale", np.reshape(scale, per_channel))], "scaled")
+        w.add("Add", [scaled, w.const("bias", np.reshape(bias, per_channel))])
+        return w.nodes
 
 
 @register
@@ -202,17 +196,14 @@ class MeanVarianceNormRule(OpRule):
                            f"[0, 2, 3])")
         kept = [a for a in range(1, rank) if a not in axes]
         perm = [0] + kept + axes
-        base, x, y = ctx.node_name, ctx.node.input[0], ctx.node.output[0]
-        mk = helper.make_node
         moved = perm != list(range(rank))
-        nodes = [mk("Transpose", [x], [f"{base}/moved"], name=f"{base}/move", perm=perm)] if moved else []
-        nodes.append(mk("LayerNormalization", [f"{base}/moved" if moved else x,
-                                               ctx.new_const("ones", np.ones(1))],
-                        [f"{base}/normalised" if moved else y], name=f"{base}/normalise" if moved else base,
-                        axis=1 + len(kept), epsilon=1e-18))
+        w = ExpansionWriter(ctx)
+        x = w.add("Transpose", [ctx.node.input[0]], "moved", perm=perm) if moved else ctx.node.input[0]
+        normalised = w.add("LayerNormalization", [x, w.const("ones", np.ones(1))], "normalised" if moved else None,
+                           axis=1 + len(kept), epsilon=1e-18)
         if moved:
-            nodes.append(mk("Transpose", [f"{base}/normalised"], [y], name=base, perm=list(np.argsort(perm))))
-        return nodes
+            w.add("Transpose", [normalised], perm=list(np.argsort(perm)))
+        return w.nodes
 
 
 @register
@@ -229,32 +220,19 @@ class LRNRule(OpRule):
         if rank < 3 or size < 1:
             raise ctx.fail(f"needs (N, C, D1, ...) and size >= 1 (rank {rank}, size {size})")
         channels = ctx.shape(0)[1]
-        base, x = ctx.node_name, ctx.node.input[0]
-
-        def const(label, value):
-            return ctx.new_const(label, np.asarray(value))
+        x, w = ctx.node.input[0], ExpansionWriter(ctx)
         lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
         pads = [0] * (2 * rank)
         pads[1], pads[rank + 1] = lo, hi
-        nodes = [helper.make_node("Mul", [x, x], [f"{base}/square"], name=f"{base}/square"),
-                 helper.make_node("Pad", [f"{base}/square", const("pads", np.array(pads, np.int64))],
-                                  [f"{base}/padded"], name=f"{base}/pad")]
-        total, axis = None, const("channel_axis", np.array([1], np.int64))
+        padded = w.add("Pad", [w.add("Mul", [x, x], "square"), w.const("pads", np.array(pads, np.int64))], "padded")
+        total, axis = None, w.const("channel_axis", np.array([1], np.int64))
         for i in range(size):
-            window = [const(f"start{i}", np.array([i], np.int64)), const(f"end{i}", np.array([i + channels], np.int64)),
-                      axis]
-            nodes.append(helper.make_node("Slice", [f"{base}/padded", *window], [f"{base}/shift{i}"],
-                                          name=f"{base}/shift{i}"))
-            if total is not None:
-                nodes.append(helper.make_node("Add", [total, f"{base}/shift{i}"], [f"{base}/sum{i}"],
-                                              name=f"{base}/sum{i}"))
-            total = f"{base}/shift{i}" if total is None else f"{base}/sum{i}"
+            window = [w.const(f"start{i}", np.array([i], np.int64)),
+                      w.const(f"end{i}", np.array([i + channels], np.int64)), axis]
+            shifted = w.add("Slice", [padded, *window], f"shift{i}")
+            total = shifted if total is None else w.add("Add", [total, shifted], f"sum{i}")
         alpha, beta, bias = (float(ctx.attr(k, d)) for k, d in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)))
-        return nodes + [
-            helper.make_node("Mul", [total, const("alpha", np.array(alpha / size))], [f"{base}/scaled"],
-                             name=f"{base}/scale"),
-            helper.make_node("Add", [f"{base}/scaled", const("bias", np.array(bias))], [f"{base}/shifted"],
-                             name=f"{base}/bias"),
-            helper.make_node("Pow", [f"{base}/shifted", const("beta", np.array(beta))], [f"{base}/denominator"],
-                             name=f"{base}/power"),
-            helper.make_node("Div", [x, f"{base}/denominator"], [ctx.node.output[0]], name=base)]
+        scaled = w.add("Mul", [total, w.const("alpha", alpha / size)], "scaled")
+        shifted = w.add("Add", [scaled, w.const("bias", bias)], "shifted")
+        w.add("Div", [x, w.add("Pow", [shifted, w.const("beta", beta)], "denominator")])
+        return w.nodes

@@ -7,7 +7,7 @@ from onnx import helper
 
 from memse_compiler.ir import stats
 from memse_compiler.ir.geometry import Windows
-from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, register
+from memse_compiler.ir.ops.base import ExpansionWriter, Linearization, OpRule, ParseContext, register
 
 PAD_MEAN = -1e100     # stands for -inf in max-pool padding; finite so that Clark's formulas stay exact
 
@@ -214,16 +214,11 @@ class LpPoolRule(OpRule):
         if int(ctx.attr("ceil_mode", 0)):
             raise ctx.fail("ceil_mode=1 is not supported")
         kernel = [int(k) for k in ctx.attr("kernel_shape")]
-        base, x = ctx.node_name, ctx.node.input[0]
+        x, w = ctx.node.input[0], ExpansionWriter(ctx)
         window = {k: ctx.attr(k) for k in ("strides", "pads", "dilations", "auto_pad") if ctx.attr(k) is not None}
-        mk = helper.make_node
-        nodes = [mk("Mul", [x, x], [f"{base}/power"], name=f"{base}/power") if p == 2 else
-                 mk("Abs", [x], [f"{base}/power"], name=f"{base}/power"),
-                 mk("AveragePool", [f"{base}/power"], [f"{base}/mean"], name=f"{base}/pool", kernel_shape=kernel,
-                    count_include_pad=1, **window)]
-        total = ctx.node.output[0] if p == 1 else f"{base}/sum"
-        nodes.append(mk("Mul", [f"{base}/mean", ctx.new_const("window", np.array(float(np.prod(kernel))))], [total],
-                        name=base if p == 1 else f"{base}/sum"))
+        power = w.add("Mul", [x, x], "power") if p == 2 else w.add("Abs", [x], "power")
+        mean = w.add("AveragePool", [power], "mean", kernel_shape=kernel, count_include_pad=1, **window)
+        total = w.add("Mul", [mean, w.const("window", float(np.prod(kernel)))], "sum" if p == 2 else None)
         if p == 2:
-            nodes.append(mk("Sqrt", [total], [ctx.node.output[0]], name=base))
-        return nodes
+            w.add("Sqrt", [total])
+        return w.nodes

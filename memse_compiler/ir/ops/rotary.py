@@ -15,25 +15,15 @@ evaluated first (load_expansion.probed_values): their cos and sin rows become co
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
 
-from memse_compiler.ir.ops.base import OpRule, ParseContext, register
+from memse_compiler.ir.ops.base import ExpansionWriter, OpRule, ParseContext, register
 
 X, COS, SIN, POSITIONS = range(4)
 
 
-class _Writer:
-    def __init__(self, ctx: ParseContext):
-        self.ctx, self.nodes = ctx, []
-
-    def add(self, op: str, inputs: list[str], label: str | None, **attrs) -> str:
-        out = self.ctx.node.output[0] if label is None else f"{self.ctx.node_name}/{label}"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=self.ctx.node_name if label is None else out,
-                                           **attrs))
-        return out
-
+class _Writer(ExpansionWriter):
     def ints(self, label: str, values) -> str:
-        return self.ctx.new_const(label, np.asarray(values, np.int64))
+        return self.const(label, np.asarray(values, np.int64))
 
     def features(self, x: str, start: int, stop: int, label: str, step: int = 1) -> str:
         """x[..., start:stop:step]"""

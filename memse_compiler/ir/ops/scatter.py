@@ -18,9 +18,8 @@ Refused in one line: indices computed from the data's values, a reduction other 
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
 
-from memse_compiler.ir.ops.base import OpRule, ParseContext, register
+from memse_compiler.ir.ops.base import ExpansionWriter, OpRule, ParseContext, register
 
 
 def _known_shape(ctx: ParseContext, i: int, what: str) -> tuple:
@@ -80,24 +79,16 @@ def _no_reduction(ctx: ParseContext) -> None:
         raise ctx.fail(f"reduction '{reduction}' is not supported (only none: a write, not an accumulation)")
 
 
-class _Writer:
-    """The nodes of one expansion, named `<node>/<label>`; the last writes the node's output."""
-
-    def __init__(self, ctx: ParseContext):
-        self.ctx, self.nodes = ctx, []
-
-    def add(self, op: str, inputs: list[str], label: str, last: bool = False, **attrs) -> str:
-        out = self.ctx.node.output[0] if last else f"{self.ctx.node_name}/{label}"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=self.ctx.node_name if last else out, **attrs))
-        return out
+class _Writer(ExpansionWriter):
+    """With the two ops every expansion here writes; `last`: the node's own output."""
 
     def reshape(self, x: str, target: list[int], label: str, last: bool = False) -> str:
-        return self.add("Reshape", [x, self.ctx.new_const(f"{label}_shape", np.array(target, np.int64))], label,
-                        last)
+        return self.add("Reshape", [x, self.const(f"{label}_shape", np.array(target, np.int64))],
+                        None if last else label)
 
     def gather(self, x: str, positions: np.ndarray, axis: int, last: bool) -> str:
-        return self.add("Gather", [x, self.ctx.new_const("positions", positions.astype(np.int64))], "gathered",
-                        last, axis=axis)
+        return self.add("Gather", [x, self.const("positions", positions.astype(np.int64))],
+                        None if last else "gathered", axis=axis)
 
 
 class _IndexedRule(OpRule):
@@ -182,7 +173,7 @@ def _where_into_constant(ctx: ParseContext, w: _Writer, mask: np.ndarray, picked
     """Where(mask, picked, data) for a constant data input (written as its own constant: the one the model
     computes may follow the batch, which only broadcasting takes)."""
     data = ctx.new_const("data", np.asarray(ctx.const(0), np.float64))
-    w.add("Where", [ctx.new_const("mask", mask.reshape(shape)), picked, data], "written", last=True)
+    w.add("Where", [ctx.new_const("mask", mask.reshape(shape)), picked, data])
     return w.nodes
 
 
@@ -193,7 +184,7 @@ def _rows_written(ctx: ParseContext, w: _Writer, targets: np.ndarray, rows: np.n
     mask, written = np.zeros(count, bool), np.zeros((count,) + rest)
     mask[targets], written[targets] = True, rows
     w.add("Where", [ctx.new_const("mask", mask.reshape(lead + (1,) * len(rest))),
-                    ctx.new_const("written", written.reshape(lead + rest)), ctx.node.input[0]], "written", last=True)
+                    ctx.new_const("written", written.reshape(lead + rest)), ctx.node.input[0]])
     return w.nodes
 
 
