@@ -18,6 +18,7 @@ from memse_compiler.batch_layout import BatchFirstRewriter
 from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.feeds import input_dtype, probe_input
 from memse_compiler.ir.ops.base import node_attribute
+from memse_compiler.opset_upgrade import live_nodes
 
 
 PROBE_BATCH = 3        # the dynamic export's batch for the layout probe
@@ -124,13 +125,7 @@ def _assemble(rewriter: BatchFirstRewriter) -> onnx.ModelProto:
                                   f"(axis {lay.axis} of {list(lay.shape)})")
         if rewriter.names.get(o.name, o.name) != o.name:
             nodes.append(helper.make_node("Identity", [rewriter.names[o.name]], [o.name], name=f"{o.name}/output"))
-    live = {o.name for o in g.output}
-    kept = []
-    for node in reversed(nodes):             # drop what nothing reads any more (Shape arithmetic, mostly)
-        if any(o in live for o in node.output):
-            kept.append(node)
-            live.update(node.input)
-    kept.reverse()
+    kept = live_nodes(nodes, {o.name for o in g.output})     # drop what nothing reads any more
     produced = {t.name for t in g.initializer} | {t.name for t in rewriter.inits} | {vi.name for vi in g.input}
     for node in kept:
         for t in node.input:

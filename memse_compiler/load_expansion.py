@@ -20,7 +20,7 @@ from memse_compiler.batch_broadcasts import BATCH_PROBES
 from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.ops import rule_for
 from memse_compiler.ir.ops.base import ParseContext
-from memse_compiler.opset_upgrade import constant_tensors, default_opset, with_nodes
+from memse_compiler.opset_upgrade import constant_tensors, default_opset, live_nodes, with_nodes
 
 
 def _expanded_here(node: onnx.NodeProto, probing: bool) -> bool:
@@ -96,16 +96,6 @@ def probed_values(model: onnx.ModelProto, wanted: set[str], types: dict, label: 
     return consts, shapes, batch_axes
 
 
-def _live(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
-    """`nodes` without those whose outputs nothing reads (the Shape arithmetic of indices now constants)."""
-    live, kept = set(outputs), []
-    for node in reversed(nodes):
-        if any(o in live for o in node.output):
-            kept.append(node)
-            live.update(node.input)
-    return kept[::-1]
-
-
 def _shapes(graph: onnx.GraphProto) -> tuple[dict[str, tuple], dict[str, int]]:
     """Static shapes (None for a symbolic size) and elem types of the typed tensors."""
     shapes, types = {}, {}
@@ -160,5 +150,5 @@ def _expand(model: onnx.ModelProto, label: str, probing: bool) -> onnx.ModelProt
                                                  name))
     expanded = ", ".join(sorted({graph.node[i].op_type for i in targets}))
     if probing:
-        nodes = _live(nodes, {o.name for o in graph.output})
+        nodes = live_nodes(nodes, {o.name for o in graph.output})      # the indices' Shape arithmetic
     return with_nodes(model, nodes, inits, label, f"expanding {expanded}")

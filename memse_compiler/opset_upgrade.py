@@ -34,6 +34,17 @@ def _nearest_downsampling(node: onnx.NodeProto, values: dict[str, onnx.TensorPro
     return scales is None or bool(np.min(numpy_helper.to_array(scales)) < 1)
 
 
+def live_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """`nodes` (in order) without those whose outputs nothing reads on the way to `outputs` (a rewrite's leftover
+    Shape arithmetic, mostly)."""
+    live, kept = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in live for o in node.output):
+            kept.append(node)
+            live.update(node.input)
+    return kept[::-1]
+
+
 def with_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], label: str,
                doing: str) -> onnx.ModelProto:
     """`model` with `nodes` as its nodes and `inits` added (a load-time rewrite's result): initializers nothing
