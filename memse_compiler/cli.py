@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "several data inputs needs the .npz); default: a synthetic batch uniform on "
                                     "[0, 1) for each input")
     p.add_argument("--labels", help="the evaluation inputs' classes (.npy of ints): float and chip accuracy of a "
-                                     "(batch, classes) output, by analysis and Monte-Carlo")
+                                     "(batch, classes) output, by analysis and Monte-Carlo; per position, (batch, "
+                                     "H, W) of (batch, classes, H, W) or (batch, T) of (batch, T, classes)")
     p.add_argument("--batch", type=int, default=None,
                    help="number of evaluation inputs (synthetic batch size, default 64; or the first N of --inputs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs and of Monte-Carlo")

@@ -5,8 +5,8 @@ answered for the scores it reads: how often the chip's top class is the float mo
 at load an ArgMax over the class axis of a classifier-shaped signal ((batch, classes), per token (batch, tokens,
 classes), per pixel (batch, classes, H, W)), whose index is a graph output that nothing else reads, is taken off:
 the graph outputs its scores instead (analysed, simulated, and given their top-1 agreement over the ArgMax's axis
-and, with labels, accuracy), and `g.graph["decisions"]` records which output decided what (`g.graph["class_axes"]`
-the axis). Any other ArgMax on a signal the crossbars compute stays refused.
+and, with labels, accuracy), and `g.graph["decisions"]` records which output decided what, over which axis. Any
+other ArgMax on a signal the crossbars compute stays refused.
 """
 from __future__ import annotations
 

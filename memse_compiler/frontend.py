@@ -339,7 +339,6 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     g.tensors.update(shapes)
     if decisions:
         g.graph["decisions"] = decisions
-        g.graph["class_axes"] = {d["of"]: d["axis"] for d in decisions.values()}
     producers = {}
     for vi in data_inputs:
         g.add_node(f"input:{vi.name}", op="Input", kind=KIND_INPUT, inputs=[], outputs=[vi.name])

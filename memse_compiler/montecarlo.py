@@ -21,7 +21,7 @@ from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.feeds import Inputs, feed_batch, graph_feed, reference_feed, same_feed
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.interpret import run as interpret
-from passes.agreement import instance_shape, output_class_axis
+from passes.agreement import output_class_axis, scores_labels
 
 Z95 = 1.96
 PIPELINE_MIN_S = 3e-4      # a run (session run) and its draw + record must both take longer for the pipeline
@@ -163,8 +163,7 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
     agreement: dict[str, list[float]] = {o: [] for o in tops}
     # and, given the classes of the compiled inputs (g.graph["labels"]) and those inputs, the fraction right
     labels = g.graph.get("labels") if ref is g.graph.get("reference") else None
-    scored = {o for o in tops if labels is not None and labels.shape == instance_shape(np.shape(ref[o]), class_axes[o])
-              and labels.max() < np.shape(ref[o])[class_axes[o]]}
+    scored = {o for o in tops if scores_labels(labels, np.shape(ref[o]), class_axes[o])}
     accuracy: dict[str, list[float]] = {o: [] for o in scored}
     sums = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
     sums2 = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}

@@ -53,7 +53,7 @@ def output_class_axis(g: MemseGraph, out: str) -> int | None:
     for a 3-D output that a convolution computes (a frame classifier, (batch, classes, frames): Conv1d's layout), 1;
     else by its shape (`class_axis`). None: not classifier-shaped."""
     shape = tuple(g.tensors.get(out) or np.shape(g.graph.get("reference", {}).get(out, ())))
-    axis = g.graph.get("class_axes", {}).get(out)
+    axis = next((d["axis"] for d in g.graph.get("decisions", {}).values() if d["of"] == out), None)
     if axis is None and len(shape) == 3 and _computed_by_conv(g, out):
         axis = 1
     if axis is None:
@@ -80,6 +80,12 @@ def _computed_by_conv(g: MemseGraph, tensor: str, steps: int = 8) -> bool:
 def instance_shape(shape: tuple, axis: int) -> tuple:
     """(batch, *positions): a classifier output's shape without its class axis (the labels' shape)."""
     return tuple(shape[:axis]) + tuple(shape[axis + 1:])
+
+
+def scores_labels(labels: np.ndarray | None, shape: tuple, axis: int) -> bool:
+    """Whether `labels` are classes of an output of `shape` (classes on `axis`): one per sample and position, within
+    range (checked_labels refuses labels that fit no output; another output may not take them)."""
+    return labels is not None and labels.shape == instance_shape(shape, axis) and labels.max() < shape[axis]
 
 
 def instances(a: np.ndarray, axis: int) -> np.ndarray:
@@ -116,15 +122,13 @@ def competitors(mean: np.ndarray, var: np.ndarray, top: np.ndarray, count: int) 
     return np.argsort(z, axis=1, kind="stable")[:, :count]
 
 
-def margin_covariances(g: MemseGraph, out: str, top: np.ndarray, var: np.ndarray, rng: np.random.Generator,
-                       swept: int = SWEPT, budget: int | None = None) -> np.ndarray:
+def margin_covariances(g: MemseGraph, out: str, axis: int, top: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                       rng: np.random.Generator, swept: int = SWEPT, budget: int | None = None) -> np.ndarray:
     """Cov(y_top, y_j) per instance (N, P, C) for the `swept` most threatening competitors (0 elsewhere): one
     backward sweep of the sensitivity pass per competitor rank and swept position, seeded with e_top - e_j there
     per sample; positions past the sweep budget (POSITION_SWEEPS by default) by correlation (`_transferred`).
-    top (N, P), var (N, P, C)."""
+    `out`'s classes on `axis`; top (N, P), mean and var (N, P, C) its instances."""
     from passes.sensitivity import chip_backward, spread_per_sample
-    axis = output_class_axis(g, out)
-    mean = instances(g.graph["moments"][out][0], axis)
     shape = np.shape(g.graph["moments"][out][0])
     n, positions, c = var.shape
     rows = np.arange(n)
@@ -224,15 +228,15 @@ class Top1Agreement(Pass):
             entry = g.graph["analysis"]["outputs"][out]
             top = np.argmax(reference, axis=-1)
             targets = {"top1_agreement": top}
-            if labels is not None and labels.shape == instance_shape(g.graph["reference"][out].shape, axis) and \
-                    labels.max() < reference.shape[-1]:
+            if scores_labels(labels, g.graph["reference"][out].shape, axis):
                 classes = labels.reshape(top.shape)
                 entry["accuracy_float"] = float(np.mean(top == classes))
                 targets["accuracy"] = classes
             state = g.graph.setdefault("agreement", {})[out] = {}
             mean, var = (instances(a, axis) for a in g.graph["moments"][out][:2])
             for key, classes in targets.items():
-                cov = margin_covariances(g, out, classes, var, rng, swept, budget) if swept else np.zeros_like(var)
+                cov = (margin_covariances(g, out, axis, classes, mean, var, rng, swept, budget) if swept
+                       else np.zeros_like(var))
                 entry[key] = _agreement(mean, var, cov, classes)
                 state[key] = (classes, cov)     # for agreement_at: another device point, from the closed form
         timing = g.graph.setdefault("timing", {})

@@ -56,6 +56,15 @@ def test_noiseless_chip_keeps_every_class():
     assert entry["accuracy"] == pytest.approx(entry["accuracy_float"], abs=1e-12)
 
 
+def assert_agrees_with_monte_carlo(entry: dict, mc: dict) -> None:
+    """The analysis' kept fraction and chip accuracy against the executor's: the rate of changed classes (of wrong
+    answers beyond the float model's) within 15 % of the measured one, plus the Monte-Carlo's CI."""
+    for key in ("top1_agreement", "accuracy"):
+        lo, hi = mc[f"{key}_ci95"]
+        ref_error = 1 - mc[key] if key == "top1_agreement" else entry["accuracy_float"] - mc[key]
+        assert abs(entry[key] - mc[key]) <= 0.15 * ref_error + (hi - lo) / 2, (key, entry[key], mc[key], lo, hi)
+
+
 @pytest.mark.parametrize("name,sigma", [("mlp", 4e-6), ("cnn", 4e-6), ("rescnn", 6e-6)])
 def test_agreement_and_accuracy_against_monte_carlo(name, sigma):
     """The expected fraction of samples that keep their class (and that are right) against the executor's, chip by
@@ -64,10 +73,7 @@ def test_agreement_and_accuracy_against_monte_carlo(name, sigma):
     g, _ = compile_model(str(EXAMPLES / f"{name}_digits.onnx"), dev, X, labels=LABELS)
     entry = g.graph["analysis"]["outputs"]["logits"]
     mc = run_montecarlo(g, dev, X, chips=400, seed=2, progress=False, signals=[])["outputs"]["logits"]
-    for key in ("top1_agreement", "accuracy"):
-        lo, hi = mc[f"{key}_ci95"]
-        ref_error = 1 - mc[key] if key == "top1_agreement" else entry["accuracy_float"] - mc[key]
-        assert abs(entry[key] - mc[key]) <= 0.15 * ref_error + (hi - lo) / 2, (key, entry[key], mc[key], lo, hi)
+    assert_agrees_with_monte_carlo(entry, mc)
     assert entry["accuracy_float"] == pytest.approx(np.mean(np.argmax(g.graph["reference"]["logits"], 1) == LABELS))
 
 
@@ -194,10 +200,7 @@ def test_per_position_agreement_and_accuracy_against_monte_carlo(name):
     g, _ = compile_model(str(EXAMPLES / f"{name}_digits.onnx"), dev, X, labels=labels)
     entry = g.graph["analysis"]["outputs"]["logits"]
     mc = run_montecarlo(g, dev, X, chips=200, seed=2, progress=False, signals=[])["outputs"]["logits"]
-    for key in ("top1_agreement", "accuracy"):
-        lo, hi = mc[f"{key}_ci95"]
-        ref_error = 1 - mc[key] if key == "top1_agreement" else entry["accuracy_float"] - mc[key]
-        assert abs(entry[key] - mc[key]) <= 0.15 * ref_error + (hi - lo) / 2, (key, entry[key], mc[key], lo, hi)
+    assert_agrees_with_monte_carlo(entry, mc)
     axis = 1 if name == "seg" else 2
     assert entry["accuracy_float"] == pytest.approx(np.mean(g.graph["reference"]["logits"].argmax(axis) == labels))
 
