@@ -7,7 +7,7 @@ from memse_compiler.cli import EXTENSIONS, Extension
 
 
 class AnalysisExtension(Extension):
-    """--mode and --explain (closed form and its validity)."""
+    """--mode, --probes, --topk and --explain (closed form and its validity)."""
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         from passes.moments import DEFAULT_MODE, MODES
@@ -19,6 +19,10 @@ class AnalysisExtension(Extension):
                        help="probe budget for outputs with more than 64 elements per sample (default 16, up "
                             "to 8x that on outputs with few sample x channel blocks; 4 on models above 1e9 MACs); "
                             "conv outputs whose positions fit get one probe per position")
+        p.add_argument("--topk", type=int, metavar="K",
+                       help="also the top-K agreement (the float class stays among the chip's K best) and, with "
+                            "--labels, top-K accuracy of classifier outputs, by analysis and Monte-Carlo (an output "
+                            "TopK brings its own K)")
         p.add_argument("--explain", action="store_true",
                        help="print the closed form of the output MSE in the device parameters and check it "
                             "against the full analysis at a few other device points")
@@ -30,6 +34,10 @@ class AnalysisExtension(Extension):
             if args.probes < 1:
                 raise MemseInputError(f"--probes must be at least 1, got {args.probes}")
             options["probes"] = args.probes
+        if args.topk is not None:
+            if args.topk < 2:
+                raise MemseInputError(f"--topk must be at least 2 (top-1 is always reported), got {args.topk}")
+            options["topk"] = args.topk
 
     def after_compile(self, args, g, ctx) -> None:
         if args.explain and not args.no_analysis and g.graph.get("closed_form"):

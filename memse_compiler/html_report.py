@@ -69,12 +69,12 @@ def _outputs(report: dict) -> str:
 
 
 def _agreement(report: dict) -> str:
-    """Top-1 agreement and accuracy of the classifier-shaped outputs (report.agreement_rows), if any."""
+    """Top-1 (and top-k) agreement and accuracy of the classifier-shaped outputs (report.agreement_rows), if any."""
     from memse_compiler.report import agreement_rows, decision_lines
-    cols, rows = agreement_rows(report)
+    tables = "".join(_table(cols, [[_e(v) for v in r] for r in rows])
+                     for cols, rows in (agreement_rows(report), agreement_rows(report, topk=True)) if rows)
     decided = "".join(f"<p>{_e(line)}.</p>" for line in decision_lines(report))
-    return ("<p>Classes a noisy chip keeps, and accuracy on the labels given:</p>" +
-            _table(cols, [[_e(v) for v in r] for r in rows]) + decided) if rows else ""
+    return ("<p>Classes a noisy chip keeps, and accuracy on the labels given:</p>" + tables + decided) if tables else ""
 
 
 def _layers(report: dict) -> str:

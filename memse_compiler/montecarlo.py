@@ -21,7 +21,7 @@ from memse_compiler.ir import MemseGraph
 from memse_compiler.ir.feeds import Inputs, feed_batch, graph_feed, reference_feed, same_feed
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.interpret import run as interpret
-from passes.agreement import output_class_axis, scores_labels
+from passes.agreement import beaten, output_class_axis, output_topk, scores_labels
 
 Z95 = 1.96
 PIPELINE_MIN_S = 3e-4      # a run (session run) and its draw + record must both take longer for the pipeline
@@ -116,7 +116,8 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
     executor: a NoisyExecutor to reuse (default: built here, onnxruntime on all cores but one).
     Returns {"chips", "outputs": {name: {"mse", "ci95", "bias2", "variance"[, "top1_agreement",
     "top1_agreement_ci95"] (classifier-shaped outputs, passes/agreement.py)[, "accuracy", "accuracy_ci95"]
-    (with g.graph["labels"])}}, "layers": {name: mse},
+    (with g.graph["labels"])[, "topk", "topk_agreement", "topk_agreement_ci95"[, "topk_accuracy",
+    "topk_accuracy_ci95"]] (with a k: passes/agreement.output_topk)}}, "layers": {name: mse},
     "signals": {tensor: {"mse", "ci95"}}, "mc_s", "seed", "precision"}.
     """
     t0 = time.perf_counter()
@@ -165,6 +166,10 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
     labels = g.graph.get("labels") if ref is g.graph.get("reference") else None
     scored = {o for o in tops if scores_labels(labels, np.shape(ref[o]), class_axes[o])}
     accuracy: dict[str, list[float]] = {o: [] for o in scored}
+    # and with a k (an output TopK's, or the topk option): the fractions whose float class (label) stays in the top k
+    topk = {o: k for o in tops if (k := output_topk(g, o))}
+    topk_agreement: dict[str, list[float]] = {o: [] for o in topk}
+    topk_accuracy: dict[str, list[float]] = {o: [] for o in topk if o in scored}
     sums = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
     sums2 = {o: np.zeros_like(ref[o], dtype=np.float64) for o in outputs}
     def converged(count: int) -> bool:
@@ -219,6 +224,12 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
                 agreement[o].extend((classes == tops[o]).mean(axis=chips_axes).tolist())
                 if o in scored:
                     accuracy[o].extend((classes == labels).mean(axis=chips_axes).tolist())
+                if o in topk:
+                    scores = np.moveaxis(y, 1 + class_axes[o], -1)              # (chips, *positions, classes)
+                    for fractions, target in ((topk_agreement, tops[o]), (topk_accuracy, labels)):
+                        if o in fractions:
+                            within = beaten(scores, np.broadcast_to(target, scores.shape[:-1])) < topk[o]
+                            fractions[o].extend(within.mean(axis=chips_axes).tolist())
             y = y.astype(np.float64)
             sums[o] += y.sum(axis=0)
             sums2[o] += np.square(y).sum(axis=0)
@@ -296,6 +307,10 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
         if o in scored:
             m, ci, _ = _ci(np.asarray(accuracy[o]))
             result["outputs"][o].update(accuracy=m, accuracy_ci95=ci)
+        for key, fractions in (("topk_agreement", topk_agreement), ("topk_accuracy", topk_accuracy)):
+            if o in fractions:
+                m, ci, _ = _ci(np.asarray(fractions[o]))
+                result["outputs"][o].update({"topk": topk[o], key: m, f"{key}_ci95": ci})
     result["layers"] = {name: result["signals"][t]["mse"] for name, t in layer_out.items()}
     result["mc_s"] = time.perf_counter() - t0
     g.graph["montecarlo"] = result

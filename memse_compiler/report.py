@@ -56,7 +56,7 @@ def build_report(g: MemseGraph) -> dict[str, Any]:
         outputs[name] = {"mse": a.get("mse"), "bias2": a.get("bias2"), "variance": a.get("variance"),
                          "mc_mse": m.get("mse"), "mc_ci95": m.get("ci95"),
                          **{k: v for k, v in a.items() if k not in ("mse", "bias2", "variance")}}
-        for key in ("top1_agreement", "accuracy"):
+        for key in ("top1_agreement", "accuracy", "topk_agreement", "topk_accuracy"):
             if key in m:
                 outputs[name].update({f"mc_{key}": m[key], f"mc_{key}_ci95": m[f"{key}_ci95"]})
     timing = g.graph.get("timing", {})
@@ -83,9 +83,11 @@ def build_report(g: MemseGraph) -> dict[str, Any]:
 
 
 def decision_lines(report: dict) -> list[str]:
-    """One line per ArgMax output taken off at load (memse_compiler/decisions.py): what the report shows for it."""
-    return [f"output '{name}' is the ArgMax of '{d['of']}' over its classes: the chip's decision is that output's "
-            f"top-1 agreement" for name, d in report.get("decisions", {}).items()]
+    """One line per decision output taken off at load (memse_compiler/decisions.py): what the report shows for it."""
+    def shown(d: dict) -> str:
+        return f"top-{d['k']} agreement" if d["op"] == "TopK" and d["k"] > 1 else "top-1 agreement"
+    return [f"output '{name}' is the {d['op']} of '{d['of']}' over its classes: the chip's decision is that output's "
+            f"{shown(d)}" for name, d in report.get("decisions", {}).items()]
 
 
 def write_report(report: dict, path: str) -> None:
@@ -130,33 +132,38 @@ def outputs_table(report: dict) -> str:
     return _table(cols, rows)
 
 
-def agreement_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+def agreement_rows(report: dict, topk: bool = False) -> tuple[list[str], list[list[str]]]:
     """Classifier-shaped outputs (passes/agreement.py): the fraction of samples whose top-1 class a noisy chip keeps
-    and, with labels, the float and the chip accuracy; analysis and Monte-Carlo. (columns, rows); no rows when no
-    output has one."""
+    and, with labels, the float and the chip accuracy; analysis and Monte-Carlo. `topk`: the same for the outputs
+    with a k (the float class kept among the chip's top k; the label among the top k). (columns, rows); no rows when
+    no output has one."""
     def pct(v):
         return "-" if v is None else f"{100 * v:.2f}%"
 
     def ci(v):
         return "-" if not v else f"[{100 * v[0]:.2f}%, {100 * v[1]:.2f}%]"
-    rows, labelled = [], any(o.get("accuracy") is not None for o in report["outputs"].values())
+    kept, accuracy = ("topk_agreement", "topk_accuracy") if topk else ("top1_agreement", "accuracy")
+    rows, labelled = [], any(o.get(accuracy) is not None for o in report["outputs"].values())
     for name, o in report["outputs"].items():
-        if o.get("top1_agreement") is None:
+        if o.get(kept) is None:
             continue
-        row = [name, pct(o["top1_agreement"]), pct(o.get("mc_top1_agreement")), ci(o.get("mc_top1_agreement_ci95"))]
+        row = [name] + ([str(o["topk"])] if topk else []) + \
+            [pct(o[kept]), pct(o.get(f"mc_{kept}")), ci(o.get(f"mc_{kept}_ci95"))]
         if labelled:
-            row += [pct(o.get("accuracy_float")), pct(o.get("accuracy")), pct(o.get("mc_accuracy")),
-                    ci(o.get("mc_accuracy_ci95"))]
+            row += [pct(o.get(f"{accuracy}_float")), pct(o.get(accuracy)), pct(o.get(f"mc_{accuracy}")),
+                    ci(o.get(f"mc_{accuracy}_ci95"))]
         rows.append(row)
-    cols = ["output", "top-1 kept", "mc_top-1 kept", "mc_ci95"] + \
-        (["float acc", "chip acc", "mc_chip acc", "mc_ci95"] if labelled else [])
+    what = "top-k" if topk else "top-1"
+    cols = ["output"] + (["k"] if topk else []) + [f"{what} kept", f"mc_{what} kept", "mc_ci95"] + \
+        ([f"float {what} acc", f"chip {what} acc", f"mc_chip {what} acc", "mc_ci95"] if topk and labelled else
+         ["float acc", "chip acc", "mc_chip acc", "mc_ci95"] if labelled else [])
     return cols, rows
 
 
 def agreement_table(report: dict) -> str:
-    """`agreement_rows` as a text table ("" when there are none)."""
-    cols, rows = agreement_rows(report)
-    return _table(cols, rows) if rows else ""
+    """`agreement_rows` as text tables, top-1 then top-k ("" when there are none)."""
+    tables = [_table(*table) for table in (agreement_rows(report), agreement_rows(report, topk=True)) if table[1]]
+    return "\n\n".join(tables)
 
 
 def _table(cols: list[str], rows: list[list[str]]) -> str:

@@ -19,8 +19,11 @@ position of every sample: per-position outputs get at most POSITION_SWEEPS, over
 take the correlation Corr(y_k, y_j) the swept ones show on average for their pair of classes (k, j). The option
 `agreement: False` skips the pass. The mean over samples is `top1_agreement` of the output's
 analysis entry; the Monte-Carlo executor measures the same fraction chip by chip (montecarlo.py). With labels the
-same integral over P(argmax = label) gives `accuracy`. `agreement_at` evaluates both at another device point from
-the closed form (the covariances kept from here, scaled).
+same integral over P(argmax = label) gives `accuracy`. Top-k (an output TopK's k, or the `topk` option): the class
+stays among the chip's top k when fewer than k others beat it; given y_k they do independently, each with
+probability 1 - Phi(...) above, so the count is Poisson-binomial (`fewer_than`), under the same quadrature.
+`agreement_at` evaluates them all at another device point from the closed form (the covariances kept from here,
+scaled).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import time
 import numpy as np
 
 from memse_compiler.ir import MemseGraph, schedule
+from memse_compiler.ir.errors import MemseInputError
 from memse_compiler.ir.geometry import ConvGeometry
 from memse_compiler.ir.pass_base import Pass, PassContext
 from memse_compiler.ir.stats import norm_cdf
@@ -100,18 +104,45 @@ def from_instances(a: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
     return np.moveaxis(a.reshape(moved), -1, axis)
 
 
-def keep_probability(mean: np.ndarray, var: np.ndarray, cov_top: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """P(argmax stays `top[n]`) per sample under the one-factor model: mean, var, cov_top (N, C), cov_top[n, j] =
-    Cov(y_top, y_j) (its entry at the top class is ignored)."""
+def keep_probability(mean: np.ndarray, var: np.ndarray, cov_top: np.ndarray, top: np.ndarray, k: int = 1) -> np.ndarray:
+    """P(`top[n]` stays among the chip's k highest classes) per sample under the one-factor model (k = 1: stays its
+    argmax): mean, var, cov_top (N, C), cov_top[n, j] = Cov(y_top, y_j) (its entry at the top class is ignored).
+    Given y_top, each other class beats it independently with probability q_j; the top stays when fewer than k do."""
     rows = np.arange(len(mean))
     mu_k, v_k = mean[rows, top][:, None], np.maximum(var[rows, top], TINY)[:, None]
     beta = cov_top / v_k                                                   # regression of y_j on y_k
     spread = np.sqrt(np.maximum(var - cov_top ** 2 / v_k, TINY))           # conditional std of y_j
     y_k = mu_k + np.sqrt(v_k) * NODES[None, :]                              # (N, Z)
     cond_mean = mean[:, None, :] + beta[:, None, :] * (y_k - mu_k)[:, :, None]
-    p = norm_cdf((y_k[:, :, None] - cond_mean) / spread[:, None, :])        # (N, Z, C)
-    p[rows, :, top] = 1.0
-    return p.prod(axis=2) @ WEIGHTS
+    z = (y_k[:, :, None] - cond_mean) / spread[:, None, :]                 # (N, Z, C)
+    if k == 1:
+        p = norm_cdf(z)
+        p[rows, :, top] = 1.0
+        return p.prod(axis=2) @ WEIGHTS
+    q = norm_cdf(-z)                                                        # P(y_j > y_top | y_top)
+    q[rows, :, top] = 0.0
+    return fewer_than(q, k) @ WEIGHTS
+
+
+def fewer_than(q: np.ndarray, k: int) -> np.ndarray:
+    """P(fewer than k of independent events happen), their probabilities q (..., C) on the last axis: the
+    coefficients below z^k of prod_j (1 - q_j + q_j z) (a Poisson-binomial law), multiplied pairwise in a tree of
+    log2(C) array products, each truncated at degree k - 1."""
+    poly = np.zeros(q.shape + (k,))
+    poly[..., 0] = 1.0 - q
+    if k > 1:
+        poly[..., 1] = q
+    while poly.shape[-2] > 1:
+        if poly.shape[-2] % 2:                     # an odd factor out: pair it with the constant polynomial 1
+            one = np.zeros(poly.shape[:-2] + (1, k))
+            one[..., 0] = 1.0
+            poly = np.concatenate([poly, one], axis=-2)
+        a, b = poly[..., 0::2, :], poly[..., 1::2, :]
+        product = np.zeros(a.shape)
+        for i in range(k):                         # degree i of a times every degree of b that stays below k
+            product[..., i:] += a[..., i:i + 1] * b[..., : k - i]
+        poly = product
+    return poly[..., 0, :].sum(axis=-1)
 
 
 def competitors(mean: np.ndarray, var: np.ndarray, top: np.ndarray, count: int) -> np.ndarray:
@@ -175,7 +206,7 @@ def _transferred(cov: np.ndarray, var: np.ndarray, top: np.ndarray, chosen: np.n
 
 
 def agreement_at(g: MemseGraph, out: str, **point) -> dict[str, float]:
-    """`top1_agreement` (and `accuracy`, with labels) of `out` at another device point, in microseconds: the
+    """`top1_agreement` (and `accuracy`, with labels; and the top-k ones, with a k) of `out` at another device point, in microseconds: the
     logits' variances and covariances scaled by the output variance of the closed form there (passes/closed_form.py;
     `point` as its `terms` takes it: sigma_v, sigma_r_v, levels_v, adc_bits, dac_bits, g_ranges) over the one at
     the compiled point, and their mean error (from the float logits) by the square root of its mean_shift term's
@@ -190,28 +221,68 @@ def agreement_at(g: MemseGraph, out: str, **point) -> dict[str, float]:
     mean, var = (instances(a, axis) for a in g.graph["moments"][out][:2])
     reference = instances(g.graph["reference"][out], axis)
     mean = reference + shift * (mean - reference)
-    return {key: _agreement(mean, ratio * var, ratio * cov, classes)
-            for key, (classes, cov) in g.graph["agreement"][out].items()}
+    return {key: _agreement(mean, ratio * var, ratio * cov, classes, k)
+            for key, (classes, cov, k) in g.graph["agreement"][out].items()}
 
 
-def _agreement(mean: np.ndarray, var: np.ndarray, cov: np.ndarray, classes: np.ndarray) -> float:
-    """The mean over instances of P(argmax = classes); arrays (N, P, C), classes (N, P)."""
+# elements of one (instances, nodes, classes[, k]) block of `keep_probability`: a per-pixel output has many instances
+CHUNK = 1 << 22
+
+
+def _agreement(mean: np.ndarray, var: np.ndarray, cov: np.ndarray, classes: np.ndarray, k: int = 1) -> float:
+    """The mean over instances of P(classes among the chip's top k); arrays (N, P, C), classes (N, P)."""
     c = mean.shape[-1]
-    return float(keep_probability(mean.reshape(-1, c), var.reshape(-1, c), cov.reshape(-1, c),
-                                  classes.reshape(-1)).mean())
+    flat, targets = [a.reshape(-1, c) for a in (mean, var, cov)], classes.reshape(-1)
+    step = max(1, CHUNK // (len(NODES) * c * k))
+    return float(np.concatenate([keep_probability(*(a[i: i + step] for a in flat), targets[i: i + step], k)
+                                 for i in range(0, len(targets), step)]).mean())
+
+
+def output_topk(g: MemseGraph, out: str) -> int | None:
+    """k of the top-k agreement and accuracy of classifier output `out`: the K of an output TopK taken off it
+    (memse_compiler/decisions.py), else the `topk` option (g.graph["options"]); None without one, or when it
+    leaves no class out or is 1 (the top-1 figures)."""
+    k = next((d["k"] for d in g.graph.get("decisions", {}).values() if d["of"] == out and d["op"] == "TopK"),
+             g.graph.get("options", {}).get("topk"))
+    axis = output_class_axis(g, out)
+    if k is None or axis is None:
+        return None
+    return int(k) if 1 < int(k) < np.shape(g.graph["reference"][out])[axis] else None
+
+
+def checked_topk(g: MemseGraph, k) -> None:
+    """The `topk` option: an integer of at least 2, below some classifier output's number of classes."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise MemseInputError(f"topk must be an integer of at least 2 (top-1 is always reported), got {k!r}")
+    sizes = [np.shape(g.graph["reference"][o])[axis] for o in g.graph["outputs"]
+             if (axis := output_class_axis(g, o)) is not None]
+    if not sizes:
+        raise MemseInputError(f"topk {k}: no output is classifier-shaped (batch, classes)")
+    if k >= max(sizes):
+        raise MemseInputError(f"topk {k}: the classifier outputs have at most {max(sizes)} classes, so every class "
+                              f"is in the top {k}")
+
+
+def beaten(scores: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """How many classes score strictly above `classes` per instance: scores (..., C), classes (...)."""
+    return (scores > np.take_along_axis(scores, classes[..., None], axis=-1)).sum(axis=-1)
 
 
 class Top1Agreement(Pass):
     """Writes into the analysis entry of every classifier-shaped output `top1_agreement`, the mean over samples of
     P(the chip's argmax is the float model's); with labels (g.graph["labels"], compile_model's `labels`, the CLI's
     --labels) also `accuracy_float`, the float model's accuracy, and `accuracy`, the chip's expected accuracy (the
-    mean of P(argmax = label))."""
+    mean of P(argmax = label)). With a k (`output_topk`: an output TopK's, or the `topk` option) also `topk`,
+    `topk_agreement` (P(the float model's class stays among the chip's top k)) and, with labels, `topk_accuracy_float`
+    and `topk_accuracy` (P(the label is among them)), from the same covariances."""
     name = "top1_agreement"
 
     def apply(self, g: MemseGraph, ctx: PassContext) -> MemseGraph:
         from passes.moments import LARGE_MODEL_MACS, analysis_options, model_macs
         if not ctx.options.get("agreement", True):
             return g
+        if ctx.options.get("topk") is not None:
+            checked_topk(g, ctx.options["topk"])
         t0 = time.perf_counter()
         # a sweep costs as much as one of the sensitivity pass's: on large models only the closest competitor
         # (the ResNet-18 shape: 4 sweeps took 13.8 s, more than the sensitivity pass's 12.7 s)
@@ -226,19 +297,28 @@ class Top1Agreement(Pass):
                 continue
             reference = instances(g.graph["reference"][out], axis)
             entry = g.graph["analysis"]["outputs"][out]
+            k = output_topk(g, out)
             top = np.argmax(reference, axis=-1)
             targets = {"top1_agreement": top}
             if scores_labels(labels, g.graph["reference"][out].shape, axis):
                 classes = labels.reshape(top.shape)
                 entry["accuracy_float"] = float(np.mean(top == classes))
                 targets["accuracy"] = classes
+                if k:
+                    entry["topk_accuracy_float"] = float(np.mean(beaten(reference, classes) < k))
             state = g.graph.setdefault("agreement", {})[out] = {}
             mean, var = (instances(a, axis) for a in g.graph["moments"][out][:2])
+            if k:
+                entry["topk"] = k
             for key, classes in targets.items():
                 cov = (margin_covariances(g, out, axis, classes, mean, var, rng, swept, budget) if swept
                        else np.zeros_like(var))
                 entry[key] = _agreement(mean, var, cov, classes)
-                state[key] = (classes, cov)     # for agreement_at: another device point, from the closed form
+                state[key] = (classes, cov, 1)     # for agreement_at: another device point, from the closed form
+                if k:   # the competitors that most threaten the top-1 class threaten its place in the top k too
+                    topk_key = "topk_agreement" if key == "top1_agreement" else "topk_accuracy"
+                    entry[topk_key] = _agreement(mean, var, cov, classes, k)
+                    state[topk_key] = (classes, cov, k)
         timing = g.graph.setdefault("timing", {})
         timing["analysis_s"] = timing.get("analysis_s", 0.0) + time.perf_counter() - t0
         return g

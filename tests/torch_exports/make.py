@@ -2,8 +2,8 @@
 """Export the transformer forms of torch's own modules that tests/test_torch_exports.py checks (random weights,
 seed 0; the legacy TorchScript exporter, opset 17, as examples/train_digits.py). Needs torch (not a dependency
 of memse-compiler); the committed .onnx files are what the tests read. Usage: python tests/torch_exports/make.py
-[activations | attention23 | indexed | group_norm21 | rotary23] (the act_*, *.attention23, idx_*,
-group_norm21 or rope_* exports only)
+[activations | attention23 | indexed | group_norm21 | rotary23 | decisions] (the act_*, *.attention23, idx_*,
+group_norm21, rope_* or dec_* exports only)
 
   seqfirst_mha.onnx           nn.MultiheadAttention(batch_first=False) between two transposes (dynamic batch)
   mha_weights.fixed.onnx      need_weights=True: the head-averaged attention weights are used too (batch 4)
@@ -47,6 +47,10 @@ group_norm21 or rope_* exports only)
                               index assignment into zeros_like (ScatterND into a constant), z[:, 1] = 2 h[:, 0]
                               (ScatterElements), torch.scatter into h and into zeros, torch.gather with expanded
                               indices, take_along_dim (GatherElements; the exporter fixes its batch to 4)
+  dec_<name>[.dynamo].onnx    deployment heads (memse_compiler/decisions.py): Linear -> ReLU -> Linear to 10 classes,
+                              then logits.topk(3, dim=1) (values and indices outputs; the legacy exporter at
+                              opset 17 and the dynamo one at 18); per token (the image rows as 8 tokens, 5 classes
+                              each), logits.topk(2, dim=-1) (dynamic batch)
   idx_<name>.fixed.onnx       index assignment into zeros_like and z[:, 2:6] = 0 through the legacy exporter at a
                               fixed batch of 4: ScatterND indices that enumerate the samples
 """
@@ -396,6 +400,31 @@ class Activation(nn.Module):
         return self.b(self.act(self.a(x.flatten(1))))
 
 
+class TopKHead(nn.Module):
+    """A classifier whose export ends in torch.topk over its classes: (values, indices)."""
+    def __init__(self, per_token: bool = False):
+        super().__init__()
+        self.per_token = per_token
+        self.a, self.b = (nn.Linear(8, 16), nn.Linear(16, 5)) if per_token else (nn.Linear(64, 32), nn.Linear(32, 10))
+
+    def forward(self, x):
+        h = x.flatten(1, 2) if self.per_token else x.flatten(1)            # (N, 8 tokens, 8) or (N, 64)
+        return self.b(torch.relu(self.a(h))).topk(2 if self.per_token else 3, dim=-1)
+
+
+def export_decisions():
+    from torch.export import Dim
+    warnings.filterwarnings("ignore")
+    for name, per_token, dynamo in [("topk", False, False), ("topk", False, True), ("topk_tokens", True, False)]:
+        torch.manual_seed(0)
+        path = os.path.join(HERE, f"dec_{name}{'.dynamo' if dynamo else ''}.onnx")
+        extra = (dict(opset_version=18, external_data=False, dynamic_shapes=({0: Dim("batch")},)) if dynamo else
+                 dict(opset_version=17, dynamic_axes={"x": {0: "N"}, "values": {0: "N"}, "indices": {0: "N"}}))
+        torch.onnx.export(TopKHead(per_token).eval(), (torch.rand(4, 1, 8, 8),), path, dynamo=dynamo,
+                          input_names=["x"], output_names=["values", "indices"], **extra)
+        print(f"{os.path.basename(path)}  {os.path.getsize(path)} B")
+
+
 def export_activations():
     warnings.filterwarnings("ignore")
     for name in ACTIVATIONS:
@@ -481,4 +510,4 @@ def main():
 if __name__ == "__main__":
     import sys
     {"activations": export_activations, "attention23": export_attention23, "indexed": export_indexed,
-     "group_norm21": export_group_norm21, "rotary23": export_rotary23}.get(" ".join(sys.argv[1:]), main)()
+     "group_norm21": export_group_norm21, "rotary23": export_rotary23, "decisions": export_decisions}.get(" ".join(sys.argv[1:]), main)()

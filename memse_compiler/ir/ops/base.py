@@ -117,6 +117,7 @@ class ExpansionWriter:
 
     def add(self, op: str, inputs: list[str], label: str | None = None, out: str | None = None, **attrs) -> str:
         out = out or (self.ctx.node.output[0] if label is None else f"{self.base}/{label}")
+        assert out not in self.ctx.consts, f"{out}: a node output named as a constant of the expansion"
         name = self.base if out == self.ctx.node.output[0] else f"{self.base}/{label}"
         self.nodes.append(onnx.helper.make_node(op, inputs, [out], name=name, **attrs))
         return out

@@ -12,9 +12,8 @@ import string
 from collections import Counter
 
 import numpy as np
-from onnx import helper
 
-from memse_compiler.ir.ops.base import OpRule, register
+from memse_compiler.ir.ops.base import ExpansionWriter, OpRule, register
 
 
 def explicit_equation(eq: str, ranks: list[int]) -> str:
@@ -68,14 +67,13 @@ class EinsumRule(OpRule):
         if not out or out[0] != batch_index or (consts[1] is None and terms[1][:1] != batch_index):
             raise ctx.fail(f"equation {eq!r}: the batch (the first index of every signal operand) must lead the "
                            f"output")
-        base, nodes = ctx.node_name, []
+        w = ExpansionWriter(ctx)
 
         def const(label, value):
-            return ctx.new_const(label, np.asarray(value, np.int64))
+            return w.const(label, np.asarray(value, np.int64))
 
         def node(op, inputs, label, **attrs):
-            nodes.append(helper.make_node(op, inputs, [f"{base}/{label}"], name=f"{base}/{label}", **attrs))
-            return f"{base}/{label}"
+            return w.add(op, inputs, label, **attrs)
 
         def target(indices):                         # 0 copies the batch (always the leading entry here)
             return [0 if c == batch_index else size[c] for c in indices]
@@ -110,29 +108,24 @@ class EinsumRule(OpRule):
         names[1] = node("Reshape", [names[1], const("rhs_shape", shape_b)], "rhs_matrix")
         product = node("MatMul", names, "matmul")
         current = batch + left + right
-        product = node("Reshape", [product, const("out_shape", target(current))], "unfold")
-        if current == list(out):
-            nodes[-1].output[0] = ctx.node.output[0]
-        else:
-            nodes.append(helper.make_node("Transpose", [product], [ctx.node.output[0]], name=base,
-                                          perm=[current.index(c) for c in out]))
-        nodes[-1].name = base
-        return nodes
+        product = node("Reshape", [product, const("out_shape", target(current))], None if current == list(out) else "unfold")
+        if current != list(out):
+            w.add("Transpose", [product], perm=[current.index(c) for c in out])
+        return w.nodes
 
     @staticmethod
     def _chain(ctx, terms: list[str], out: str, consts: list) -> list:
         """Two-operand Einsums, the signals first and then each constant, each keeping only the indices that a later
         operand or the output still needs (in order of first appearance: the batch stays first)."""
         order = [i for i, c in enumerate(consts) if c is None] + [i for i, c in enumerate(consts) if c is not None]
-        base, nodes = ctx.node_name, []
+        w = ExpansionWriter(ctx)
         current, term = ctx.node.input[order[0]], terms[order[0]]
         for step, i in enumerate(order[1:], start=1):
             later = "".join(terms[j] for j in order[step + 1:]) + out
             joined = "".join(dict.fromkeys(term + terms[i]))
-            result = out if step == len(order) - 1 else "".join(c for c in joined if c in later)
-            name = ctx.node.output[0] if step == len(order) - 1 else f"{base}/step{step}"
-            nodes.append(helper.make_node("Einsum", [current, ctx.node.input[i]], [name], name=f"{base}/step{step}",
-                                          equation=f"{term},{terms[i]}->{result}"))
-            current, term = name, result
-        nodes[-1].name = base
-        return nodes
+            last = step == len(order) - 1
+            result = out if last else "".join(c for c in joined if c in later)
+            current = w.add("Einsum", [current, ctx.node.input[i]], None if last else f"step{step}",
+                            equation=f"{term},{terms[i]}->{result}")
+            term = result
+        return w.nodes

@@ -9,7 +9,6 @@ all go through that one map, so they cannot disagree.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from memse_compiler.ir.ops.base import ExpansionWriter, Linearization, OpRule, ParseContext, register
 
@@ -183,16 +182,12 @@ class GatherNDRule(OpRule):
             raise ctx.fail("an index is out of range")
         flat = np.ravel_multi_index(tuple(np.moveaxis(np.where(indices < 0, indices + lead, indices), -1, 0)),
                                     tuple(lead))
-        base, data = ctx.node_name, ctx.node.input[0]
-        nodes = []
+        data, w = ctx.node.input[0], ExpansionWriter(ctx)
         if k > 1:
             target = [int(np.prod(lead))] + [-1 if d is None else int(d) for d in shape[k:]]
-            nodes.append(onnx.helper.make_node("Reshape", [data, ctx.new_const("merged_shape", np.array(target))],
-                                               [f"{base}/merged"], name=f"{base}/merge"))
-            data = f"{base}/merged"
-        nodes.append(onnx.helper.make_node("Gather", [data, ctx.new_const("flat_indices", flat)], [ctx.node.output[0]],
-                                           name=base, axis=0))
-        return nodes
+            data = w.add("Reshape", [data, w.const("merged_shape", np.array(target))], "merged")
+        w.add("Gather", [data, w.const("flat_indices", flat)], axis=0)
+        return w.nodes
 
 
 @register
@@ -277,8 +272,9 @@ class TriluRule(OpRule):
         offset = int(np.ravel(k)[0])
         upper = bool(int(ctx.attr("upper", 1)))
         mask = np.triu(np.ones((rows, cols)), offset) if upper else np.tril(np.ones((rows, cols)), offset)
-        return [onnx.helper.make_node("Mul", [ctx.node.input[0], ctx.new_const("triangle", mask)],
-                                      [ctx.node.output[0]], name=ctx.node_name)]
+        w = ExpansionWriter(ctx)
+        w.add("Mul", [ctx.node.input[0], w.const("triangle", mask)])
+        return w.nodes
 
 
 @register
@@ -336,5 +332,6 @@ class CompressRule(OpRule):
         if axis == 0:
             raise ctx.fail("compressing the batch axis (0) is not supported")
         keep = np.flatnonzero(np.ravel(condition).astype(bool))
-        return [onnx.helper.make_node("Gather", [ctx.node.input[0], ctx.new_const("kept", keep.astype(np.int64))],
-                                      [ctx.node.output[0]], name=ctx.node_name, axis=axis)]
+        w = ExpansionWriter(ctx)
+        w.add("Gather", [ctx.node.input[0], w.const("kept", keep.astype(np.int64))], axis=axis)
+        return w.nodes

@@ -8,7 +8,7 @@ from onnx import helper
 
 from memse_compiler.ir import stats
 from memse_compiler.ir.errors import DomainError
-from memse_compiler.ir.ops.base import Linearization, OpRule, register, unbroadcast
+from memse_compiler.ir.ops.base import ExpansionWriter, Linearization, OpRule, register, unbroadcast
 
 
 class ShapeRule(OpRule):
@@ -83,7 +83,9 @@ class CastLikeRule(OpRule):
             to = helper.np_dtype_to_tensor_dtype(np.asarray(ctx.const(1)).dtype)
         if not to:
             raise ctx.fail("the type of the target input is unknown")
-        return [helper.make_node("Cast", [ctx.node.input[0]], [ctx.node.output[0]], name=ctx.node_name, to=int(to))]
+        w = ExpansionWriter(ctx)
+        w.add("Cast", [ctx.node.input[0]], to=int(to))
+        return w.nodes
 
 
 @register
@@ -172,12 +174,11 @@ class DepthToSpaceRule(OpRule):
             if h % b or w % b:
                 raise ctx.fail(f"{h} x {w} is not divisible into blocks of {b}")
             split, perm, merge = [0, c, h // b, b, w // b, b], [0, 3, 5, 1, 2, 4], [0, c * b * b, h // b, w // b]
-        base, x = ctx.node_name, ctx.node.input[0]
-        split = ctx.new_const("split", np.array(split, np.int64))
-        merge = ctx.new_const("merge", np.array(merge, np.int64))
-        return [helper.make_node("Reshape", [x, split], [f"{base}/blocks"], name=f"{base}/split"),
-                helper.make_node("Transpose", [f"{base}/blocks"], [f"{base}/moved"], name=f"{base}/move", perm=perm),
-                helper.make_node("Reshape", [f"{base}/moved", merge], [ctx.node.output[0]], name=base)]
+        w = ExpansionWriter(ctx)
+        blocks = w.add("Reshape", [ctx.node.input[0], w.const("split", np.array(split, np.int64))], "blocks")
+        moved = w.add("Transpose", [blocks], "moved", perm=perm)
+        w.add("Reshape", [moved, w.const("merge", np.array(merge, np.int64))])
+        return w.nodes
 
 
 @register

@@ -8,7 +8,6 @@ elementwise ops around it."""
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
 
 from memse_compiler.ir.ops.base import ExpansionWriter, Linearization, OpRule, register
 
@@ -98,21 +97,16 @@ class RMSNormRule(OpRule):
             raise ctx.fail("normalising over the batch axis (0) is not supported")
         if ctx.const(1) is None:
             raise ctx.fail("the scale must be a constant")
-        base, x = ctx.node_name, ctx.node.input[0]
-        const = ctx.new_const
-        two = const("two", np.array(2.0))
-        axes = const("axes", np.arange(axis, rank, dtype=np.int64))
-        eps = const("epsilon", np.array(float(ctx.attr("epsilon", 1e-5))))
-        mk = helper.make_node
+        x, w = ctx.node.input[0], ExpansionWriter(ctx)
         mean_axes = ({"axes": list(range(axis, rank))} if ctx.opset < 18 else {})
-        mean_inputs = [f"{base}/square"] + ([] if ctx.opset < 18 else [axes])
-        return [mk("Pow", [x, two], [f"{base}/square"], name=f"{base}/pow"),
-                mk("ReduceMean", mean_inputs, [f"{base}/mean"], name=f"{base}/mean", keepdims=1, **mean_axes),
-                mk("Add", [f"{base}/mean", eps], [f"{base}/shifted"], name=f"{base}/eps"),
-                mk("Sqrt", [f"{base}/shifted"], [f"{base}/rms"], name=f"{base}/sqrt"),
-                mk("Reciprocal", [f"{base}/rms"], [f"{base}/inv"], name=f"{base}/inverse"),
-                mk("Mul", [x, f"{base}/inv"], [f"{base}/normed"], name=f"{base}/normalise"),
-                mk("Mul", [f"{base}/normed", ctx.node.input[1]], [ctx.node.output[0]], name=base)]
+        square = w.add("Pow", [x, w.const("two", 2.0)], "square")
+        mean = w.add("ReduceMean", [square] + ([] if ctx.opset < 18 else
+                                               [w.const("axes", np.arange(axis, rank, dtype=np.int64))]),
+                     "mean", keepdims=1, **mean_axes)
+        shifted = w.add("Add", [mean, w.const("epsilon", float(ctx.attr("epsilon", 1e-5)))], "shifted")
+        inverse = w.add("Reciprocal", [w.add("Sqrt", [shifted], "rms")], "inverse")
+        w.add("Mul", [w.add("Mul", [x, inverse], "normed"), ctx.node.input[1]])
+        return w.nodes
 
 
 @register
@@ -129,22 +123,15 @@ class InstanceNormRule(OpRule):
         scale, bias = ctx.const(1), ctx.const(2)
         if scale is None or bias is None:
             raise ctx.fail("scale and bias must be constants")
-        base, x, y = ctx.node_name, ctx.node.input[0], ctx.node.output[0]
+        x, w = ctx.node.input[0], ExpansionWriter(ctx)
         per_channel = (shape[1],) + (1,) * (len(shape) - 2)
-
-        def const(label, value):
-            return ctx.new_const(label, np.asarray(value, np.float64))
         affine = not (np.all(scale == 1) and np.all(bias == 0))
-        normalised = f"{base}/normalised" if affine else y
-        nodes = [helper.make_node("LayerNormalization", [x, const("ones", np.ones(1))], [normalised],
-                                  name=f"{base}/normalise" if affine else base, axis=2,
-                                  epsilon=float(ctx.attr("epsilon", 1e-5)))]
+        normalised = w.add("LayerNormalization", [x, w.const("ones", np.ones(1))], "normalised" if affine else None,
+                           axis=2, epsilon=float(ctx.attr("epsilon", 1e-5)))
         if affine:
-            nodes += [helper.make_node("Mul", [normalised, const("scale", scale.reshape(per_channel))],
-                                       [f"{base}/scaled"], name=f"{base}/scale"),
-                      helper.make_node("Add", [f"{base}/scaled", const("bias", bias.reshape(per_channel))], [y],
-                                       name=base)]
-        return nodes
+            scaled = w.add("Mul", [normalised, w.const("scale", scale.reshape(per_channel))], "scaled")
+            w.add("Add", [scaled, w.const("bias", bias.reshape(per_channel))])
+        return w.nodes
 
 
 @register

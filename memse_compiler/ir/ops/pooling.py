@@ -68,18 +68,18 @@ def pool_over_first_axis(ctx: ParseContext) -> list | None:
     if (auto.decode() if isinstance(auto, bytes) else auto) != "NOTSET" or kernel[1:] != [1, 1] or \
             strides[1:] != [1, 1] or dilations[1:] != [1, 1] or pads[1:3] + pads[4:] != [0, 0, 0, 0]:
         return None
-    base, (h, w) = ctx.node_name, shape[3:]
+    (h, w), writer = shape[3:], ExpansionWriter(ctx)
     attrs = {a.name: helper.get_attribute_value(a) for a in ctx.node.attribute
              if a.name not in ("kernel_shape", "strides", "dilations", "pads", "auto_pad")}
-    merged = ctx.new_const("merged_shape", np.array([0, 0, shape[2] or -1, h * w], np.int64))
-    back = ctx.new_const("unmerged_shape", np.array([0, 0, -1, h, w], np.int64))
     if ctx.attr("dilations") is not None:       # AveragePool has them from opset 19 only
         attrs["dilations"] = [dilations[0], 1]
-    return [helper.make_node("Reshape", [ctx.node.input[0], merged], [f"{base}/merged"], name=f"{base}/merge"),
-            helper.make_node(ctx.node.op_type, [f"{base}/merged"], [f"{base}/pooled"], name=f"{base}/pool2d",
-                             kernel_shape=[kernel[0], 1], strides=[strides[0], 1], pads=[pads[0], 0, pads[3], 0],
-                             **attrs),
-            helper.make_node("Reshape", [f"{base}/pooled", back], [ctx.node.output[0]], name=base)]
+    merged = writer.add("Reshape", [ctx.node.input[0],
+                                    writer.const("merged_shape", np.array([0, 0, shape[2] or -1, h * w], np.int64))],
+                        "merged")
+    pooled = writer.add(ctx.node.op_type, [merged], "pooled", kernel_shape=[kernel[0], 1], strides=[strides[0], 1],
+                        pads=[pads[0], 0, pads[3], 0], **attrs)
+    writer.add("Reshape", [pooled, writer.const("unmerged_shape", np.array([0, 0, -1, h, w], np.int64))])
+    return writer.nodes
 
 
 @register

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import sympy
-from onnx import helper
 
-from memse_compiler.ir.ops.base import Linearization, OpRule, ParseContext, register
+from memse_compiler.ir.ops.base import ExpansionWriter, Linearization, OpRule, ParseContext, register
 from memse_compiler.ir.ops.indexing import _sample_shape
 
 
@@ -138,40 +137,34 @@ class ReduceCompositeRule(OpRule):
 
     def expand(self, ctx):
         before, after = self.STEPS[ctx.node.op_type]
-        x, base, out = ctx.node.input[0], ctx.node_name, ctx.node.output[0]
+        x, w = ctx.node.input[0], ExpansionWriter(ctx)
         axes = reduce_axes(ctx)
         keep = {"keepdims": int(ctx.attr("keepdims", 1)),
                 "noop_with_empty_axes": int(ctx.attr("noop_with_empty_axes", 0))}
-        first = [] if before is None else [helper.make_node(
-            before, [x, x] if before == "Mul" else [x], [f"{base}/{before.lower()}_out"], name=f"{base}/{before.lower()}")]
-        sum_inputs = [first[0].output[0] if first else x]
+        sum_inputs = [x if before is None else w.add(before, [x, x] if before == "Mul" else [x], before.lower())]
         if axes is not None and np.size(axes):
             if ctx.opset >= 13:            # ReduceSum takes its axes as an input from opset 13
-                sum_inputs.append(ctx.new_const("axes", np.asarray(np.ravel(axes), np.int64)))
+                sum_inputs.append(w.const("axes", np.asarray(np.ravel(axes), np.int64)))
             else:
                 keep["axes"] = [int(a) for a in np.ravel(axes)]
         if ctx.opset < 13:
             keep.pop("noop_with_empty_axes")
-        total = helper.make_node("ReduceSum", sum_inputs, [out if after is None else f"{base}/sum_out"],
-                                 name=base if after is None else f"{base}/sum", **keep)
-        nodes = first + [total]
+        total = w.add("ReduceSum", sum_inputs, None if after is None else "sum", **keep)
         if after is not None:
-            nodes.append(helper.make_node(after, [total.output[0]], [out], name=base))
-        return nodes
+            w.add(after, [total])
+        return w.nodes
 
 
-def _norm_nodes(ctx: ParseContext, p: int, axes: list[int], out: str, label: str) -> list:
-    """ReduceL1 / ReduceL2 of the node's input over `axes` (kept), written to `out`."""
+def _norm(ctx: ParseContext, w: ExpansionWriter, p: int, axes: list[int], label: str | None) -> str:
+    """ReduceL1 / ReduceL2 of the node's input over `axes` (kept), written as `label` (None: the node's output)."""
     if p not in (1, 2):
         raise ctx.fail(f"p = {p} is not supported (1 or 2)")
-    inputs = [ctx.node.input[0]]
-    attrs = {"keepdims": 1}
+    inputs, attrs = [ctx.node.input[0]], {"keepdims": 1}
     if ctx.opset >= 18:                    # the Reduce ops take their axes as an input from opset 18
-        inputs.append(ctx.new_const(f"{label}_axes", np.asarray(axes, np.int64)))
+        inputs.append(w.const(f"{label or 'norm'}_axes", np.asarray(axes, np.int64)))
     else:
         attrs["axes"] = axes
-    name = ctx.node_name if out == ctx.node.output[0] else f"{ctx.node_name}/{label}"
-    return [helper.make_node(f"ReduceL{p}", inputs, [out], name=name, **attrs)]
+    return w.add(f"ReduceL{p}", inputs, label, **attrs)
 
 
 @register
@@ -185,9 +178,9 @@ class LpNormRule(OpRule):
         axis = int(ctx.attr("axis", -1)) % rank
         if axis == 0:
             raise ctx.fail("normalising over the batch axis (0) is not supported")
-        norm = f"{ctx.node_name}/norm"
-        return _norm_nodes(ctx, int(ctx.attr("p", 2)), [axis], norm, "norm") + [
-            helper.make_node("Div", [ctx.node.input[0], norm], [ctx.node.output[0]], name=ctx.node_name)]
+        w = ExpansionWriter(ctx)
+        w.add("Div", [ctx.node.input[0], _norm(ctx, w, int(ctx.attr("p", 2)), [axis], "norm")])
+        return w.nodes
 
 
 @register
@@ -197,7 +190,9 @@ class GlobalLpPoolRule(OpRule):
 
     def expand(self, ctx):
         rank = len(ctx.shape(0))
-        return _norm_nodes(ctx, int(ctx.attr("p", 2)), list(range(2, rank)), ctx.node.output[0], "norm")
+        w = ExpansionWriter(ctx)
+        _norm(ctx, w, int(ctx.attr("p", 2)), list(range(2, rank)), None)
+        return w.nodes
 
 
 @register
@@ -271,24 +266,20 @@ class ReduceMaxRule(OpRule):
         _sample_shape(ctx)
         reduced = sorted(set(axes))
         kept = [a for a in range(1, rank) if a not in reduced]
-        base, x, nodes = ctx.node_name, ctx.node.input[0], []
-
-        def add(label, op_type, inputs, **attrs):
-            nodes.append(helper.make_node(op_type, inputs, [f"{base}/{label}_out"], name=f"{base}/{label}", **attrs))
-            return nodes[-1].output[0]
+        x, w = ctx.node.input[0], ExpansionWriter(ctx)
 
         def ints(label, values):
-            return ctx.new_const(label, np.asarray(values, np.int64))
+            return w.const(label, np.asarray(values, np.int64))
         perm = [0] + kept + reduced
         if perm != list(range(rank)):
-            x = add("move", "Transpose", [x], perm=perm)
+            x = w.add("Transpose", [x], "move", perm=perm)
         length = int(np.prod([shape[a] for a in reduced]))
-        x = add("flatten", "Reshape", [x, ints("flat", [0, int(np.prod([shape[a] for a in kept])), length])])
+        x = w.add("Reshape", [x, ints("flat", [0, int(np.prod([shape[a] for a in kept])), length])], "flatten")
         if op == "ReduceMin":
-            x = add("negate", "Neg", [x])
-        x = add("pool", "MaxPool", [x], kernel_shape=[length])
+            x = w.add("Neg", [x], "negate")
+        x = w.add("MaxPool", [x], "pool", kernel_shape=[length])
         if op == "ReduceMin":
-            x = add("negate_back", "Neg", [x])
+            x = w.add("Neg", [x], "negate_back")
         out = [shape[a] for a in kept] if not keepdims else [1 if a in reduced else shape[a] for a in range(1, rank)]
-        nodes.append(helper.make_node("Reshape", [x, ints("shape", [0] + out)], [ctx.node.output[0]], name=base))
-        return nodes
+        w.add("Reshape", [x, ints("shape", [0] + out)])
+        return w.nodes

@@ -6,11 +6,10 @@ adder, analysed as one vectorised unit by the moment passes from the CrossbarLay
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
 
 from memse_compiler.ir.crossbar import CrossbarLayer
 from memse_compiler.ir.geometry import ConvGeometry, MatrixGeometry
-from memse_compiler.ir.ops.base import OpRule, ParseContext, register
+from memse_compiler.ir.ops.base import ExpansionWriter, OpRule, ParseContext, register
 
 
 class WeightedRule(OpRule):
@@ -175,32 +174,29 @@ class ConvTransposeRule(OpRule):
             pads = _same_transposed_pads(ctx, auto, spatial, kernel, strides, dil, extra)
         else:
             pads = [0] * (2 * nd) if auto == "VALID" else [int(v) for v in ctx.attr("pads", [0] * (2 * nd))]
-        base, x, nodes, const = ctx.node_name, ctx.node.input[0], [], ctx.new_const
+        x, writer = ctx.node.input[0], ExpansionWriter(ctx)
+        const = writer.const
         if any(s > 1 for s in strides):
             # (N, C, H, W) -> (N, C, H, 1, W, 1) -> zeros after each element -> (N, C, H s, W s)
             split = [0, cin] + [v for d in spatial for v in (d, 1)]
             ends = [0, 0] + [v for s in strides for v in (0, s - 1)]
-            for label, op, ins in (("split", "Reshape", [const("split", np.array(split, np.int64))]),
-                                   ("zeros", "Pad", [const("zeros", np.array([0] * len(split) + ends, np.int64))]),
-                                   ("merge", "Reshape", [const("merge", np.array(
+            for label, op, ins in (("blocks", "Reshape", [const("split", np.array(split, np.int64))]),
+                                   ("spaced", "Pad", [const("zeros", np.array([0] * len(split) + ends, np.int64))]),
+                                   ("upsampled", "Reshape", [const("merge", np.array(
                                        [0, cin] + [d * s for d, s in zip(spatial, strides)], np.int64))])):
-                nodes.append(helper.make_node(op, [x] + ins, [f"{base}/{label}_out"], name=f"{base}/{label}"))
-                x = f"{base}/{label}_out"
+                x = writer.add(op, [x] + ins, label)
         begin = [d * (k - 1) - p for d, k, p in zip(dil, kernel, pads[:nd])]
         end = [d * (k - 1) - p + e - (s - 1) for d, k, p, e, s in zip(dil, kernel, pads[nd:], extra, strides)]
         if any(begin) or any(end):
-            border = const("border", np.array([0, 0] + begin + [0, 0] + end, np.int64))
-            nodes.append(helper.make_node("Pad", [x, border], [f"{base}/border_out"], name=f"{base}/border"))
-            x = f"{base}/border_out"
+            x = writer.add("Pad", [x, const("border", np.array([0, 0] + begin + [0, 0] + end, np.int64))], "bordered")
         # (Cin, Cout/g, k...) -> per group (Cout/g, Cin/g, k...), flipped in space
         flip = (slice(None),) * 3 + (slice(None, None, -1),) * nd
         kernel_conv = w.reshape((g, cin // g) + w.shape[1:]).swapaxes(1, 2)[flip]
         ins = [x, const("weight", np.ascontiguousarray(kernel_conv.reshape((-1, cin // g) + w.shape[2:])))]
         if b is not None:
             ins.append(ctx.node.input[2])
-        nodes.append(helper.make_node("Conv", ins, list(ctx.node.output[:1]), name=base, group=g, dilations=dil,
-                                      kernel_shape=kernel))
-        return nodes
+        writer.add("Conv", ins, group=g, dilations=dil, kernel_shape=kernel)
+        return writer.nodes
 
 
 def _same_transposed_pads(ctx, auto: str, spatial, kernel, strides, dil, extra) -> list[int]:
