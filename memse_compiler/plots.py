@@ -296,9 +296,14 @@ def agreement_figure(g) -> Figure | None:
     ax = fig.add_subplot()
     entry = g.graph["analysis"]["outputs"][out]
     now = 100 * device.programming_noise.sigma / g0
-    for key, label, color in (("top1_agreement", "top-1 kept", ANALYSIS_COLOR), ("accuracy", "chip accuracy", MC_COLOR)):
+    k = entry.get("topk")
+    for key, label, color, style in (("top1_agreement", "top-1 kept", ANALYSIS_COLOR, "-"),
+                                     ("accuracy", "chip accuracy", MC_COLOR, "-"),
+                                     ("topk_agreement", f"top-{k} kept", ANALYSIS_COLOR, "--"),
+                                     ("topk_accuracy", f"chip top-{k} accuracy", MC_COLOR, "--")):
         if key in curves[0]:
-            ax.plot(100 * values / g0, [100 * c[key] for c in curves], "-", color=color, label=f"{label} (closed form)")
+            ax.plot(100 * values / g0, [100 * c[key] for c in curves], style, color=color,
+                    label=f"{label} (closed form)")
             ax.plot([now], [100 * entry[key]], "s", color=color, ms=6, label=f"{label} (full analysis)")
     if "accuracy_float" in entry:
         ax.axhline(100 * entry["accuracy_float"], color="gray", ls=":", lw=1, label="float accuracy")

@@ -84,8 +84,9 @@ def build_report(g: MemseGraph) -> dict[str, Any]:
 
 def decision_lines(report: dict) -> list[str]:
     """One line per decision output taken off at load (memse_compiler/decisions.py): what the report shows for it."""
-    def shown(d: dict) -> str:
-        return f"top-{d['k']} agreement" if d["op"] == "TopK" and d["k"] > 1 else "top-1 agreement"
+    def shown(d: dict) -> str:       # a TopK of every class is a ranking: its top-1 is what the report has
+        k = report["outputs"].get(d["of"], {}).get("topk")
+        return f"top-{k} agreement" if d["op"] == "TopK" and k == d["k"] else "top-1 agreement"
     return [f"output '{name}' is the {d['op']} of '{d['of']}' over its classes: the chip's decision is that output's "
             f"{shown(d)}" for name, d in report.get("decisions", {}).items()]
 

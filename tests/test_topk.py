@@ -208,3 +208,25 @@ def test_a_topk_of_the_smallest_scores_stays_refused(tmp_path, capsys):
     code = main([str(path), "--device", "rram", "--batch", "8"])
     err = capsys.readouterr().err
     assert code == 2 and "TopK" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_agreement_plot_draws_the_top_k_curves():
+    from memse_compiler.plots import agreement_figure
+    g, _ = compile_model(str(EXAMPLES / "mlp_digits.onnx"), "rram", X, labels=LABELS, options={"topk": 2})
+    labels = [line.get_label() for line in agreement_figure(g).axes[0].get_lines()]
+    assert "top-2 kept (closed form)" in labels and "chip top-2 accuracy (full analysis)" in labels
+
+
+def test_a_topk_of_every_class_is_a_ranking(tmp_path, capsys):
+    """K = the number of classes: the decision is taken off, its figure is the top-1 agreement (no top-k table)."""
+    m = onnx.load(_headed(tmp_path, "TopK"))
+    for node in m.graph.node:
+        if node.op_type == "Constant" and node.output[0] == "k":
+            node.attribute[0].t.CopyFrom(helper.make_tensor("k", TensorProto.INT64, [1], [10]))
+    for o in m.graph.output:
+        o.type.tensor_type.shape.dim[1].dim_value = 10
+    path = tmp_path / "mlp_ranking.onnx"
+    onnx.save(m, path)
+    assert main([str(path), "--device", "rram", "--batch", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "the chip's decision is that output's top-1 agreement" in out and "top-k kept" not in out
