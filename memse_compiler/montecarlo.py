@@ -36,6 +36,12 @@ def _ci(per_chip: np.ndarray) -> tuple[float, list[float] | None, float]:
     return m, [float(m - hw), float(m + hw)], hw
 
 
+def _fraction_ci(per_chip: np.ndarray) -> tuple[float, list[float] | None]:
+    """(mean, [lo, hi]) of per-chip fractions, the normal interval kept within [0, 1]."""
+    m, ci, _ = _ci(per_chip)
+    return m, None if ci is None else [max(ci[0], 0.0), min(ci[1], 1.0)]
+
+
 def _msd_chips(y: np.ndarray, r: np.ndarray, chips: int) -> np.ndarray:
     """mean((y_c - r)^2) of each chip c of a run, y holding the chips one after the other along axis 0 (one
     temporary; no BLAS, whose thread start-up costs more than it saves here)."""
@@ -302,14 +308,14 @@ def run_montecarlo(g: MemseGraph, device=None, x: Inputs | None = None, chips: i
         bias2 = float(np.mean((mean - ref[o]) ** 2)) - (variance / n)
         result["outputs"][o] = {**result["signals"][o], "bias2": max(bias2, 0.0), "variance": variance}
         if o in tops:
-            m, ci, _ = _ci(np.asarray(agreement[o]))
+            m, ci = _fraction_ci(np.asarray(agreement[o]))
             result["outputs"][o].update(top1_agreement=m, top1_agreement_ci95=ci)
         if o in scored:
-            m, ci, _ = _ci(np.asarray(accuracy[o]))
+            m, ci = _fraction_ci(np.asarray(accuracy[o]))
             result["outputs"][o].update(accuracy=m, accuracy_ci95=ci)
         for key, fractions in (("topk_agreement", topk_agreement), ("topk_accuracy", topk_accuracy)):
             if o in fractions:
-                m, ci, _ = _ci(np.asarray(fractions[o]))
+                m, ci = _fraction_ci(np.asarray(fractions[o]))
                 result["outputs"][o].update({"topk": topk[o], key: m, f"{key}_ci95": ci})
     result["layers"] = {name: result["signals"][t]["mse"] for name, t in layer_out.items()}
     result["mc_s"] = time.perf_counter() - t0
