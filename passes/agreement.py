@@ -53,32 +53,52 @@ def class_axis(shape: tuple) -> int | None:
 
 
 def output_class_axis(g: MemseGraph, out: str) -> int | None:
-    """The class axis of graph output `out`: the axis of the ArgMax taken off it at load (memse_compiler/decisions.py);
-    for a 3-D output that a convolution computes (a frame classifier, (batch, classes, frames): Conv1d's layout), 1;
-    else by its shape (`class_axis`). None: not classifier-shaped."""
+    """The class axis of graph output `out`: the axis of the decision taken off it at load (memse_compiler/decisions.py);
+    else, when a crossbar layer computes it (through ops that keep one signal's shape, and Transposes), the axis that
+    holds the layer's output features: 1 of a convolution's (batch, classes, frames) or (batch, classes, H, W), the
+    last of a Linear's, wherever a Transpose moved it (a Linear's (batch, frames, classes) transposed for a loss that
+    wants (batch, classes, frames)); else by its shape (`class_axis`). None: not classifier-shaped."""
     shape = tuple(g.tensors.get(out) or np.shape(g.graph.get("reference", {}).get(out, ())))
     axis = next((d["axis"] for d in g.graph.get("decisions", {}).values() if d["of"] == out), None)
-    if axis is None and len(shape) == 3 and _computed_by_conv(g, out):
-        axis = 1
-    if axis is None:
+    if axis is None and len(shape) >= 2:
+        axis = feature_axis(g, out)
+    if axis is None or axis == 0:
         return class_axis(shape)
     return axis if shape[axis] is not None and shape[axis] >= 2 else None
 
 
-def _computed_by_conv(g: MemseGraph, tensor: str, steps: int = 8) -> bool:
-    """Whether `tensor` is a convolution's output, possibly through shape-keeping ops of one signal (a Relu)."""
+def feature_axis(g: MemseGraph, tensor: str, steps: int = 8) -> int | None:
+    """The axis of `tensor` holding a crossbar layer's output features (a convolution's channels, a Linear's last
+    axis), followed back through up to `steps` ops of one signal that keep its shape (a Relu, a Softmax) or
+    transpose it; None when another op comes first, or for a layer whose outputs are columns (W @ x)."""
     layers = {layer.output: layer for layer in g.layers.values()}
     producers = g.graph.get("producers", {})
+    perms = []                                        # the Transposes met, the output's first
     for _ in range(steps):
         if tensor in layers:
-            return isinstance(layers[tensor].geometry, ConvGeometry)
+            geometry, rank = layers[tensor].geometry, len(g.tensors.get(tensor) or ())
+            if isinstance(geometry, ConvGeometry):
+                axis = 1
+            elif rank and not getattr(geometry, "out_columns", False):
+                axis = rank - 1
+            else:
+                return None
+            for perm in reversed(perms):              # output axis i holds input axis perm[i]
+                axis = perm.index(axis)
+            return axis
         if tensor not in producers:
-            return False
-        signals = [t for t in g.nodes[producers[tensor]].get("inputs", ()) if t in producers]
-        if len(signals) != 1 or g.tensors.get(signals[0]) != g.tensors.get(tensor):
-            return False
+            return None
+        node = g.nodes[producers[tensor]]
+        signals = [t for t in node.get("inputs", ()) if t in producers]
+        if len(signals) != 1:
+            return None
+        if node.get("op") == "Transpose":
+            rank = len(g.tensors.get(tensor) or ())
+            perms.append(list(node["attrs"].get("perm") or range(rank - 1, -1, -1)))
+        elif g.tensors.get(signals[0]) != g.tensors.get(tensor):
+            return None
         tensor = signals[0]
-    return False
+    return None
 
 
 def instance_shape(shape: tuple, axis: int) -> tuple:
