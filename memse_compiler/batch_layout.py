@@ -435,6 +435,12 @@ class BatchFirstRewriter:
 
     op_DequantizeLinear = op_QuantizeLinear
 
+    def op_DynamicQuantizeLinear(self, node: onnx.NodeProto) -> None:
+        """Element-wise on its input, with one scale and zero point for the whole tensor (wherever its batch sits):
+        the codes keep the input's layout; the scale and zero point, scalars, carry no batch."""
+        lay = self.layouts[node.input[0]]
+        self.keep(node, {node.output[0]: replace(lay, shape=self.shape(node.output[0]))})
+
     def op_LayerNormalization(self, node: onnx.NodeProto) -> None:
         lay = self.layouts[node.input[0]]
         rank = len(lay.shape)

@@ -23,9 +23,22 @@ from memse_compiler.ir.ops.base import ParseContext
 from memse_compiler.opset_upgrade import constant_tensors, default_opset, live_nodes, with_nodes
 
 
+def _rule_of(node: onnx.NodeProto):
+    """The rule of `node`'s op in its domain (onnxruntime's contrib ops have theirs: ir/ops/qoperator.py)."""
+    rule = rule_for(node.op_type)
+    return rule if rule is not None and rule.domain == ("" if node.domain == "ai.onnx" else node.domain) else None
+
+
 def _expanded_here(node: onnx.NodeProto, probing: bool) -> bool:
-    rule = rule_for(node.op_type) if node.domain in ("", "ai.onnx") else None
+    rule = _rule_of(node)
     return rule is not None and rule.expand_at_load and bool(rule.probed_inputs) == probing
+
+
+def _float_type(node: onnx.NodeProto, types: dict) -> np.dtype:
+    """The float type of the node's first float input (a quantized op's scale), float32 when none is known."""
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+    found = next((types[t] for t in node.input if types.get(t) in floats), onnx.TensorProto.FLOAT)
+    return helper.tensor_dtype_to_np_dtype(found)
 
 
 def _value_dependent(graph: onnx.GraphProto, data: list[str]) -> set[str]:
@@ -110,7 +123,13 @@ def _shapes(graph: onnx.GraphProto) -> tuple[dict[str, tuple], dict[str, int]]:
 
 
 def expand_at_load(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
-    """`model` with every node of an `expand_at_load` rule replaced by its expansion (unchanged if none)."""
+    """`model` with every node of an `expand_at_load` rule replaced by its expansion (unchanged if none). A node of
+    another domain than ONNX's that no rule expands is refused here, in one line."""
+    for idx, node in enumerate(model.graph.node):
+        if node.domain not in ("", "ai.onnx") and not _expanded_here(node, False):
+            raise MemseInputError(f"{label}: node '{node.name or idx}' uses the custom domain '{node.domain}'"
+                                  + (f" (its op {node.op_type} is not one of onnxruntime's quantized ops that "
+                                     f"load expands)" if node.domain == "com.microsoft" else ""))
     return _expand(_expand(model, label, probing=False), label, probing=True)
 
 
@@ -143,7 +162,7 @@ def _expand(model: onnx.ModelProto, label: str, probing: bool) -> onnx.ModelProt
             raise MemseInputError(f"{label}: {exc}") from None
         nodes += expanded or [node]      # None: left to the frontend (indices from the data: an exact op, or refused)
         # the rules write float constants in float64 (the analysis' precision): as the node's own float type here
-        float_type = helper.tensor_dtype_to_np_dtype(types.get(node.input[0], onnx.TensorProto.FLOAT))
+        float_type = _float_type(node, types)
         for name in consts.keys() - known:
             value = np.asarray(consts[name])
             inits.append(numpy_helper.from_array(value.astype(float_type) if value.dtype.kind == "f" else value,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -91,7 +92,10 @@ def test_zoo_covers_the_brief():
     nodes = [(m.name, n) for m in MODELS for n in m.model.graph.node]
     ops = {n.op_type for _, n in nodes}
     from memse_compiler.ir.ops import SUPPORTED_OPS
-    assert set(SUPPORTED_OPS) <= ops, f"ops without a coverage model: {sorted(set(SUPPORTED_OPS) - ops)}"
+    # onnxruntime's quantized ops are covered by the models its own quantizer wrote (tests/test_quantized.py)
+    quantized = {n.op_type for f in (Path(__file__).parent / "quantized").glob("*.onnx") for n in onnx.load(f).graph.node}
+    missing = set(SUPPORTED_OPS) - ops - quantized
+    assert not missing, f"ops without a coverage model: {sorted(missing)}"
 
     convs = [n for _, n in nodes if n.op_type == "Conv"]
     assert {_attr(n, "group", 1) for n in convs} >= {1, 2, 4}

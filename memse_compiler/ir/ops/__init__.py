@@ -7,7 +7,7 @@ moments through it, back-propagate sensitivities through its linearisation, and 
 from memse_compiler.ir.ops.base import OpRule, REGISTRY, register, rule_for  # noqa: F401
 from memse_compiler.ir.ops import (  # noqa: F401  (registration)
     arithmetic, attention, broadcast, compare, einsum, elementwise, exact, indexing, linear, normalization, pointwise,
-    pooling, quantization, reduction, resize, rotary, scatter, weighted)
+    pooling, qoperator, quantization, reduction, resize, rotary, scatter, weighted)
 
 SUPPORTED_OPS = tuple(sorted(op for op, rule in REGISTRY.items() if not rule.internal))
 

@@ -154,6 +154,8 @@ class OpRule:
     # input slots that expansion needs to know, evaluated at load by onnxruntime when the model computes them
     # (indices from Shape arithmetic; a signal's shape): load_expansion.probed_values
     probed_inputs: ClassVar[tuple[int, ...]] = ()
+    # the ONNX domain of op_types ("": the default one; onnxruntime's contrib ops: "com.microsoft")
+    domain: ClassVar[str] = ""
 
     # ---- frontend --------------------------------------------------------------------------------
     def resolve(self, ctx: ParseContext) -> "OpRule":
