@@ -355,8 +355,6 @@ def build_graph(model: str | os.PathLike | onnx.ModelProto) -> MemseGraph:
     idx = -1
     while pending:
         node, idx = pending.pop(0), idx + 1
-        if node.domain not in ("", "ai.onnx"):
-            raise MemseInputError(f"{label}: node '{node.name or idx}' uses the custom domain '{node.domain}'")
         if node.op_type == "Constant":
             value = onnx.helper.get_attribute_value(node.attribute[0])
             consts[node.output[0]] = _as_float64(numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto)

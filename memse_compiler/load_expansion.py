@@ -126,7 +126,10 @@ def expand_at_load(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
     """`model` with every node of an `expand_at_load` rule replaced by its expansion (unchanged if none). A node of
     another domain than ONNX's that no rule expands is refused here, in one line."""
     for idx, node in enumerate(model.graph.node):
-        if node.domain not in ("", "ai.onnx") and not _expanded_here(node, False):
+        if node.domain in ("", "ai.onnx"):
+            continue
+        rule = _rule_of(node)
+        if rule is None or not rule.expand_at_load:
             raise MemseInputError(f"{label}: node '{node.name or idx}' uses the custom domain '{node.domain}'"
                                   + (f" (its op {node.op_type} is not one of onnxruntime's quantized ops that "
                                      f"load expands)" if node.domain == "com.microsoft" else ""))

@@ -61,12 +61,22 @@ def _dequantized_weight(ctx: ParseContext, w: int, scale: int, zero: int, axis: 
     return centred * _along(_constant(ctx, scale, "weight scale").astype(np.float64), centred.ndim, axis)
 
 
-def _dequantize(w: ExpansionWriter, ctx: ParseContext, x: int, scale: int, zero: int, label: str) -> str:
-    """The float value of input `x`: a DequantizeLinear node of a signal, a float constant of a constant."""
+def _dequantize(w: ExpansionWriter, ctx: ParseContext, x: int, scale: int, zero: int, label: str,
+                axis: int = 0) -> str:
+    """The float value of input `x`: a DequantizeLinear node of a signal, a float constant of a constant (its scale
+    and zero point per channel along `axis`)."""
     if ctx.const(x) is not None:
-        return w.const(label, _dequantized_weight(ctx, x, scale, zero, 0))
+        return w.const(label, _dequantized_weight(ctx, x, scale, zero, axis))
     ins = [ctx.node.input[x], ctx.node.input[scale]] + ([ctx.node.input[zero]] if _given(ctx, zero) else [])
     return w.add("DequantizeLinear", ins, label)
+
+
+def _bias(w: ExpansionWriter, ctx: ParseContext, bias: int, a_scale: int, b_scale: int) -> str:
+    """The int32 bias at input `bias` as a float constant: its scale is the product of the operands' (per output
+    channel when the weight's is)."""
+    scale = _constant(ctx, a_scale, "input scale").astype(np.float64) * \
+        _constant(ctx, b_scale, "weight scale").astype(np.float64).reshape(-1)
+    return w.const("bias", _constant(ctx, bias, "bias").astype(np.float64) * scale)
 
 
 def _quantize(w: ExpansionWriter, ctx: ParseContext, y: str, scale: int, zero: int) -> str:
@@ -98,11 +108,7 @@ class QLinearConvRule(_QuantizedRule):
         w = ExpansionWriter(ctx)
         x = _dequantize(w, ctx, 0, 1, 2, "x")
         weight = w.const("weight", _dequantized_weight(ctx, 3, 4, 5, 0))
-        ins = [x, weight]
-        if _given(ctx, 8):
-            scale = _constant(ctx, 1, "input scale").astype(np.float64) * \
-                _constant(ctx, 4, "weight scale").astype(np.float64).reshape(-1)
-            ins.append(w.const("bias", _constant(ctx, 8, "bias").astype(np.float64) * scale))
+        ins = [x, weight] + ([_bias(w, ctx, 8, 1, 4)] if _given(ctx, 8) else [])
         _quantize(w, ctx, w.add("Conv", ins, "conv", **_attrs(ctx, CONV_ATTRS)), 6, 7)
         return w.nodes
 
@@ -115,11 +121,7 @@ class QLinearMatMulRule(_QuantizedRule):
 
     def expand(self, ctx):
         w = ExpansionWriter(ctx)
-        a = _dequantize(w, ctx, 0, 1, 2, "a")
-        if ctx.const(3) is not None:
-            b = w.const("b", _dequantized_weight(ctx, 3, 4, 5, -1))
-        else:
-            b = _dequantize(w, ctx, 3, 4, 5, "b")
+        a, b = _dequantize(w, ctx, 0, 1, 2, "a"), _dequantize(w, ctx, 3, 4, 5, "b", axis=-1)
         _quantize(w, ctx, w.add("MatMul", [a, b], "matmul"), 6, 7)
         return w.nodes
 
@@ -166,11 +168,7 @@ class QGemmRule(_QuantizedRule):
         a = _dequantize(w, ctx, 0, 1, 2, "a")
         trans_b = int(ctx.attr("transB", 0))
         b = w.const("b", _dequantized_weight(ctx, 3, 4, 5, 0 if trans_b else -1))
-        ins = [a, b]
-        if _given(ctx, 6):
-            scale = _constant(ctx, 1, "A scale").astype(np.float64) * \
-                _constant(ctx, 4, "B scale").astype(np.float64).reshape(-1)
-            ins.append(w.const("bias", _constant(ctx, 6, "bias").astype(np.float64) * scale))
+        ins = [a, b] + ([_bias(w, ctx, 6, 1, 4)] if _given(ctx, 6) else [])
         attrs = {"alpha": float(ctx.attr("alpha", 1.0)), "transA": int(ctx.attr("transA", 0)), "transB": trans_b}
         if not _given(ctx, 7):
             w.add("Gemm", ins, **attrs)
