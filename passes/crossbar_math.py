@@ -9,13 +9,14 @@ The symbolic templates (passes/symbolic.py) state the same formulas; they are ev
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
 
 from memse_compiler.ir import stats
 from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
+from memse_compiler.ir.ops.base import cast_floats
 
 
 def programming_std(g_target, sigma: float, relative) -> np.ndarray:
@@ -111,6 +112,20 @@ class CrossbarMoments:
     @cached_property
     def has_dac(self) -> bool:
         return bool(np.any(self.dac_resid))
+
+    # what a backward sweep reads (passes/sensitivity.layer_backward)
+    SWEEP_FIELDS = ("mu_vec", "w_bar", "w_var", "adc_gain", "inj_programming", "inj_read", "inj_adc", "read_unit",
+                    "dac_gain", "dac_resid")
+
+    def in_dtype(self, dtype) -> "CrossbarMoments":
+        """These moments with the arrays a backward sweep reads in `dtype`, made once (the rest shared)."""
+        if dtype == np.float64:
+            return self
+        cast = self.__dict__.setdefault("_in_dtype", {})
+        key = np.dtype(dtype).str
+        if key not in cast:
+            cast[key] = replace(self, **{f: cast_floats(getattr(self, f), dtype) for f in self.SWEEP_FIELDS})
+        return cast[key]
 
 
 def lattice_dac_moments(layer: CrossbarLayer, prev: CrossbarLayer, prev_cm: "CrossbarMoments",

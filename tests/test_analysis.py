@@ -182,7 +182,8 @@ def test_single_layer_variance_by_hand():
     assert g2.graph["analysis"]["outputs"]["y"]["variance"] == pytest.approx(float(var.mean()), rel=1e-9)
 
 
-def test_global_average_pool_of_a_conv_by_hand():
+@pytest.mark.parametrize("sweep_dtype", ["float64", "float32"])
+def test_global_average_pool_of_a_conv_by_hand(sweep_dtype):
     """Conv -> GlobalAveragePool: programming noise is shared by every position, so the pooled error is
     dW . mean_p(x_p) and Var = 2 sigma^2 / c^2 (sum_j mean_p(x_pj)^2 + 1) (bias row), far above the diagonal
     model's average of per-position variances. The refined analysis must give it (its Rademacher probes are
@@ -202,13 +203,13 @@ def test_global_average_pool_of_a_conv_by_hand():
     sigma = 1e-6
     dev = load_device("ideal", ["conductance.levels=null", f"programming_noise.sigma={sigma}",
                                 "conductance.g_min=5e-5"])
-    g, _ = compile_model(model, dev, x)
+    g, _ = compile_model(model, dev, x, options={"sweep_dtype": sweep_dtype})
     layer = next(iter(g.layers.values()))
     c = float(layer.scale_c.ravel()[0])
     pooled = layer.vectors(x).mean(axis=1)[:, 0, :]                                 # N, Jb (bias row: 1)
     want = 2 * sigma ** 2 / c ** 2 * (pooled ** 2).sum(axis=1)                       # per sample, every channel
     var = g.graph["moments"]["p"][1]
-    assert float(var.mean()) == pytest.approx(float(want.mean()), rel=1e-6)
+    assert float(var.mean()) == pytest.approx(float(want.mean()), rel=1e-6 if sweep_dtype == "float64" else 1e-5)
     diag = compile_model(model, dev, x, options={"mode": "diagonal"})[0].graph["moments"]["p"][1]
     assert float(diag.mean()) < 0.5 * float(want.mean())                            # the test is sharp
 
@@ -471,3 +472,33 @@ def test_closed_form_follows_the_levels_by_rerounding_the_weights():
     cf6 = compile_model(path, dev6, x)[0].graph["closed_form"]["logits"]
     full = compile_model(path, dev6.with_overrides({"conductance.levels": 32}), x)[0].graph["analysis"]
     assert cf6.mse(levels_v=32) == pytest.approx(full["outputs"]["logits"]["mse"], rel=0.05)
+
+
+def test_float32_sweeps_give_the_float64_numbers(monkeypatch):
+    """Large models run their backward sweeps in float32 (sensitivity.sweep_dtype): the same probes through the
+    same chips, so every number the sweeps make (refinement, correlation-aware variance, top-1 agreement, closed
+    form coefficients) lands within float32 rounding of the float64 sweeps."""
+    import passes.moments
+    from passes.sensitivity import sweep_dtype
+    dev = load_device("rram", ["programming_noise.sigma=4e-6"])
+    model, x = str(EXAMPLES / "rescnn_digits.onnx"), X[:32]
+    runs = {dt: compile_model(model, dev, x, options={"sweep_dtype": dt, "mode": "refined", "refine_probes": 2})[0]
+            for dt in ("float64", "float32")}
+    assert runs["float64"].graph["refinement"], "the refinement ran"
+    for key, f in runs["float64"].graph["refinement"].items():
+        np.testing.assert_allclose(runs["float32"].graph["refinement"][key], f, rtol=1e-4, err_msg=key)
+    out64, out32 = (runs[dt].graph["analysis"]["outputs"]["logits"] for dt in ("float64", "float32"))
+    for key in ("mse", "variance", "top1_agreement"):
+        assert out32[key] == pytest.approx(out64[key], rel=1e-4), key
+    assert out32["variance"] != out64["variance"], "the float32 sweeps ran"
+    for name, lz in runs["float32"].graph["linearization"].items():
+        assert lz.in_dtype(np.float32) is lz.in_dtype(np.float32)            # cast once
+    # "auto": float32 from LARGE_MODEL_MACS on (the digits models stay in float64)
+    g = runs["float64"]
+    g.graph["options"]["sweep_dtype"] = "auto"
+    assert sweep_dtype(g) is np.float64
+    monkeypatch.setattr(passes.moments, "LARGE_MODEL_MACS", passes.moments.model_macs(g))
+    assert sweep_dtype(g) is np.float32
+    g.graph["options"]["sweep_dtype"] = "half"
+    with pytest.raises(ValueError, match="sweep_dtype"):
+        sweep_dtype(g)

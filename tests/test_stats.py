@@ -130,6 +130,22 @@ def test_chunked_evaluation_equals_the_whole_array():
             np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
 
 
+def test_chunks_on_threads_give_the_same_bits(monkeypatch):
+    """The chunks run on a thread pool (stats.CHUNK_THREADS): bit for bit what one thread gives, nested chunked
+    calls included (the quantizer's clipped regime calls clip_moments on its subsets)."""
+    rng = np.random.default_rng(6)
+    n = 9 * stats.CHUNK + 5
+    mu, var = rng.normal(0, 60, n), rng.uniform(0, 30, n) ** 2
+    step = rng.uniform(0.5, 2.0, n)
+    monkeypatch.setattr(stats, "CHUNK_THREADS", 2)
+    threaded = stats.quantizer_moments(mu, var, step, -63, 63)
+    monkeypatch.setattr(stats, "CHUNK_THREADS", 1)
+    single = stats.quantizer_moments(mu, var, step, -63, 63)
+    assert type(threaded) is stats.Moments
+    for a, b in zip(threaded, single):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("mu,var", [c for c in CASES if c[1] >= 0.01])
 @pytest.mark.parametrize("op,attrs,rtol", [
     ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, 1e-5),      # exact: the clip of an affine Gaussian

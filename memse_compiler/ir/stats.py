@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -16,6 +19,18 @@ import numpy as np
 SQRT2 = np.sqrt(2.0)
 INV_SQRT2PI = 1.0 / np.sqrt(2.0 * np.pi)
 CHUNK = 1 << 15          # elements per chunk of an element-wise moment function: its temporaries stay in L2
+# threads that evaluate the chunks (numpy releases the GIL inside each pass): quantizer_moments on 8 M elements
+# 2.6 -> 1.5-1.7 s with 2 (same numbers: the chunks are independent). MEMSE_THREADS=1 turns it off.
+CHUNK_THREADS = max(1, int(os.environ.get("MEMSE_THREADS", 0)) or min(os.cpu_count() or 1, 4))
+_pool: ThreadPoolExecutor | None = None
+_in_worker = threading.local()
+
+
+def _chunk_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(CHUNK_THREADS, thread_name_prefix="memse-chunks")
+    return _pool
 
 
 class Moments(NamedTuple):
@@ -43,17 +58,27 @@ def chunked(n_arrays: int):
             # the first axis whose trailing block fits a chunk; blocks of `step` entries along it
             axis = next(a for a in range(len(shape)) if int(np.prod(shape[a + 1:])) <= CHUNK)
             step = max(1, CHUNK // int(np.prod(shape[axis + 1:])))
-            outs, kind = None, None
-            for lead in np.ndindex(*shape[:axis]):
-                for i in range(0, shape[axis], step):
-                    where = lead + (slice(i, i + step),)
-                    part = fn(*(a[where] for a in arrays), *rest, **kwargs)
-                    if outs is None:
-                        outs = [np.empty(shape, dtype=np.result_type(p)) for p in part]
-                        kind = type(part) if hasattr(part, "_fields") else None
-                    for o, p in zip(outs, part):
-                        o[where] = p
-            return kind(*outs) if kind else tuple(outs)
+            blocks = [lead + (slice(i, i + step),) for lead in np.ndindex(*shape[:axis])
+                      for i in range(0, shape[axis], step)]
+            first = fn(*(a[blocks[0]] for a in arrays), *rest, **kwargs)     # gives the outputs' dtypes
+            outs = [np.empty(shape, dtype=np.result_type(p)) for p in first]
+
+            def block(where, part=None):
+                part = fn(*(a[where] for a in arrays), *rest, **kwargs) if part is None else part
+                for o, p in zip(outs, part):
+                    o[where] = p
+
+            def in_worker(where):
+                _in_worker.active = True          # a chunked function called inside runs in this thread
+                block(where)
+            block(blocks[0], first)
+            if CHUNK_THREADS > 1 and len(blocks) > 2 and not getattr(_in_worker, "active", False):
+                for _ in _chunk_pool().map(in_worker, blocks[1:]):
+                    pass
+            else:
+                for where in blocks[1:]:
+                    block(where)
+            return type(first)(*outs) if hasattr(first, "_fields") else tuple(outs)
         return run
     return wrap
 

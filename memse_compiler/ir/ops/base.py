@@ -136,6 +136,26 @@ class Linearization:
     residual: list[np.ndarray | None] = field(default_factory=list)
     jumps: Any = None
 
+    def in_dtype(self, dtype) -> "Linearization":
+        """This linearization with its float arrays in `dtype` (the backward sweeps' precision), made once."""
+        if dtype == np.float64:
+            return self
+        cast = self.__dict__.setdefault("_in_dtype", {})
+        key = np.dtype(dtype).str
+        if key not in cast:
+            cast[key] = Linearization(gains=cast_floats(self.gains, dtype), residual=cast_floats(self.residual, dtype),
+                                      jumps=self.jumps)
+        return cast[key]
+
+
+def cast_floats(value: Any, dtype) -> Any:
+    """The float64 arrays in `value` (an array, or lists and tuples of them) as `dtype`; anything else as it is."""
+    if isinstance(value, np.ndarray):
+        return value.astype(dtype) if value.dtype == np.float64 else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(cast_floats(v, dtype) for v in value)
+    return value
+
 
 class OpRule:
     op_types: ClassVar[tuple[str, ...]] = ()
