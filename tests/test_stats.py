@@ -1,5 +1,7 @@
 """Gaussian moment formulas against independent numeric integration (fine trapezoid grid) and math.erfc."""
 import math
+import os
+import time
 
 import numpy as np
 import pytest
@@ -178,3 +180,25 @@ def test_layer_norm_moments_against_sampling(noise):
     assert var.sum() == pytest.approx(y.var(axis=0).sum(), rel=0.05)
     at_mean = rule.forward(attrs, [mu])[0]
     assert np.sqrt(np.mean((mean - y.mean(axis=0)) ** 2)) < 0.1 * np.sqrt(np.mean((at_mean - y.mean(axis=0)) ** 2))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_chunk_threads_work_in_a_forked_child(monkeypatch):
+    """A child forked after the pool started inherits it without its threads: it must make its own, not hang."""
+    monkeypatch.setattr(stats, "CHUNK_THREADS", 2)
+    x = np.linspace(-50, 50, 9 * stats.CHUNK)
+    v = np.full_like(x, 4.0)
+    want = stats.quantizer_moments(x, v, 1.0, -20, 20)
+    pid = os.fork()
+    if pid == 0:                                   # the child: exit code 0 when it got the same bits
+        got = stats.quantizer_moments(x, v, 1.0, -20, 20)
+        os._exit(0 if all(np.array_equal(a, b) for a, b in zip(got, want)) else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child hung on the chunk pool")
