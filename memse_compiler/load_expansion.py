@@ -24,9 +24,9 @@ from memse_compiler.opset_upgrade import constant_tensors, default_opset, live_n
 
 
 def _rule_of(node: onnx.NodeProto):
-    """The rule of `node`'s op in its domain (onnxruntime's contrib ops have theirs: ir/ops/qoperator.py)."""
-    rule = rule_for(node.op_type)
-    return rule if rule is not None and rule.domain == ("" if node.domain == "ai.onnx" else node.domain) else None
+    """The rule of `node`'s op in its domain (onnxruntime's contrib ops have theirs: ir/ops/qoperator.py and
+    ir/ops/contrib.py)."""
+    return rule_for(node.op_type, node.domain)
 
 
 def _expanded_here(node: onnx.NodeProto, probing: bool) -> bool:
@@ -130,9 +130,12 @@ def expand_at_load(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
             continue
         rule = _rule_of(node)
         if rule is None or not rule.expand_at_load:
+            why = {"com.microsoft": f" (its op {node.op_type} is not one of onnxruntime's contrib ops that load "
+                                    f"expands)",
+                   "com.microsoft.nchwc": " (onnxruntime's blocked layouts of ORT_ENABLE_ALL, specific to the machine "
+                                          "that saved the model: save it at ORT_ENABLE_EXTENDED or below)"}
             raise MemseInputError(f"{label}: node '{node.name or idx}' uses the custom domain '{node.domain}'"
-                                  + (f" (its op {node.op_type} is not one of onnxruntime's quantized ops that "
-                                     f"load expands)" if node.domain == "com.microsoft" else ""))
+                                  + why.get(node.domain, ""))
     return _expand(_expand(model, label, probing=False), label, probing=True)
 
 
@@ -145,7 +148,7 @@ def _expand(model: onnx.ModelProto, label: str, probing: bool) -> onnx.ModelProt
     consts = {k: numpy_helper.to_array(t) for k, t in constant_tensors(graph).items()}
     batch_axes: dict[str, int] = {}
     if probing:
-        wanted = {graph.node[i].input[s] for i in targets for s in rule_for(graph.node[i].op_type).probed_inputs
+        wanted = {graph.node[i].input[s] for i in targets for s in _rule_of(graph.node[i]).probed_inputs
                   if s < len(graph.node[i].input)} - set(consts) - {vi.name for vi in graph.input} - {""}
         values, probed_shapes, batch_axes = probed_values(model, wanted, types, label)
         consts.update(values)
@@ -160,7 +163,7 @@ def _expand(model: onnx.ModelProto, label: str, probing: bool) -> onnx.ModelProt
         ctx = ParseContext(node=node, node_name=node.name or f"{node.op_type}_{idx}", consts=consts, shapes=shapes,
                            opset=opset, elem_types=types, batch_axes=batch_axes)
         try:
-            expanded = rule_for(node.op_type).expand(ctx)
+            expanded = _rule_of(node).expand(ctx)
         except MemseInputError as exc:
             raise MemseInputError(f"{label}: {exc}") from None
         nodes += expanded or [node]      # None: left to the frontend (indices from the data: an exact op, or refused)

@@ -6,10 +6,11 @@ moments through it, back-propagate sensitivities through its linearisation, and 
 """
 from memse_compiler.ir.ops.base import OpRule, REGISTRY, register, rule_for  # noqa: F401
 from memse_compiler.ir.ops import (  # noqa: F401  (registration)
-    arithmetic, attention, broadcast, compare, einsum, elementwise, exact, indexing, linear, normalization, pointwise,
-    pooling, qoperator, quantization, reduction, resize, rotary, scatter, weighted)
+    arithmetic, attention, broadcast, compare, contrib, einsum, elementwise, exact, indexing, linear, normalization,
+    pointwise, pooling, qoperator, quantization, reduction, resize, rotary, scatter, weighted)
 
-SUPPORTED_OPS = tuple(sorted(op for op, rule in REGISTRY.items() if not rule.internal))
+# op types, whatever their domain (ONNX's Gelu and onnxruntime's are one name)
+SUPPORTED_OPS = tuple(sorted({key.split(":")[-1] for key, rule in REGISTRY.items() if not rule.internal}))
 
 
 def unsupported_op(label: str, op_type: str, node_name: str, noisy: bool = False):

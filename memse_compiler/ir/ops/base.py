@@ -16,15 +16,21 @@ REGISTRY: dict[str, "OpRule"] = {}
 MASKED = -1e30      # an additive mask's -inf (torch's causal attention mask): exp(-1e30 - max) is 0 in float32 too
 
 
+def registry_key(op_type: str, domain: str = "") -> str:
+    """An op's key in REGISTRY: its type in ONNX's domain, `domain:type` in another (onnxruntime's com.microsoft
+    has a Gelu of its own)."""
+    return op_type if domain in ("", "ai.onnx") else f"{domain}:{op_type}"
+
+
 def register(cls: type["OpRule"]) -> type["OpRule"]:
     inst = cls()
     for t in cls.op_types:
-        REGISTRY[t] = inst
+        REGISTRY[registry_key(t, cls.domain)] = inst
     return cls
 
 
-def rule_for(op_type: str) -> "OpRule | None":
-    return REGISTRY.get(op_type)
+def rule_for(op_type: str, domain: str = "") -> "OpRule | None":
+    return REGISTRY.get(registry_key(op_type, domain))
 
 
 def node_attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
