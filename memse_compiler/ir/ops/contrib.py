@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 
 from memse_compiler.ir.ops.base import ExpansionWriter, OpRule, ParseContext, register
 from memse_compiler.ir.ops.qoperator import CONTRIB, CONV_ATTRS, _attrs, _given
@@ -173,3 +174,79 @@ class GeluRules(_ContribRule):
             x = w.add("Add", [x, ctx.node.input[1]], "biased")
         gelu(w, ctx, x, tanh=op == "FastGelu")
         return w.nodes
+
+
+@register
+class ContribAttentionRule(_ContribRule):
+    """com.microsoft Attention (onnxruntime.transformers' fusion of a BERT/GPT-2 self-attention): the merged Q/K/V
+    projection input @ weights + bias (one crossbar, as the model holds it), split along its last axis by
+    qkv_hidden_sizes (thirds by default), then ONNX Attention's definition on the three (ir/ops/attention.py, the
+    same expansion): num_heads heads, `scale` (default 1/sqrt(head size)), `unidirectional` as is_causal. The mask:
+    a raw (batch, keys) 0/1 mask or (batch,) valid lengths (right padding), a data input or computed from them, so
+    exact; masked keys get -inf where onnxruntime adds mask_filter_value (-10000): the same weights unless a query's
+    keys are all masked. Refused in one line: past / present state, attention_bias, rotary embedding, 3-D/4-D
+    masks and left-padding index masks."""
+    op_types = ("Attention",)
+    probed_inputs = (0,)          # the input's shape (sequence length, hidden size) from onnxruntime
+
+    def expand(self, ctx):
+        from memse_compiler.ir.ops.attention import AttentionRule
+        for i, what in ((4, "past state"), (5, "attention_bias"), (6, "past_sequence_length")):
+            if _given(ctx, i):
+                raise ctx.fail(f"the {what} input is not supported")
+        _only_first_output(ctx)
+        for flag in ("do_rotary", "past_present_share_buffer"):
+            if int(ctx.attr(flag, 0)):
+                raise ctx.fail(f"{flag}=1 is not supported")
+        weights = ctx.const(1)
+        if weights is None or (_given(ctx, 2) and ctx.const(2) is None):
+            raise ctx.fail("the weights and bias must be constants")
+        shape = ctx.shapes.get(ctx.node.input[0])
+        if shape is None or len(shape) != 3 or shape[1] is None:
+            raise ctx.fail("the input must be 3-D (batch, sequence, hidden) with a known sequence length")
+        sizes = [int(s) for s in ctx.attr("qkv_hidden_sizes", [])] or [weights.shape[1] // 3] * 3
+        heads = int(ctx.attr("num_heads", 0))
+        if sum(sizes) != weights.shape[1] or sizes[0] != sizes[1] or heads <= 0 or any(s % heads for s in sizes):
+            raise ctx.fail(f"qkv_hidden_sizes {sizes} do not split the weights' {weights.shape[1]} columns into "
+                           f"{heads} heads")
+        w = ExpansionWriter(ctx)
+        qkv = w.add("MatMul", [ctx.node.input[0], ctx.node.input[1]], "qkv_matmul")
+        if _given(ctx, 2):
+            qkv = w.add("Add", [qkv, ctx.node.input[2]], "qkv")
+        ends = np.cumsum([0] + sizes)
+        parts = [w.add("Slice", [qkv, w.const(f"{label}_start", np.array([ends[i]], np.int64)),
+                                 w.const(f"{label}_end", np.array([ends[i + 1]], np.int64)),
+                                 w.const(f"{label}_axis", np.array([-1], np.int64))], label)
+                 for i, label in enumerate("qkv")]
+        batch, seq = shape[0], int(shape[1])
+        shapes = dict(ctx.shapes, **{p: (batch, seq, s) for p, s in zip(parts, sizes)})
+        types = dict(ctx.elem_types)
+        if _given(ctx, 3):
+            parts.append(self._mask(ctx, w, seq, shapes, types))
+        attrs = {"q_num_heads": heads, "kv_num_heads": heads, "is_causal": int(ctx.attr("unidirectional", 0))}
+        if ctx.attr("scale") is not None:
+            attrs["scale"] = float(ctx.attr("scale"))
+        node = onnx.helper.make_node("Attention", parts, [ctx.node.output[0]], **attrs)
+        inner = ParseContext(node=node, node_name=f"{ctx.node_name}/attention", consts=ctx.consts, shapes=shapes,
+                             opset=ctx.opset, elem_types=types, batch_axes=ctx.batch_axes)
+        return w.nodes + AttentionRule().expand(inner)
+
+    @staticmethod
+    def _mask(ctx: ParseContext, w: ExpansionWriter, keys: int, shapes: dict, types: dict) -> str:
+        """The mask as ONNX Attention's boolean attn_mask (batch, 1, 1, keys): True where a key is attended."""
+        mask = ctx.node.input[3]
+        rank = len(ctx.shapes.get(mask, ())) if ctx.const(3) is None else np.ndim(ctx.const(3))
+        if rank == 2:
+            attended = w.add("Cast", [mask], "mask_bool", to=onnx.TensorProto.BOOL)
+        elif rank == 1:          # valid lengths, right padding; (2 x batch) left-padding forms have another meaning
+            if ctx.shapes.get(mask, (None,))[0] is not None and ctx.const(3) is None:
+                raise ctx.fail("a mask_index of fixed length is ambiguous (lengths, or end and start positions)")
+            lengths = w.add("Unsqueeze", [mask, w.const("length_axis", np.array([1], np.int64))], "lengths")
+            key_index = w.const("key_index", np.arange(keys, dtype=np.int64)[None, :])
+            attended = w.add("Less", [key_index, w.add("Cast", [lengths], "lengths64", to=onnx.TensorProto.INT64)],
+                             "mask_bool")
+        else:
+            raise ctx.fail(f"a {rank}-D mask_index is not supported (raw (batch, keys) masks and (batch,) lengths are)")
+        out = w.add("Unsqueeze", [attended, w.const("mask_axes", np.array([1, 2], np.int64))], "mask_4d")
+        shapes[out], types[out] = (None, 1, 1, keys), onnx.TensorProto.BOOL
+        return out
