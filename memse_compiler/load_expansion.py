@@ -78,7 +78,10 @@ def probed_values(model: onnx.ModelProto, wanted: set[str], types: dict, label: 
     inits = {t.name for t in graph.initializer}
     data = [vi for vi in graph.input if vi.name not in inits]
     dims = [[d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim] for vi in data]
-    names = sorted(t for t in wanted if t in types)
+    # a tensor whose type shape inference could not give (behind onnxruntime's contrib ops) is asked for as float:
+    # what the rules that probe past them read (an Attention's or FusedMatMul's input)
+    types = {t: types.get(t, onnx.TensorProto.FLOAT) for t in wanted}
+    names = sorted(wanted)
     if not data or not names or any(not d or None in d[1:] for d in dims):
         return {}, {}, {}
     batches = (dims[0][0],) if dims[0][0] is not None else BATCH_PROBES

@@ -129,14 +129,13 @@ def _scalars(**values) -> list:
 
 
 @pytest.mark.parametrize("case,needles", [
-    # com.microsoft's Attention: ONNX's own Attention has a rule, the contrib one (another op) has none
-    ("contrib", ["'fused'", "com.microsoft", "Attention"]),
+    ("contrib", ["'fused'", "com.microsoft", "MultiHeadAttention"]),
     ("channels_last", ["pool", "channels_last=1"]),
     ("signal_weight", ["conv", "the weight must be a constant"])])
 def test_unsupported_quantized_forms_are_refused_in_one_line(tmp_path, capsys, case, needles):
     s = _scalars(s=np.float32(0.1), z=np.uint8(3), ws=np.float32(0.05))
     if case == "contrib":
-        node, y_shape = helper.make_node("Attention", ["x", "x"], ["y"], name="fused", domain="com.microsoft"), \
+        node, y_shape = helper.make_node("MultiHeadAttention", ["x", "x"], ["y"], name="fused", domain="com.microsoft"), \
             [1, 1, 8, 8]
     elif case == "channels_last":
         node = helper.make_node("QLinearAveragePool", ["x", "s", "z", "s", "z"], ["y"], name="pool",

@@ -250,3 +250,42 @@ class ContribAttentionRule(_ContribRule):
         out = w.add("Unsqueeze", [attended, w.const("mask_axes", np.array([1, 2], np.int64))], "mask_4d")
         shapes[out], types[out] = (None, 1, 1, keys), onnx.TensorProto.BOOL
         return out
+
+
+@register
+class EmbedLayerNormalizationRule(_ContribRule):
+    """EmbedLayerNormalization (onnxruntime.transformers' fusion of BERT's embeddings): word (+ position + segment)
+    embedding lookups of the ids, LayerNormalization over the last axis; mask_index, per sample the number of ones
+    in the mask (as onnxruntime's kernel counts, its doc says the first 0's position), the valid lengths the
+    Attention ops after it read (right padding). Positions are 0..S-1 unless
+    position_ids are given. The ids are exact signals of the data inputs, so all of it is exact digital work."""
+    op_types = ("EmbedLayerNormalization",)
+
+    def expand(self, ctx):
+        _only_first_output(ctx, keep=(1,))
+        w = ExpansionWriter(ctx)
+        ids = ctx.node.input[0]
+        total = w.add("Gather", [ctx.node.input[2], ids], "words", axis=0)
+        if _given(ctx, 8):
+            positions = w.add("Gather", [ctx.node.input[3], ctx.node.input[8]], "positions", axis=0)
+        else:
+            shape, table = ctx.shapes.get(ids), ctx.const(3)
+            if shape is None or len(shape) != 2 or shape[1] is None or table is None:
+                raise ctx.fail("the positions need a known sequence length and a constant position table")
+            positions = w.const("positions", np.asarray(table)[: int(shape[1])])
+        total = w.add("Add", [total, positions], "with_positions")
+        if _given(ctx, 1) and _given(ctx, 4):
+            total = w.add("Add", [total, w.add("Gather", [ctx.node.input[4], ctx.node.input[1]], "segments", axis=0)],
+                          "with_segments")
+        w.add("LayerNormalization", [total, ctx.node.input[5], ctx.node.input[6]], axis=-1,
+              epsilon=float(ctx.attr("epsilon", 1e-12)))
+        if len(ctx.node.output) > 1 and ctx.node.output[1]:
+            if not _given(ctx, 7):
+                raise ctx.fail("mask_index without a mask input is not supported")
+            # the number of ones, as onnxruntime's kernel counts them (a mask [1, 1, 0, 1, 1, 0...] gives 4)
+            mask = w.add("Cast", [ctx.node.input[7]], "mask64", to=onnx.TensorProto.INT64)
+            axes = w.const("axes", np.array([1], np.int64))
+            count = (w.add("ReduceSum", [mask, axes], "count", keepdims=0) if ctx.opset >= 13 else
+                     w.add("ReduceSum", [mask], "count", axes=[1], keepdims=0))
+            w.add("Cast", [count], "mask_index", out=ctx.node.output[1], to=onnx.TensorProto.INT32)
+        return w.nodes
