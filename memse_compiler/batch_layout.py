@@ -121,6 +121,9 @@ class BatchFirstRewriter:
         self.choices = choices or {}       # node -> which of its candidate layouts to take (batch-1 exports)
         self.points: list[tuple[str, int]] = []     # the nodes that had a choice, in order, and how many
         self.layouts = {x: Layout(tuple(values[x].shape)) for x in data}
+        # tensors computed from the integer and bool data inputs alone (ids, masks): exact signals for the frontend
+        # (ir/ops/exact.py), which may mix the batch as they like
+        self.exact = {x for x in data if np.asarray(values[x]).dtype.kind in "iub"}
         self.names = {x: x for x in data}          # original signal -> its batch-first tensor
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
@@ -191,12 +194,16 @@ class BatchFirstRewriter:
             elif not self.signals(node):
                 self.nodes.append(self.renamed(node))       # constant or shape arithmetic
             else:
+                if all(t in self.exact for t in self.signals(node)):
+                    self.exact.update(o for o in node.output if o)
                 try:
                     self.handler(node.op_type)(node)
                 except MemseInputError:
-                    if any(not lay.leading for lay in self.layouts.values()):
+                    if any(not lay.leading for t, lay in self.layouts.items() if t not in self.exact):
                         raise
-                    return False       # the batch has not moved: the op rules say what is wrong with the model
+                    # the batch has moved in exact signals only (a transformers mask gathered from its flattened
+                    # batch): the model as it is, or else the op rules say what is wrong with it
+                    return False
                 except KeyError:
                     return False       # a tensor the probe could not expose (no type): leave the model as it is
         return True

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Make bert_digits.onnx: a small BERT (Hugging Face transformers' BertForSequenceClassification: 2 layers, hidden 32,
+"""Make bert_digits.onnx and bert_digits_export.onnx: a small BERT (Hugging Face transformers' BertForSequenceClassification: 2 layers, hidden 32,
 2 heads) trained on the digits as 64 pixel tokens (load_digits' intensities 0..16), exported by torch and then fused
 by onnxruntime.transformers' optimizer into its com.microsoft EmbedLayerNormalization, Attention,
-SkipLayerNormalization and BiasGelu, as a deployment of such a model ships it.
+SkipLayerNormalization and BiasGelu, as a deployment of such a model ships it (bert_digits.onnx); and the same model
+as torch exports it, at a fixed batch of 16 (bert_digits_export.onnx: transformers' mask code gathers the mask from
+its flattened batch).
 
 Requires torch, transformers (NOT dependencies of memse-compiler), scikit-learn, onnx, onnxruntime.
 Usage:  python tests/contrib/make.py
@@ -56,6 +58,11 @@ def main() -> None:
         fused = optimizer.optimize_model(raw, model_type="bert", num_heads=2, hidden_size=32)
         out = os.path.join(HERE, "bert_digits.onnx")
         fused.save_model_to_file(out)
+    ids = ids_test[:16]
+    export = os.path.join(HERE, "bert_digits_export.onnx")
+    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), export, input_names=names,
+                      output_names=["logits"], opset_version=17, dynamo=False)
+    print(f"wrote {export} ({os.path.getsize(export)} bytes)")
     ops = {n.op_type for n in onnx.load(out).graph.node if n.domain == "com.microsoft"}
     assert FUSED <= ops, f"onnxruntime.transformers fused only {sorted(ops)}"
     print(f"wrote {out} ({os.path.getsize(out)} bytes), com.microsoft ops: {sorted(ops)}")
