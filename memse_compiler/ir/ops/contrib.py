@@ -4,9 +4,10 @@ A model saved by onnxruntime after its graph optimisations (`SessionOptions.opti
 ORT_ENABLE_EXTENDED, or onnxruntime.transformers' optimizer) holds fused operators of its contrib domain
 com.microsoft: FusedConv and FusedGemm (a Conv or Gemm and its activation, FusedConv also an Add of a `Z` input),
 FusedMatMul (transposes and a scale around a MatMul), SkipLayerNormalization (a residual Add, a bias and a
-LayerNormalization), BiasGelu, Gelu, FastGelu and QuickGelu. Each is written back as the ops it fuses, by
-its definition in onnxruntime's contrib operator docs; the rules of those ops then analyse it, and the Monte-Carlo
-executor runs them. GELU is the ONNX Gelu op from opset 20, before that the chain torch exports (the frontend
+LayerNormalization), BiasGelu, Gelu, FastGelu and QuickGelu; from onnxruntime.transformers, BERT's
+EmbedLayerNormalization and the self-Attention of BERT and GPT-2. Each is written back as the ops it fuses, by its
+definition in onnxruntime's contrib operator docs (checked against its CPU kernels, which decide where the docs are
+loose); the rules of those ops then analyse it, and the Monte-Carlo executor runs them. GELU is the ONNX Gelu op from opset 20, before that the chain torch exports (the frontend
 folds it into one function of its input). The layouts of ORT_ENABLE_ALL (com.microsoft.nchwc: blocked channels,
 specific to the machine that wrote them) are refused at load (memse_compiler/load_expansion.py).
 """
@@ -63,7 +64,7 @@ def _swap_last_two(w: ExpansionWriter, ctx: ParseContext, i: int, label: str) ->
     return w.add("Transpose", [ctx.node.input[i]], label, perm=perm)
 
 
-def gelu(w: ExpansionWriter, ctx: ParseContext, x: str, tanh: bool = False) -> str:
+def _gelu(w: ExpansionWriter, ctx: ParseContext, x: str, tanh: bool = False) -> str:
     """GELU of x, written to the node's output: ONNX Gelu from opset 20, else torch's export of it (exact erf:
     x * 0.5 * (1 + erf(x / sqrt 2)); tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))))."""
     if ctx.opset >= 20:
@@ -172,7 +173,7 @@ class GeluRules(_ContribRule):
             return w.nodes
         if _given(ctx, 1):
             x = w.add("Add", [x, ctx.node.input[1]], "biased")
-        gelu(w, ctx, x, tanh=op == "FastGelu")
+        _gelu(w, ctx, x, tanh=op == "FastGelu")
         return w.nodes
 
 
