@@ -16,7 +16,7 @@ import numpy as np
 
 from memse_compiler.ir import stats
 from memse_compiler.ir.crossbar import CrossbarLayer, converter_levels
-from memse_compiler.ir.ops.base import cast_floats
+from memse_compiler.ir.ops.base import cast_floats, cast_once
 
 
 def programming_std(g_target, sigma: float, relative) -> np.ndarray:
@@ -119,13 +119,8 @@ class CrossbarMoments:
 
     def in_dtype(self, dtype) -> "CrossbarMoments":
         """These moments with the arrays a backward sweep reads in `dtype`, made once (the rest shared)."""
-        if dtype == np.float64:
-            return self
-        cast = self.__dict__.setdefault("_in_dtype", {})
-        key = np.dtype(dtype).str
-        if key not in cast:
-            cast[key] = replace(self, **{f: cast_floats(getattr(self, f), dtype) for f in self.SWEEP_FIELDS})
-        return cast[key]
+        return cast_once(self, dtype, lambda: replace(self, **{f: cast_floats(getattr(self, f), dtype)
+                                                               for f in self.SWEEP_FIELDS}))
 
 
 def lattice_dac_moments(layer: CrossbarLayer, prev: CrossbarLayer, prev_cm: "CrossbarMoments",

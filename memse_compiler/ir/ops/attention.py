@@ -34,7 +34,7 @@ PRECISE_SOFTMAX = (0, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
 
 
 def _size(ctx: ParseContext, i: int, axis: int, what: str) -> int:
-    shape = ctx.shapes.get(ctx.node.input[i]) if ctx.const(i) is None else np.shape(ctx.const(i))
+    shape = ctx.known_shape(i)
     size = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
     if not isinstance(size, (int, np.integer)) or size <= 0:
         raise ctx.fail(f"the {what} must be known from the model's shapes (export with static sizes)")

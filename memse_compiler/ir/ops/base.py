@@ -75,6 +75,11 @@ class ParseContext:
     def shape(self, i: int = 0) -> tuple:
         return self.shapes[self.node.input[i]]
 
+    def known_shape(self, i: int) -> tuple | None:
+        """Input i's shape: a constant's own, else the inferred one (None where unknown)."""
+        value = self.const(i)
+        return np.shape(value) if value is not None else self.shapes.get(self.node.input[i])
+
     def out_shape(self, i: int = 0) -> tuple:
         return self.shapes[self.node.output[i]]
 
@@ -144,14 +149,20 @@ class Linearization:
 
     def in_dtype(self, dtype) -> "Linearization":
         """This linearization with its float arrays in `dtype` (the backward sweeps' precision), made once."""
-        if dtype == np.float64:
-            return self
-        cast = self.__dict__.setdefault("_in_dtype", {})
-        key = np.dtype(dtype).str
-        if key not in cast:
-            cast[key] = Linearization(gains=cast_floats(self.gains, dtype), residual=cast_floats(self.residual, dtype),
-                                      jumps=self.jumps)
-        return cast[key]
+        return cast_once(self, dtype, lambda: Linearization(gains=cast_floats(self.gains, dtype),
+                                                            residual=cast_floats(self.residual, dtype),
+                                                            jumps=self.jumps))
+
+
+def cast_once(obj: Any, dtype, make: Callable[[], Any]) -> Any:
+    """`obj` itself in float64, else `make()`'s copy in `dtype`, kept on `obj` so that it is made once."""
+    if dtype == np.float64:
+        return obj
+    cast = obj.__dict__.setdefault("_in_dtype", {})
+    key = np.dtype(dtype).str
+    if key not in cast:
+        cast[key] = make()
+    return cast[key]
 
 
 def cast_floats(value: Any, dtype) -> Any:

@@ -55,7 +55,7 @@ def _activation(w: ExpansionWriter, ctx: ParseContext, y: str, name: str, params
 
 def _swap_last_two(w: ExpansionWriter, ctx: ParseContext, i: int, label: str) -> str:
     """Input i with its last two axes swapped (a 1-D input as it is, as onnxruntime's kernel does)."""
-    rank = len(ctx.shapes.get(ctx.node.input[i], ())) if ctx.const(i) is None else np.ndim(ctx.const(i))
+    rank = len(ctx.known_shape(i) or ())
     if rank < 2:
         if rank == 0:
             raise ctx.fail(f"the rank of input {i} ('{ctx.node.input[i]}') is unknown")
@@ -236,7 +236,7 @@ class ContribAttentionRule(_ContribRule):
     def _mask(ctx: ParseContext, w: ExpansionWriter, keys: int, shapes: dict, types: dict) -> str:
         """The mask as ONNX Attention's boolean attn_mask (batch, 1, 1, keys): True where a key is attended."""
         mask = ctx.node.input[3]
-        rank = len(ctx.shapes.get(mask, ())) if ctx.const(3) is None else np.ndim(ctx.const(3))
+        rank = len(ctx.known_shape(3) or ())
         if rank == 2:
             attended = w.add("Cast", [mask], "mask_bool", to=onnx.TensorProto.BOOL)
         elif rank == 1:          # valid lengths, right padding; (2 x batch) left-padding forms have another meaning
